@@ -1,0 +1,112 @@
+"""Split-half human memorability scores (the noise ceiling).
+
+Two sources are read:
+
+* an ``.npz`` with arrays ``image`` (N,), ``half1`` and ``half2`` (n_splits, N), as in the lnsim-dev copy;
+* an LNSIM-layout folder: ``Random_splits/subject_hrs1.mat`` and ``subject_hrs2.mat`` (MATLAB arrays named
+  ``subject_hrs1``/``subject_hrs2``, shape (n_splits, N); column i belongs to image ``Image_data/{i+1:04d}.jpg``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["SplitHalves", "load_split_halves", "lnsim_image_ids"]
+
+
+@dataclass(frozen=True)
+class SplitHalves:
+    """Hit rates of two random halves of the participants, for each of ``n_splits`` random splits."""
+
+    image_ids: tuple[str, ...]
+    half1: np.ndarray  # (n_splits, N)
+    half2: np.ndarray  # (n_splits, N)
+
+    def __post_init__(self) -> None:
+        h1, h2 = np.asarray(self.half1, dtype=float), np.asarray(self.half2, dtype=float)
+        if h1.ndim == 1:
+            h1 = h1[None, :]
+        if h2.ndim == 1:
+            h2 = h2[None, :]
+        if h1.shape != h2.shape:
+            raise DataError(f"split halves differ in shape: half1 {h1.shape}, half2 {h2.shape}")
+        if h1.shape[1] != len(self.image_ids):
+            raise DataError(f"split halves have {h1.shape[1]} columns but {len(self.image_ids)} image ids")
+        object.__setattr__(self, "half1", h1)
+        object.__setattr__(self, "half2", h2)
+
+    @property
+    def n_splits(self) -> int:
+        return int(self.half1.shape[0])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.half1.shape[1])
+
+    def scores(self) -> np.ndarray:
+        """Score per image: mean over splits of the two halves' mean (NaN-aware)."""
+        both = np.stack([self.half1, self.half2])
+        return np.nanmean(np.nanmean(both, axis=0), axis=0)
+
+    def subset(self, image_ids: list[str] | tuple[str, ...]) -> SplitHalves:
+        """The halves restricted to (and reordered as) ``image_ids``; unknown ids raise DataError."""
+        index = {name: i for i, name in enumerate(self.image_ids)}
+        missing = [i for i in image_ids if i not in index]
+        if missing:
+            raise DataError(f"{len(missing)} image ids have no split-half scores, e.g. {missing[0]}")
+        cols = [index[i] for i in image_ids]
+        return SplitHalves(tuple(image_ids), self.half1[:, cols], self.half2[:, cols])
+
+
+def lnsim_image_ids(n: int) -> tuple[str, ...]:
+    """Image ids of the original LNSIM layout: column i is ``Image_data/{i+1:04d}.jpg``."""
+    return tuple(f"Image_data/{i + 1:04d}.jpg" for i in range(n))
+
+
+def _load_mat(path: Path, key: str) -> np.ndarray:
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+    except Exception as exc:  # scipy raises several types for bad files
+        raise DataError(f"{path}: not a readable MATLAB file ({exc})") from None
+    if key not in mat:
+        keys = [k for k in mat if not k.startswith("__")]
+        raise DataError(f"{path}: no array named {key!r} (found: {', '.join(keys) or 'none'})")
+    return np.asarray(mat[key], dtype=float)
+
+
+def load_split_halves(source: str | os.PathLike) -> SplitHalves:
+    """Read split-half scores from an ``.npz`` file or an LNSIM-layout folder (see module docstring)."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    if source.is_dir():
+        splits = source / "Random_splits"
+        f1, f2 = splits / "subject_hrs1.mat", splits / "subject_hrs2.mat"
+        for f in (f1, f2):
+            if not f.is_file():
+                raise DataError(f"{f}: missing (an LNSIM folder needs Random_splits/subject_hrs1.mat and 2.mat)")
+        h1, h2 = _load_mat(f1, "subject_hrs1"), _load_mat(f2, "subject_hrs2")
+        if h1.ndim != 2:
+            raise DataError(f"{f1}: expected a 2-d array (splits x images), got shape {h1.shape}")
+        return SplitHalves(lnsim_image_ids(h1.shape[1]), h1, h2)
+    if source.suffix.lower() != ".npz":
+        raise DataError(f"{source}: expected an .npz file with image, half1, half2 or an LNSIM folder")
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            missing = [k for k in ("image", "half1", "half2") if k not in npz.files]
+            if missing:
+                raise DataError(f"{source}: missing arrays {', '.join(missing)} (found {', '.join(npz.files)})")
+            ids = tuple(str(x) for x in npz["image"])
+            return SplitHalves(ids, npz["half1"], npz["half2"])
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{source}: not a readable .npz file ({exc})") from None
