@@ -1,0 +1,39 @@
+"""``memlens reliability``: split-half consistency of human scores (the noise ceiling)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("reliability")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["spearman", "pearson"]), default="spearman", show_default=True,
+              help="Correlation whose mean gives the ceiling and the Spearman-Brown value.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def reliability(source: Path, method: str, fmt: str) -> None:
+    """Split-half consistency of the human scores in SOURCE.
+
+    SOURCE is an .npz with arrays image, half1, half2 (n_splits x n_images), an LNSIM-layout folder
+    (Random_splits/subject_hrs{1,2}.mat), or a folder holding split_halves.npz (a run directory).
+    """
+    from ..data.halves import load_split_halves
+    from ..stats import split_half_reliability
+
+    path = source
+    if source.is_dir() and not (source / "Random_splits").is_dir() and (source / "split_halves.npz").is_file():
+        path = source / "split_halves.npz"
+    halves = load_split_halves(path)
+    rel = {**split_half_reliability(halves, method=method), "source": str(path)}
+    if fmt == "json":
+        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in rel.items()}
+        click.echo(json.dumps(clean, indent=2, allow_nan=False))
+        return
+    click.echo(f"split-half consistency of {path}")
+    click.echo(f"  images: {rel['n_images']}, random splits: {rel['n_splits']}")
+    click.echo(f"  Spearman between halves: mean {rel['spearman_mean']:.4f} (sd {rel['spearman_sd']:.4f})")
+    click.echo(f"  Pearson between halves:  mean {rel['pearson_mean']:.4f} (sd {rel['pearson_sd']:.4f})")
+    click.echo(f"  Spearman-Brown corrected ({method}): {rel['spearman_brown']:.4f}")
+    click.echo(f"  noise ceiling used by memlens analyze: {rel['ceiling']:.4f} ({method} mean)")

@@ -1,0 +1,246 @@
+"""CLI: memlens stats, memlens reliability, memlens analyze."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memlens.cli import main
+from memlens.stats import correlate
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LNSIM_NPZ = SHARED / "data" / "lnsim-dev" / "split_halves.npz"
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["-q", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    n = 120
+    cat = np.repeat(["dogs", "cars", "sky"], n // 3)
+    shift = pd.Series(cat).map({"dogs": 0.0, "cars": 1.0, "sky": 2.0}).to_numpy()
+    x = shift + rng.normal(size=n)
+    df = pd.DataFrame({"img": [f"{i}.jpg" for i in range(n)], "cat": cat, "x": x,
+                       "ctl": x + rng.normal(size=n), "y": shift + 0.3 * x + rng.normal(size=n)})
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+
+def test_stats_json_pooled_only(capsys, table):
+    rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "200", "--format", "json")
+    assert rc == 0
+    data = json.loads(out)
+    assert set(data) == {"pooled"}
+    p = data["pooled"]
+    for key in ("n", "r", "ci_low", "ci_high", "p_value", "method", "n_boot", "seed"):
+        assert key in p
+    df = pd.read_csv(table)
+    ref = correlate(df.x, df.y, n_boot=200, seed=0)
+    # full precision: the JSON reproduces the library's floats exactly
+    assert (p["n"], p["r"], p["ci_low"], p["ci_high"], p["p_value"]) == (ref.n, ref.r, ref.ci_low, ref.ci_high,
+                                                                         ref.p_value)
+    assert p["method"] == "spearman" and p["n_boot"] == 200 and p["seed"] == 0
+
+
+def test_stats_json_groups_within_partial(capsys, table):
+    rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--by", "cat", "--control", "ctl",
+                      "--method", "pearson", "--n-boot", "100", "--seed", "3", "--ci", "bca", "--format", "json")
+    assert rc == 0
+    data = json.loads(out)
+    assert set(data) == {"pooled", "groups", "within", "partial"}
+    assert [g["group"] for g in data["groups"]] == ["cars", "dogs", "sky"]
+    assert all(g["n"] == 40 for g in data["groups"])
+    assert data["within"]["n_groups"] == 3 and data["within"]["scope"] == "within"
+    assert data["partial"]["control"] == "ctl"
+    assert data["pooled"]["method"] == "pearson" and data["pooled"]["ci_method"] == "bca"
+    assert data["pooled"]["seed"] == 3
+    df = pd.read_csv(table)
+    ref = correlate(df.x, df.y, method="pearson", control=df[["ctl"]], n_boot=100, seed=3, ci="bca")
+    assert data["partial"]["r"] == ref.r and data["partial"]["ci_high"] == ref.ci_high
+
+
+def test_stats_csv_and_text(capsys, table, tmp_path):
+    rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--by", "cat", "--n-boot", "50",
+                      "--format", "csv")
+    assert rc == 0
+    (tmp_path / "o.csv").write_text(out)
+    got = pd.read_csv(tmp_path / "o.csv")
+    assert list(got.scope) == ["pooled", "group", "group", "group", "within"]
+    df = pd.read_csv(table)
+    assert got.r.iloc[0] == correlate(df.x, df.y, n_boot=0).r
+    rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "50")
+    assert rc == 0 and "pooled" in out and "95% CI" in out
+
+
+def test_stats_missing_column_and_non_numeric(capsys, table):
+    rc, _, err = _run(capsys, "stats", table, "--x", "nope", "--y", "y")
+    assert rc == 1
+    assert "no column 'nope'" in err and "columns available: img, cat, x, ctl, y" in err
+    assert "Traceback" not in err
+    rc, _, err = _run(capsys, "stats", table, "--x", "cat", "--y", "y")
+    assert rc == 1 and "column 'cat' is not numeric" in err
+    rc, _, err = _run(capsys, "stats", table.parent / "absent.csv", "--x", "x", "--y", "y")
+    assert rc == 1 and "absent.csv: no such table file" in err
+    rc, _, err = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--method", "kendall")
+    assert rc == 2
+
+
+# ---------------------------------------------------------------------------------------------- reliability
+
+
+def _write_npz(path: Path, n_splits: int = 5, n: int = 80, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(0.3, 0.9, size=n)
+    h1 = true + 0.1 * rng.normal(size=(n_splits, n))
+    h2 = true + 0.1 * rng.normal(size=(n_splits, n))
+    np.savez(path, image=np.array([f"images/{i:04d}.jpg" for i in range(n)]), half1=h1, half2=h2)
+    return h1, h2
+
+
+def test_reliability_json_on_npz_and_run_folder(capsys, tmp_path):
+    from scipy.stats import spearmanr
+
+    h1, h2 = _write_npz(tmp_path / "split_halves.npz")
+    rc, out, _ = _run(capsys, "reliability", tmp_path / "split_halves.npz", "--format", "json")
+    assert rc == 0
+    data = json.loads(out)
+    want = np.mean([spearmanr(a, b).statistic for a, b in zip(h1, h2, strict=True)])
+    assert data["n_images"] == 80 and data["n_splits"] == 5
+    assert data["spearman_mean"] == pytest.approx(want, abs=1e-12)
+    assert data["spearman_brown"] == pytest.approx(2 * want / (1 + want))
+    rc, out2, _ = _run(capsys, "reliability", tmp_path, "--format", "json")  # folder holding the npz
+    assert rc == 0 and json.loads(out2)["spearman_mean"] == data["spearman_mean"]
+    rc, text, _ = _run(capsys, "reliability", tmp_path / "split_halves.npz")
+    assert rc == 0 and "Spearman-Brown" in text
+
+
+def test_reliability_lnsim_folder(capsys, tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(1)
+    true = rng.uniform(size=50)
+    (tmp_path / "Random_splits").mkdir()
+    savemat(tmp_path / "Random_splits" / "subject_hrs1.mat", {"subject_hrs1": true + 0.2 * rng.normal(size=(3, 50))})
+    savemat(tmp_path / "Random_splits" / "subject_hrs2.mat", {"subject_hrs2": true + 0.2 * rng.normal(size=(3, 50))})
+    rc, out, _ = _run(capsys, "reliability", tmp_path, "--format", "json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["n_images"] == 50 and data["n_splits"] == 3 and 0 < data["spearman_mean"] < 1
+
+
+def test_reliability_bad_source(capsys, tmp_path):
+    rc, _, err = _run(capsys, "reliability", tmp_path / "nothing.npz")
+    assert rc == 1 and "no such file" in err
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not LNSIM_NPZ.is_file(), reason=f"shared data absent: {LNSIM_NPZ}")
+def test_reliability_lnsim_dev_done_when(capsys):
+    rc, out, _ = _run(capsys, "reliability", LNSIM_NPZ, "--format", "json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["n_images"] == 1974 and data["n_splits"] == 25
+    assert abs(data["spearman_mean"] - 0.78) <= 0.01
+    assert abs(data["spearman_brown"] - 0.87) <= 0.01
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+
+
+def _make_run(run: Path, halves: bool = True, n: int = 90) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    cat = np.repeat(["a", "b", "c"], n // 3)
+    shift = pd.Series(cat).map({"a": 0.0, "b": 1.0, "c": 2.0}).to_numpy()
+    score = 0.4 + 0.1 * shift + 0.05 * rng.normal(size=n)
+    recon = shift + rng.normal(size=n)
+    ids = [f"images/{i:04d}.jpg" for i in range(n)]
+    df = pd.DataFrame({"image_id": ids, "score": score, "category": cat, "recon_mse": recon,
+                       "recon_mse_before": rng.normal(size=n), "distinctiveness": recon + rng.normal(size=n),
+                       "distinctiveness_features": rng.normal(size=n), "extra": "pass-through"})
+    run.mkdir()
+    df.to_csv(run / "per_image.csv", index=False)
+    if halves:
+        order = rng.permutation(n)  # the npz may list the images in another order and hold more images
+        h1 = score[None, order] + 0.05 * rng.normal(size=(4, n))
+        h2 = score[None, order] + 0.05 * rng.normal(size=(4, n))
+        np.savez(run / "split_halves.npz", image=np.array(ids)[order], half1=h1, half2=h2)
+    return df
+
+
+def test_analyze_writes_tables(capsys, tmp_path):
+    run = tmp_path / "run"
+    _make_run(run)
+    rc, out, err = _run(capsys, "analyze", run, "--n-boot", "100", "--seed", "2")
+    assert rc == 0, err
+    assert "noise ceiling" in out and "recon_mse" in out
+    tab = pd.read_csv(run / "correlations.csv")
+    xs = ["recon_mse", "recon_mse_before", "distinctiveness", "distinctiveness_features"]
+    assert list(dict.fromkeys(tab.x)) == xs
+    for x in xs:
+        sub = tab[tab.x == x]
+        assert list(sub.scope[:5]) == ["pooled", "group", "group", "group", "within"]
+    part = tab[tab.scope == "partial"]
+    assert set(part[part.x == "recon_mse"].control) == {"distinctiveness", "distinctiveness_features"}
+    assert set(part[part.x == "distinctiveness"].control) == {"recon_mse", "recon_mse_before"}
+    assert (tab.n_boot == 100).all() and (tab.seed == 2).all()
+    assert tab.ceiling.notna().all()
+    np.testing.assert_allclose(tab.r_over_ceiling, tab.r / tab.ceiling)
+    data = json.loads((run / "correlations.json").read_text())
+    assert data["by"] == "category" and data["ceiling"]["n_splits"] == 4 and data["ceiling"]["n_images"] == 90
+    assert len(data["rows"]) == len(tab)
+    pooled = tab[(tab.x == "recon_mse") & (tab.scope == "pooled")].iloc[0]
+    assert pooled.ceiling == pytest.approx(data["ceiling"]["spearman_mean"])
+    df = pd.read_csv(run / "per_image.csv")
+    ref = correlate(df.recon_mse, df.score, n_boot=100, seed=2)
+    assert (pooled.r, pooled.ci_low, pooled.ci_high) == (ref.r, ref.ci_low, ref.ci_high)
+    # the confound: category drives both, so the within-category effect is far weaker than the pooled one
+    within = tab[(tab.x == "recon_mse") & (tab.scope == "within")].iloc[0]
+    assert pooled.r > 0.5 and abs(within.r) < pooled.r - 0.3
+
+
+def test_analyze_without_halves_and_groups(capsys, tmp_path):
+    run = tmp_path / "run"
+    _make_run(run, halves=False)
+    rc, _, err = _run(capsys, "analyze", run, "--n-boot", "0", "--no-groups", "--format", "json")
+    assert rc == 0, err
+    tab = pd.read_csv(run / "correlations.csv")
+    assert "ceiling" not in tab.columns
+    assert set(tab.scope) == {"pooled", "partial"}
+    assert tab.ci_low.isna().all() and tab.r.notna().all()
+
+
+def test_analyze_errors(capsys, tmp_path):
+    rc, _, err = _run(capsys, "analyze", tmp_path)
+    assert rc == 1 and "per_image.csv: missing" in err
+    run = tmp_path / "run"
+    df = _make_run(run, halves=False)
+    df.drop(columns="score").to_csv(run / "per_image.csv", index=False)
+    rc, _, err = _run(capsys, "analyze", run)
+    assert rc == 1 and "no 'score' column" in err and "Traceback" not in err
+    assert not (run / "correlations.csv").exists()
+
+
+def test_analyze_nan_measures_reported(capsys, tmp_path):
+    run = tmp_path / "run"
+    df = _make_run(run, halves=False)
+    df.loc[:9, "recon_mse"] = np.nan
+    df.to_csv(run / "per_image.csv", index=False)
+    rc, _, err = _run(capsys, "analyze", run, "--n-boot", "0", "--no-groups")
+    assert rc == 0, err
+    tab = pd.read_csv(run / "correlations.csv")
+    assert tab[(tab.x == "recon_mse") & (tab.scope == "pooled")].n.iloc[0] == 80
+    assert not math.isnan(tab.r.iloc[0])
