@@ -594,14 +594,19 @@ def _read_csv_layout(src: Path, cols: dict[str, str | None], problems: list[Prob
     raw.notes.append(f"table {table_path.name}: images from column {image!r}"
                      + (f", scores from {score!r}" if score else ", no score column")
                      + (f", categories from {category!r}" if category else ""))
-    halves_file = table_path.parent / HALVES_FILE
+    _attach_halves(raw, table_path.parent)
+    return raw
+
+
+def _attach_halves(raw: _Raw, folder: Path) -> None:
+    """Attach the split-half scores of a ``split_halves.npz`` beside the table (csv and memcat layouts)."""
+    halves_file = folder / HALVES_FILE
     if halves_file.is_file():
         try:
             raw.halves = load_split_halves(halves_file)
             raw.halves_from_file = True
         except DataError as exc:
             raw.notes.append(f"{HALVES_FILE} beside the table ignored ({_strip_where(str(exc), str(halves_file))})")
-    return raw
 
 
 def _read_memcat(src: Path, cols: dict[str, str | None], variant: str, problems: list[Problem]) -> _Raw | None:
@@ -664,6 +669,7 @@ def _read_memcat(src: Path, cols: dict[str, str | None], variant: str, problems:
     kind = {MEMCAT_SCORE_COLUMNS["corrected"]: " (false-alarm corrected)",
             MEMCAT_SCORE_COLUMNS["uncorrected"]: " (uncorrected hit rate)"}.get(score, "")
     raw.notes.append(f"score = {score}{kind}")
+    _attach_halves(raw, table_path.parent)
     return raw
 
 
