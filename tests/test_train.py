@@ -1,0 +1,352 @@
+"""fit_autoencoder (exposure, pretrain, BN, resume, RNG independence) and the `memlens train` command."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from memlens.cli import main
+from memlens.errors import CheckpointError, ConfigError
+from memlens.models import create_autoencoder, load_autoencoder
+from memlens.train import augment_batch, fit_autoencoder
+
+N, SIZE = 12, 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    # smooth random images (a learnable signal), in [0, 1]
+    low = torch.rand(N, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _model(seed: int = 0):
+    return create_autoencoder("small", input_size=SIZE, width=8, latent_channels=8, seed=seed)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _equal(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- exposure --------------------------------------------------------------------------------------
+
+
+def test_exposure_matches_a_hand_written_single_exposure(images):
+    model = _model()
+    ref = copy.deepcopy(model)
+    res = fit_autoencoder(model, images, mode="exposure", lr=1e-3, seed=7, device="cpu")
+    order = res.order
+    assert sorted(order.tolist()) == list(range(N)) and order.tolist() != list(range(N))
+    # the same procedure written out: batch 1, Adam, BN frozen, loss of each image before its own update
+    ref.train()
+    for bn in ref.batchnorm_layers():
+        bn.eval()
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    expected = np.zeros(N)
+    for i in order:
+        x = images[i:i + 1]
+        opt.zero_grad()
+        loss = ((ref(x) - x) ** 2).mean()
+        expected[i] = loss.item()
+        loss.backward()
+        opt.step()
+    np.testing.assert_allclose(res.exposure_loss, expected, rtol=1e-5)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert res.completed and res.steps == N and res.settings["lr"] == 1e-3
+    frame = res.exposure_frame([f"img{i}" for i in range(N)])
+    assert list(frame.columns) == ["image_id", "order", "loss"]
+    assert frame.loc[order[0], "order"] == 0 and frame.loc[order[-1], "order"] == N - 1
+
+
+def test_exposure_order_is_seeded(images):
+    a = fit_autoencoder(_model(), images, seed=1, device="cpu").order
+    b = fit_autoencoder(_model(), images, seed=1, device="cpu").order
+    c = fit_autoencoder(_model(), images, seed=2, device="cpu").order
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_exposure_keeps_bn_running_statistics_frozen_but_learns_affine(images):
+    model = _model()
+    before = _weights(model)
+    fit_autoencoder(model, images, lr=1e-3, device="cpu")
+    after = model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    affine = [k for k in before if k.endswith(".weight") and k.replace(".weight", ".running_mean") in before]
+    assert stats and affine
+    assert all(torch.equal(before[k], after[k]) for k in stats)
+    assert any(not torch.equal(before[k], after[k]) for k in affine)
+    # bn="train" would update them from single images
+    model2 = _model()
+    fit_autoencoder(model2, images, lr=1e-3, device="cpu", bn="train")
+    assert any(not torch.equal(before[k], model2.state_dict()[k]) for k in stats)
+
+
+def test_exposure_rejects_mini_batches_and_bad_settings(images):
+    with pytest.raises(ConfigError, match="batch_size must be 1"):
+        fit_autoencoder(_model(), images, batch_size=4, device="cpu")
+    with pytest.raises(ConfigError, match="mode must be"):
+        fit_autoencoder(_model(), images, mode="finetune", device="cpu")
+    with pytest.raises(ConfigError, match="unknown metric|available metrics"):
+        fit_autoencoder(_model(), images, loss="nope", device="cpu")
+    bad = images.clone()
+    bad[3] *= 255
+    with pytest.raises(ValueError, match="observed min"):
+        fit_autoencoder(_model(), bad, device="cpu")
+
+
+def test_results_do_not_depend_on_global_rng_state(images):
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        model = _model()
+        res = fit_autoencoder(model, images, mode="pretrain", epochs=2, batch_size=4, device="cpu")
+        assert torch.equal(torch.get_rng_state(), state)
+        results.append((_weights(model), res.curve))
+    assert _equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+class _DS(torch.utils.data.Dataset):
+    """Items like memlens.data.ImageDataset: (tensor, index)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].clone(), i
+
+
+def test_dataset_input_and_worker_processes_give_the_same_results(images):
+    a = fit_autoencoder(_model(), images, lr=1e-3, device="cpu")
+    b = fit_autoencoder(_model(), _DS(images), lr=1e-3, device="cpu")
+    np.testing.assert_array_equal(a.exposure_loss, b.exposure_loss)
+    kw = dict(mode="pretrain", epochs=2, batch_size=4, device="cpu")
+    c = fit_autoencoder(_model(), _DS(images), **kw)
+    d = fit_autoencoder(_model(), _DS(images), num_workers=1, **kw)
+    assert c.curve == d.curve
+
+
+# -- pretrain --------------------------------------------------------------------------------------
+
+
+def test_pretrain_learns_with_cosine_schedule_and_validation(images):
+    model = _model()
+    res = fit_autoencoder(model, images, mode="pretrain", epochs=6, batch_size=4, device="cpu", val_fraction=0.25)
+    assert len(res.val_indices) == 3 and not set(res.val_indices) & set(res.train_indices)
+    assert res.orders.shape == (6, 9) and all(sorted(r) == sorted(res.train_indices) for r in res.orders.tolist())
+    curve = res.curve_frame()
+    assert list(curve["epoch"]) == list(range(1, 7)) and curve["val_loss"].notna().all()
+    assert curve["loss"].iloc[-1] < curve["loss"].iloc[0]
+    assert curve["val_loss"].iloc[-1] < curve["val_loss"].iloc[0]
+    lrs = curve["lr"].to_numpy()
+    assert np.all(np.diff(lrs) < 0) and lrs[-1] < 0.02 * 1e-3
+    assert res.settings["bn"] == "train" and res.exposure_losses is None
+    assert not model.training  # left in eval mode
+
+
+def test_freeze_encoder_fits_only_the_decoder(images):
+    model = _model()
+    before = _weights(model)
+    fit_autoencoder(model, images, mode="pretrain", epochs=1, batch_size=4, device="cpu", freeze_encoder=True)
+    after = model.state_dict()
+    enc = [k for k in before if k.startswith("encoder.")]
+    dec = [k for k in before if k.startswith("decoder.") and k.endswith("weight")]
+    assert all(torch.equal(before[k], after[k]) for k in enc)  # BN statistics included
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_augment_batch_is_seeded_in_range_and_changes_images(images):
+    a = augment_batch(images[:4], torch.Generator().manual_seed(3))
+    b = augment_batch(images[:4], torch.Generator().manual_seed(3))
+    c = augment_batch(images[:4], torch.Generator().manual_seed(4))
+    assert a.shape == images[:4].shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.equal(a, images[:4])
+
+
+# -- resume ----------------------------------------------------------------------------------------
+
+
+class _Killed(Exception):
+    pass
+
+
+def _killer(at: int):
+    def cb(done, total, info):
+        if done == at:
+            raise _Killed
+
+    return cb
+
+
+@pytest.mark.parametrize("mode,kw,kill_at,every,resumed_at", [
+    ("exposure", {"lr": 1e-3}, 8, 3, 6),
+    ("pretrain", {"epochs": 3, "batch_size": 4}, 5, 2, 4),  # killed mid-epoch 2
+])
+def test_killed_and_resumed_run_ends_with_the_same_weights(images, tmp_path, mode, kw, kill_at, every, resumed_at):
+    common = dict(mode=mode, device="cpu", deterministic=True, seed=3, **kw)
+    full_model = _model()
+    full = fit_autoencoder(full_model, images, **common)
+    ck = tmp_path / "state.pt"
+    with pytest.raises(_Killed):
+        fit_autoencoder(_model(), images, checkpoint_path=ck, checkpoint_every=every, progress=_killer(kill_at),
+                        **common)
+    assert ck.is_file() and not list(tmp_path.glob(".*tmp*"))
+    resumed_model = _model(seed=99)  # the weights come from the checkpoint
+    res = fit_autoencoder(resumed_model, images, checkpoint_path=ck, checkpoint_every=every, resume=True, **common)
+    assert res.resumed_at == resumed_at and res.completed
+    assert _equal(_weights(full_model), _weights(resumed_model))
+    assert res.curve == full.curve
+    if mode == "exposure":
+        np.testing.assert_array_equal(res.exposure_losses, full.exposure_losses)
+
+
+def test_max_steps_stops_and_resume_completes(images, tmp_path):
+    full_model = _model()
+    full = fit_autoencoder(full_model, images, lr=1e-3, device="cpu")
+    ck = tmp_path / "s.pt"
+    part = fit_autoencoder(_model(), images, lr=1e-3, device="cpu", checkpoint_path=ck, max_steps=5)
+    assert not part.completed and part.steps == 5 and np.isnan(part.exposure_loss).sum() == N - 5
+    model = _model()
+    rest = fit_autoencoder(model, images, lr=1e-3, device="cpu", checkpoint_path=ck, resume=True)
+    assert rest.completed and _equal(_weights(model), _weights(full_model))
+    np.testing.assert_array_equal(rest.exposure_loss, full.exposure_loss)
+    with pytest.raises(CheckpointError, match=r"differs in: lr"):
+        fit_autoencoder(_model(), images, lr=1e-4, device="cpu", checkpoint_path=ck, resume=True)
+
+
+# -- GPU (skipped without CUDA) --------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fast,amp,rtol", [(False, False, 2e-3), (True, False, 2e-3), (True, True, 6e-2)])
+def test_gpu_exposure_agrees_with_cpu(images, fast, amp, rtol):
+    cpu = fit_autoencoder(_model(), images, lr=1e-4, device="cpu")
+    gpu = fit_autoencoder(_model(), images, lr=1e-4, device="cuda", fast=fast, amp=amp)
+    assert gpu.fast_path == fast
+    np.testing.assert_allclose(gpu.exposure_loss, cpu.exposure_loss, rtol=rtol)
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from memlens.data import make_demo_set
+
+    return make_demo_set(tmp_path_factory.mktemp("d") / "demo", n_images=20, n_experience=12, image_size=32,
+                         n_observers=20, n_splits=2)
+
+
+_FAST = ["--backbone", "small", "--image-size", "32", "--pretrain-epochs", "2", "--batch-size", "8", "--threads", "1"]
+
+
+def test_cli_train_writes_the_run_directory(demo, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(demo), "--out", str(run), *_FAST, "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "visual experience: 12 images (data-root experience/ folder)" in out
+    for name in ("config.json", "dataset.json", "manifest.json", "autoencoder.pt", "autoencoder_before.pt",
+                 "exposure.csv", "experience_order.csv", "training_curve.csv", "training_curve.png"):
+        assert (run / name).is_file(), name
+    exp = pd.read_csv(run / "exposure.csv")
+    assert list(exp.columns) == ["image_id", "order", "loss"] and len(exp) == 20
+    assert exp["order"].tolist() == list(range(20)) and (exp["loss"] > 0).all()
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["seeds"]["seed"] == 3 and man["device"]["used"] == "cpu"
+    assert man["training"]["experience"]["n_images"] == 12 and man["training"]["experience"]["epochs"] == 2
+    assert man["training"]["exposure"]["presentations_per_image"] == 1 and len(man["input"]["table_sha256"]) == 64
+    order = pd.read_csv(run / "experience_order.csv")
+    assert len(order) == 2 * man["training"]["experience"]["n_train"]
+    ds = json.loads((run / "dataset.json").read_text())
+    from memlens.data import load_dataset
+
+    again = load_dataset(ds["source"], ds["layout"], **ds["options"])
+    assert set(exp["image_id"]) == set(again.image_ids)
+    before, after = load_autoencoder(run / "autoencoder_before.pt"), load_autoencoder(run / "autoencoder.pt")
+    assert not _equal(_weights(before), _weights(after))
+    curve = pd.read_csv(run / "training_curve.csv")
+    assert set(curve["phase"]) == {"experience", "exposure"}
+    # a resumed run of a complete directory reuses the visual experience and gives the same exposure
+    assert main(["train", str(demo), "--out", str(run), *_FAST, "--seed", "3", "--resume"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(run / "exposure.csv"), exp)
+
+
+def _csv_set(root, n=12):
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / f"im{i:02d}.png")
+        rows.append({"image": f"im{i:02d}.png", "score": float(rng.random())})
+    pd.DataFrame(rows).to_csv(root / "scores.csv", index=False)
+    return root
+
+
+def test_cli_holds_out_experience_by_default_and_refuses_overlap(tmp_path, capsys):
+    data = _csv_set(tmp_path / "set")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *_FAST]) == 0
+    held = (run / "experience_ids.txt").read_text().split()
+    exp = pd.read_csv(run / "exposure.csv")
+    assert len(held) == 3 and len(exp) == 9 and not set(held) & set(exp["image_id"])
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["training"]["experience"]["source"] == "holdout"
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(tmp_path / "r2"), *_FAST, "--experience", str(data)]) == 1
+    assert "shares 12 image(s) with the data set" in capsys.readouterr().err
+
+
+def test_cli_imagenet_encoder_is_kept_during_visual_experience(demo, tmp_path):
+    from memlens.models.efficientnet import EfficientNetLite, load_efficientnet_weights
+
+    run = tmp_path / "run"
+    args = ["train", str(demo), "--out", str(run), "--backbone", "efficientnet_lite0", "--image-size", "32",
+            "--pretrain-epochs", "1", "--batch-size", "8", "--threads", "1"]
+    assert main(args) == 0
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["model"]["init"] == "imagenet" and man["model"]["init_report"]["n_loaded"] == 294
+    assert man["training"]["experience"]["freeze_encoder"] is True
+    assert len(man["model"]["init_report"]["sha256"]) == 64
+    net = EfficientNetLite("efficientnet_lite0")
+    load_efficientnet_weights(net)
+    before = load_autoencoder(run / "autoencoder_before.pt")
+    ref = net.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in before.encoder.state_dict().items())
+
+
+def test_pretrain_never_trains_batch_norm_on_a_single_image(images):
+    # 4 images, 1 for validation, batches of 2: the lone last image joins the previous batch while BN trains
+    kw = dict(mode="pretrain", epochs=2, batch_size=2, device="cpu", val_fraction=0.25)
+    assert fit_autoencoder(_model(), images[:4], **kw).steps == 2
+    assert fit_autoencoder(_model(), images[:4], bn="frozen", **kw).steps == 4
+    # an EfficientNet-Lite latent is 1x1 at 32 px, where a batch of one cannot be normalised at all
+    lite = create_autoencoder("efficientnet_lite0", input_size=32)
+    res = fit_autoencoder(lite, images[:4], **kw)
+    assert res.completed and np.isfinite(res.curve[-1]["val_loss"])
