@@ -1,0 +1,82 @@
+"""``memlens score``: per-image reconstruction errors, latent codes and distinctiveness of a trained run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ._common import progress_enabled
+
+
+def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter("give at least one metric name, e.g. mse,dssim")
+    return names
+
+
+@click.command("score")
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory holding autoencoder.pt (outputs are written there).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass (the numbers do not depend on it).")
+@click.option("--metrics", callback=_split_metrics, default=None,
+              help="Comma-separated metrics [default: mse,l1,dssim,ms-dssim,perceptual (+lpips if installed)].")
+@click.option("--layer", default=None, help="Module of the autoencoder whose output is the latent "
+              "[default: the bottleneck].")
+@click.option("--pool", type=click.Choice(["none", "avg"]), default="none", show_default=True,
+              help="Latents flattened or averaged over positions.")
+@click.option("--latent-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--distinct-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Neighbours averaged for distinctiveness.")
+@click.option("--distinct-metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
+              show_default=True)
+@click.option("--distinct-reference", type=click.Choice(["all", "category", "split"]), default="all",
+              show_default=True, help="Neighbours among all images, within the category, or among the "
+              "training split (split starting with 'train').")
+@click.option("--feature-size", type=click.IntRange(min=32), default=224, show_default=True,
+              help="Side in pixels at which the pretrained features (distinctiveness_features) are computed.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Image-decoding worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] | None, layer: str | None,
+          pool: str, latent_dtype: str, distinct_k: int, distinct_metric: str, distinct_reference: str,
+          feature_size: int, workers: int, device: str) -> None:
+    """Score every image of DATA with the autoencoder of RUN.
+
+    Writes RUN/per_image.csv (image_id, score, category, recon_<metric>..., recon_<metric>_before...,
+    recon_exposure, distinctiveness, distinctiveness_features, source columns), RUN/latents.npy with
+    RUN/latent_ids.txt, RUN/features.npy and, when the data has them, RUN/split_halves.npz. Every recon_*
+    column is a distance: higher = worse reconstruction. Without DATA the data recorded in RUN/dataset.json
+    is used.
+    """
+    from ..measures import score_run
+
+    bar = None
+    update = None
+    if progress_enabled():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="img", desc="scoring", dynamic_ncols=True, leave=False)
+        update = bar.update
+    t0 = time.perf_counter()
+    try:
+        table = score_run(run_dir, data, metrics=metrics, batch_size=batch_size, layer=layer, pool=pool,
+                          latent_dtype=latent_dtype, distinct_k=distinct_k, distinct_metric=distinct_metric,
+                          distinct_reference=distinct_reference, num_workers=workers, device=device,
+                          feature_size=feature_size, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    info = table.attrs.get("info", {})
+    recon = [c for c in table.columns if c.startswith("recon_")]
+    click.echo(f"scored {len(table)} images on {info.get('device', device)} "
+               f"({info.get('images_per_s', float('nan')):.1f} images/s, {time.perf_counter() - t0:.1f} s total)")
+    click.echo(f"columns: {', '.join(recon + ['distinctiveness', 'distinctiveness_features'])}")
+    click.echo(f"wrote {run_dir / 'per_image.csv'}, {run_dir / 'latents.npy'} (+ latent_ids.txt), "
+               f"{run_dir / 'features.npy'}")

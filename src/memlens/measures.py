@@ -1,0 +1,719 @@
+"""Per-image scoring: reconstruction errors, latent codes and pretrained features of a trained autoencoder.
+
+:func:`score_images` streams images through the model once, in batches, and produces
+
+* one row per image with ``image_id`` and ``recon_<metric>`` (and ``recon_<metric>_before`` for the weights
+  before exposure), every value a distance (higher = worse reconstruction);
+* the latent matrix (N, D): the bottleneck ``encode(x)`` (or the output of ``layer``), flattened or
+  average-pooled over positions, written row block by row block into a memory-mapped ``.npy``;
+* pretrained features (N, 1280) float32: EfficientNet-Lite0 (ImageNet weights) pooled over positions, for
+  ``distinctiveness_features``.
+
+Memory: images are never held beyond one batch; the latents and features go to memory-mapped files when
+paths are given. What grows with N is only the per-image table (a few floats per image) and the id list, so
+scoring 60,000 images needs the same working memory as 1,000 apart from the latent file.
+
+An image's numbers do not depend on batch size or on the other images of its batch: models run in eval mode
+(batch norm uses running statistics) under ``torch.inference_mode`` and every metric is computed per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ._io import atomic_path
+from .errors import ConfigError, DataError
+from .metrics import Metric, get_metric
+
+__all__ = ["ScoreResult", "score_images", "score_run", "default_metrics", "resolve_device",
+           "pretrained_features", "DEFAULT_METRICS", "FEATURE_SIZE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("mse", "l1", "dssim", "ms-dssim", "perceptual")
+#: side (pixels) at which pretrained features are computed (ImageNet resolution)
+FEATURE_SIZE = 224
+_LATENT_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class ScoreResult:
+    """What :func:`score_images` produced.
+
+    Attributes
+    ----------
+    table : DataFrame with ``image_id`` and ``recon_<m>`` (+ ``recon_<m>_before``) columns, input order.
+    latents : (N, D) array (a read-only memory map when written to ``latents_path``).
+    latents_path : where the latents were written, or None.
+    latent_shape : shape of one image's latent before flattening/pooling, e.g. (C, h, w).
+    features : (N, F) float32 pretrained features, or None.
+    features_path : where the features were written, or None.
+    info : device, timings (``seconds``, ``images_per_s``), metric names, pool, latent dtype.
+    """
+
+    table: pd.DataFrame
+    latents: np.ndarray
+    latents_path: Path | None
+    latent_shape: tuple[int, ...]
+    features: np.ndarray | None = None
+    features_path: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.table["image_id"].tolist()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    return dev
+
+
+# --------------------------------------------------------------------------------------------------------
+# image sources
+
+
+def _model_input_size(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None) or {}
+    size = config.get("input_size") if isinstance(config, dict) else None
+    spec = getattr(model, "spec", None)
+    return int(size or getattr(spec, "input_size", 0) or 0) or None
+
+
+def _as_paths(source: Any) -> tuple[list[str], list[str]] | None:
+    """(ids, paths) for a Dataset, a DataFrame with ``path`` or a sequence of paths; None otherwise."""
+    table = getattr(source, "table", None)
+    if isinstance(table, pd.DataFrame):
+        source = table
+    if isinstance(source, pd.DataFrame):
+        if "path" not in source.columns:
+            raise DataError("the image table has no 'path' column")
+        paths = [str(p) for p in source["path"]]
+        ids = [str(i) for i in source["image_id"]] if "image_id" in source.columns else paths
+        return ids, paths
+    if isinstance(source, (str, os.PathLike)):
+        raise DataError(f"{source}: pass a loaded data set (memlens.data.load_dataset) or a list of image paths")
+    if isinstance(source, Sequence) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        paths = [str(p) for p in source]
+        return paths, paths
+    return None
+
+
+def _path_batches(ids: list[str], paths: list[str], size: int, feature_size: int | None, batch_size: int,
+                  num_workers: int, cache: Any) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
+    from .data import make_loader
+
+    main = make_loader(paths, size, batch_size=batch_size, num_workers=num_workers, cache=cache)
+    feat = None
+    if feature_size is not None and feature_size != size:
+        feat = make_loader(paths, feature_size, batch_size=batch_size, num_workers=num_workers, cache=cache)
+    feat_iter = iter(feat) if feat is not None else None
+    for images, idx in main:
+        fimages = None
+        if feat_iter is not None:
+            fimages, fidx = next(feat_iter)
+            if not torch.equal(torch.as_tensor(idx), torch.as_tensor(fidx)):  # pragma: no cover - loader bug
+                raise RuntimeError("image loaders went out of step")
+        yield [ids[int(i)] for i in idx], images, fimages
+
+
+def _tensor_batches(images: Any, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, None]]:
+    n = len(images)
+    for start in range(0, n, batch_size):
+        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]) if isinstance(images, np.ndarray)
+                                else images[start : start + batch_size])
+        yield [str(i) for i in range(start, start + len(chunk))], chunk, None
+
+
+def _iter_batches(items: Iterable[Any], batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, None]]:
+    """Batches from an iterable of ``(image_id, image)`` pairs or of bare images (ids ``0, 1, ...``)."""
+    ids: list[str] = []
+    imgs: list[torch.Tensor] = []
+    for i, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) == 2:
+            image_id, image = item
+        else:
+            image_id, image = str(i), item
+        t = torch.as_tensor(image)
+        if t.ndim != 3:
+            raise ValueError(f"image {image_id}: expected shape (3, H, W), got {tuple(t.shape)}")
+        ids.append(str(image_id))
+        imgs.append(t)
+        if len(imgs) == batch_size:
+            yield ids, torch.stack(imgs), None
+            ids, imgs = [], []
+    if imgs:
+        yield ids, torch.stack(imgs), None
+
+
+def _source_length(source: Any) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# pretrained features
+
+
+def pretrained_features(device: torch.device | str = "cpu") -> nn.Module:
+    """Module mapping images in [0, 1] to pooled ImageNet EfficientNet-Lite0 head features (N, 1280) float32."""
+    from .models.efficientnet import pooled_feature_extractor
+
+    return pooled_feature_extractor().to(device).eval()
+
+
+def _pool_features(out: Any) -> torch.Tensor:
+    """Last map of a list (or a single tensor): (N, C, h, w) -> mean over positions; (N, D) kept."""
+    if isinstance(out, (list, tuple)):
+        out = out[-1]
+    if out.ndim == 4:
+        out = out.mean(dim=(2, 3))
+    return out.flatten(1).float()
+
+
+# --------------------------------------------------------------------------------------------------------
+# streaming .npy writer
+
+
+class _NpyRows:
+    """Write an (N, D) ``.npy`` row block by row block into a memory map (atomic: tmp file then rename).
+
+    N must be known up front for the memory map; for sources of unknown length rows go to a raw side file
+    first and are copied into the memory map in blocks at the end (memory stays bounded either way).
+    """
+
+    def __init__(self, tmp: Path, n: int | None, dtype: Any):
+        self.tmp, self.n, self.dtype = tmp, n, np.dtype(dtype)
+        self.mm: np.memmap | None = None
+        self.raw: Any = None
+        self.rows = 0
+        self.width: int | None = None
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if self.width is None:
+            self.width = int(block.shape[1])
+            if self.n is not None:
+                self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(self.n, self.width))
+            else:
+                self.raw = open(self.tmp.with_suffix(".raw"), "wb")  # noqa: SIM115 - closed in finish()
+        if self.mm is not None:
+            if self.rows + len(block) > self.mm.shape[0]:
+                raise DataError(f"the image source yielded more than the {self.n} images it announced")
+            self.mm[self.rows : self.rows + len(block)] = block
+        else:
+            self.raw.write(block.tobytes())
+        self.rows += len(block)
+
+    def finish(self) -> None:
+        if self.width is None:
+            raise DataError("no images to score")
+        if self.mm is not None:
+            if self.rows != self.mm.shape[0]:
+                raise DataError(f"the image source yielded {self.rows} images but announced {self.n}")
+            self.mm.flush()
+            del self.mm
+            self.mm = None
+            return
+        self.raw.close()
+        raw_path = self.tmp.with_suffix(".raw")
+        try:
+            src = np.memmap(raw_path, dtype=self.dtype, mode="r", shape=(self.rows, self.width))
+            dst = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(self.rows, self.width))
+            step = max(1, (64 << 20) // max(1, self.width * self.dtype.itemsize))
+            for s in range(0, self.rows, step):
+                dst[s : s + step] = src[s : s + step]
+            dst.flush()
+            del dst, src
+        finally:
+            raw_path.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        if self.raw is not None and not self.raw.closed:
+            self.raw.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.with_suffix(".raw").unlink()
+
+
+class _MemRows:
+    """In-memory counterpart of :class:`_NpyRows` (used when no path is given)."""
+
+    def __init__(self, dtype: Any):
+        self.dtype = np.dtype(dtype)
+        self.blocks: list[np.ndarray] = []
+
+    def write(self, block: np.ndarray) -> None:
+        self.blocks.append(np.array(block, dtype=self.dtype))
+
+    def result(self) -> np.ndarray:
+        if not self.blocks:
+            raise DataError("no images to score")
+        return np.concatenate(self.blocks, axis=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def _find_layer(model: nn.Module, layer: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if layer not in modules or not layer:
+        names = [n for n in modules if n]
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+        raise ConfigError(f"layer {layer!r} not found in the autoencoder; layers: {shown}")
+    return modules[layer]
+
+
+def _latent_block(z: torch.Tensor, pool: str) -> torch.Tensor:
+    if pool == "avg" and z.ndim >= 3:
+        z = z.flatten(2).mean(2)
+    return z.flatten(1)
+
+
+def score_images(
+    model: nn.Module,
+    dataset_or_paths: Any,
+    *,
+    metrics: Sequence[str | Metric] = DEFAULT_METRICS,
+    before_model: nn.Module | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    pool: str = "none",
+    latent_dtype: str = "float32",
+    latents_path: str | os.PathLike | None = None,
+    features: bool = True,
+    features_path: str | os.PathLike | None = None,
+    feature_size: int | None = FEATURE_SIZE,
+    feature_model: nn.Module | None = None,
+    layer: str | None = None,
+    image_size: int | None = None,
+    num_workers: int = 0,
+    cache: Any = None,
+    progress: Callable[[int], Any] | None = None,
+) -> ScoreResult:
+    """Score every image once: reconstruction errors, latent code and pretrained features.
+
+    Parameters
+    ----------
+    model : Autoencoder
+        ``encode``/``decode`` in [0, 1] (any module with those methods). Put in eval mode for the call (its
+        previous mode and device are restored afterwards).
+    dataset_or_paths : Dataset, DataFrame, list of paths, tensor or iterable
+        A :class:`memlens.data.Dataset` (its ``image_id``/``path`` columns), a DataFrame with ``path`` (and
+        ``image_id``), a list of image paths (the id is the path), a float tensor/array (N, 3, H, W) in
+        [0, 1] (ids ``0..N-1``), or any iterable of ``(image_id, image)`` pairs or of images (3, H, W),
+        consumed lazily one batch at a time.
+    metrics : names of registered metrics (``memlens.metrics.list_metrics()``); columns ``recon_<name>``.
+    before_model : the weights before exposure; adds ``recon_<name>_before`` columns.
+    batch_size : images per forward pass (results do not depend on it).
+    device : ``"auto"``, ``"cpu"``, ``"cuda"``...
+    pool : ``"none"`` (latents flattened, C*h*w) or ``"avg"`` (mean over positions, C).
+    latent_dtype : ``"float32"`` or ``"float16"`` for the stored latents.
+    latents_path : ``.npy`` written through a memory map (atomically); None keeps the latents in memory.
+    features : compute pretrained features (EfficientNet-Lite0 ImageNet, pooled, (N, 1280) float32).
+    features_path : ``.npy`` for the features (memory-mapped, atomic); None keeps them in memory.
+    feature_size : side in pixels at which features are computed (path sources are decoded again at this
+        size; tensors are resized with antialiasing); None: the model's images.
+    feature_model : module mapping images in [0, 1] to (N, D) or to a list of maps (the last one is
+        average-pooled); default :func:`pretrained_features`.
+    layer : name of a module of ``model`` whose output replaces the bottleneck as the latent.
+    image_size : side in pixels for path sources (default: the model's ``config['input_size']`` or
+        ``spec.input_size``).
+    num_workers, cache : passed to :func:`memlens.data.make_loader` for path sources.
+    progress : called with the number of images after each batch (the CLI passes a progress bar's update).
+
+    Returns
+    -------
+    ScoreResult
+    """
+    if pool not in ("none", "avg"):
+        raise ConfigError(f"pool must be 'none' or 'avg', got {pool!r}")
+    if latent_dtype not in _LATENT_DTYPES:
+        raise ConfigError(f"latent_dtype must be one of {', '.join(_LATENT_DTYPES)}, got {latent_dtype!r}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = int(batch_size)
+    metric_objs = [get_metric(m) for m in metrics]
+    names = [m.name for m in metric_objs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"metrics listed twice: {', '.join(names)}")
+    dev = resolve_device(device)
+
+    # the image stream
+    size = image_size or _model_input_size(model)
+    as_paths = _as_paths(dataset_or_paths)
+    resize_features = False
+    if as_paths is not None:
+        if size is None:
+            raise ConfigError("image_size is needed: the model declares no input size")
+        ids_all, paths = as_paths
+        n_total: int | None = len(paths)
+        fsize = feature_size if features else None
+        batches: Iterator = _path_batches(ids_all, paths, size, fsize, batch_size, num_workers, cache)
+    elif isinstance(dataset_or_paths, (torch.Tensor, np.ndarray)):
+        if dataset_or_paths.ndim != 4:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(dataset_or_paths.shape)}")
+        n_total = len(dataset_or_paths)
+        batches = _tensor_batches(dataset_or_paths, batch_size)
+        resize_features = True
+    else:
+        n_total = _source_length(dataset_or_paths)
+        batches = _iter_batches(dataset_or_paths, batch_size)
+        resize_features = True
+    if n_total == 0:
+        raise DataError("no images to score")
+
+    # models: eval mode on the device, restored afterwards
+    models = [model] + ([before_model] if before_model is not None else [])
+    saved = [(m, m.training, next(iter(m.parameters()), torch.empty(0)).device) for m in models]
+    fmodel = None
+    if features:
+        fmodel = feature_model if feature_model is not None else pretrained_features(dev)
+        saved.append((fmodel, fmodel.training, next(iter(fmodel.parameters()), torch.empty(0)).device))
+    for m, _, _ in saved:
+        m.to(dev).eval()
+
+    captured: list[torch.Tensor] = []
+    hook = None
+    if layer:
+        hook = _find_layer(model, layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
+
+    rows_ids: list[str] = []
+    cols: dict[str, list[np.ndarray]] = {m.column: [] for m in metric_objs}
+    if before_model is not None:
+        cols.update({f"{m.column}_before": [] for m in metric_objs})
+    latent_shape: tuple[int, ...] = ()
+    np_dtype = _LATENT_DTYPES[latent_dtype]
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        lat_tmp = stack.enter_context(atomic_path(latents_path)) if latents_path is not None else None
+        feat_tmp = stack.enter_context(atomic_path(features_path)) if (features and features_path is not None) else None
+        lat_w: Any = _NpyRows(lat_tmp, n_total, np_dtype) if lat_tmp is not None else _MemRows(np_dtype)
+        feat_w: Any = None
+        if features:
+            feat_w = _NpyRows(feat_tmp, n_total, np.float32) if feat_tmp is not None else _MemRows(np.float32)
+        try:
+            with torch.inference_mode():
+                for ids, images, fimages in batches:
+                    x = images.to(dev, non_blocking=True)
+                    if not x.is_floating_point():
+                        raise ValueError(f"images must be float in [0, 1], got dtype {x.dtype}")
+                    x = x.float()
+                    captured.clear()
+                    z = model.encode(x)
+                    x_hat = model.decode(z)
+                    lat = captured[0] if layer else z
+                    if not latent_shape:
+                        latent_shape = tuple(lat.shape[1:])
+                    lat_w.write(_latent_block(lat, pool).float().cpu().numpy())
+                    for m in metric_objs:
+                        cols[m.column].append(m(x, x_hat).float().cpu().numpy())
+                    if before_model is not None:
+                        xb = before_model(x)
+                        for m in metric_objs:
+                            cols[f"{m.column}_before"].append(m(x, xb).float().cpu().numpy())
+                    if fmodel is not None:
+                        fx = fimages.to(dev).float() if fimages is not None else x
+                        if fimages is None and resize_features and feature_size and x.shape[-1] != feature_size:
+                            fx = torch.nn.functional.interpolate(x, size=(feature_size, feature_size),
+                                                                 mode="bilinear", align_corners=False,
+                                                                 antialias=True).clamp(0, 1)
+                        feat_w.write(_pool_features(fmodel(fx)).cpu().numpy())
+                    rows_ids.extend(ids)
+                    if progress is not None:
+                        progress(len(ids))
+            if isinstance(lat_w, _NpyRows):
+                lat_w.finish()
+            if isinstance(feat_w, _NpyRows):
+                feat_w.finish()
+        except BaseException:
+            for w in (lat_w, feat_w):
+                if isinstance(w, _NpyRows):
+                    w.abort()
+            raise
+        finally:
+            if hook is not None:
+                hook.remove()
+            for m, training, d in saved:
+                m.to(d).train(training)
+    seconds = time.perf_counter() - t0
+    if not rows_ids:
+        raise DataError("no images to score")
+
+    if latents_path is not None:
+        latents: np.ndarray = np.load(latents_path, mmap_mode="r")
+    else:
+        latents = lat_w.result()
+    feats: np.ndarray | None = None
+    if features:
+        feats = np.load(features_path, mmap_mode="r") if features_path is not None else feat_w.result()
+    table = pd.DataFrame({"image_id": rows_ids})
+    for col, parts in cols.items():
+        table[col] = np.concatenate(parts)
+    info = {
+        "device": str(dev),
+        "n_images": len(rows_ids),
+        "seconds": seconds,
+        "images_per_s": len(rows_ids) / seconds if seconds > 0 else float("nan"),
+        "metrics": names,
+        "pool": pool,
+        "latent_dtype": latent_dtype,
+        "layer": layer or "bottleneck",
+        "image_size": size,
+        "feature_size": feature_size if features else None,
+    }
+    log.info("scored %d images in %.1f s (%.1f images/s) on %s", len(rows_ids), seconds, info["images_per_s"], dev)
+    return ScoreResult(table, latents, Path(latents_path) if latents_path is not None else None, latent_shape,
+                       feats, Path(features_path) if (features and features_path is not None) else None, info)
+
+
+# --------------------------------------------------------------------------------------------------------
+# a whole run directory
+
+#: ``per_image.csv`` columns that lead the table, in this order (when present)
+_LEADING = ("image_id", "score", "category", "subcategory", "split")
+_REFERENCES = ("all", "category", "split")
+
+
+def _dataset_from_run(run: Path) -> Any:
+    """Reload the data described by ``RUN/dataset.json`` (``source``, ``layout``, ``options``)."""
+    import json
+
+    from .data import load_dataset
+    from .errors import RunDirError
+
+    spec_file = run / "dataset.json"
+    if not spec_file.is_file():
+        raise RunDirError(f"{run}: no data given and no dataset.json in the run directory (pass DATA)")
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        source = spec["source"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"{spec_file}: unreadable (expected JSON with 'source'; {exc})") from None
+    src = Path(source)
+    if not src.is_absolute() and not src.exists() and (run / src).exists():
+        src = run / src
+    options = dict(spec.get("options") or {})
+    for key in ("image_col", "score_col", "category_col", "score_variant", "splits"):
+        if key in spec and key not in options:
+            options[key] = spec[key]
+    options.pop("layout", None)
+    return load_dataset(src, spec.get("layout") or "auto", **options)
+
+
+def _exposure_losses(run: Path) -> pd.Series | None:
+    path = run / "exposure.csv"
+    if not path.is_file():
+        return None
+    exp = pd.read_csv(path, dtype={"image_id": str})
+    if "image_id" not in exp.columns or "loss" not in exp.columns:
+        raise DataError(f"{path}: expected columns image_id, order, loss (found {', '.join(exp.columns)})")
+    # an image exposed more than once keeps its first exposure
+    if "order" in exp.columns:
+        exp = exp.sort_values("order", kind="stable")
+    exp = exp.drop_duplicates("image_id", keep="first")
+    return exp.set_index("image_id")["loss"].astype(float)
+
+
+def _reference_args(table: pd.DataFrame, reference: str) -> dict[str, Any]:
+    if reference == "all":
+        return {}
+    if reference == "category":
+        if "category" not in table.columns:
+            raise ConfigError("distinctiveness reference 'category' needs a category column; this data has none")
+        return {"groups": table["category"].astype(str).to_numpy()}
+    if reference == "split":
+        if "split" not in table.columns:
+            raise ConfigError("distinctiveness reference 'split' needs a split column; this data has none")
+        mask = table["split"].astype(str).str.lower().str.startswith("train").to_numpy()
+        if not mask.any():
+            raise ConfigError("distinctiveness reference 'split': no image has a split starting with 'train'")
+        return {"reference": mask}
+    raise ConfigError(f"distinctiveness reference must be one of {', '.join(_REFERENCES)}, got {reference!r}")
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Atomic, byte-reproducible ``.npz`` (``np.savez`` stamps the current time into the zip entries)."""
+    import io
+    import zipfile
+
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+
+
+def _record_settings(run: Path, settings: dict[str, Any]) -> None:
+    """Record how the run was scored as the ``score`` section of ``RUN/config.json`` (other sections kept)."""
+    import json
+
+    from ._io import atomic_write_json
+
+    path = run / "config.json"
+    config: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            config = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            log.warning("%s is not valid JSON; rewriting it with the score settings only", path)
+    config["score"] = settings
+    atomic_write_json(path, config)
+
+
+def default_metrics() -> list[str]:
+    """The metrics ``memlens score`` uses by default: :data:`DEFAULT_METRICS`, plus ``lpips`` when installed."""
+    return list(DEFAULT_METRICS) + (["lpips"] if get_metric("lpips").available else [])
+
+
+def score_run(
+    run: str | os.PathLike,
+    data: Any = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    batch_size: int = 32,
+    layer: str | None = None,
+    pool: str = "none",
+    latent_dtype: str = "float32",
+    distinct_k: int = 1,
+    distinct_metric: str = "euclidean",
+    distinct_reference: str = "all",
+    num_workers: int = 0,
+    device: str = "auto",
+    cache: Any = None,
+    feature_size: int | None = FEATURE_SIZE,
+    progress: Callable[[int], Any] | None = None,
+) -> pd.DataFrame:
+    """Score a run: write ``per_image.csv``, ``latents.npy`` + ``latent_ids.txt``, ``features.npy``.
+
+    Parameters
+    ----------
+    run : the run directory; it must hold ``autoencoder.pt`` (``autoencoder_before.pt`` adds
+        ``recon_<m>_before`` columns, ``exposure.csv`` the ``recon_exposure`` column).
+    data : a folder/table for :func:`memlens.data.load_dataset`, a loaded ``Dataset``, or None to reload the
+        data described by ``RUN/dataset.json``.
+    metrics : metric names (default :func:`default_metrics`; an optional metric that cannot be built, e.g.
+        lpips without its weights offline, is then skipped with a warning).
+    distinct_k, distinct_metric, distinct_reference : neighbours for ``distinctiveness`` (latents) and
+        ``distinctiveness_features`` (pretrained features); reference ``all``, ``category`` (within each
+        category) or ``split`` (neighbours among the rows whose ``split`` starts with ``train``).
+    Other parameters as in :func:`score_images`.
+
+    Returns
+    -------
+    DataFrame
+        The per-image table as written to ``RUN/per_image.csv``.
+    """
+    from ._io import atomic_write_bytes, atomic_write_text
+    from .data import load_dataset
+    from .errors import RunDirError
+    from .models import load_autoencoder
+    from .neighbors import distinctiveness
+
+    run = Path(run)
+    ckpt = run / "autoencoder.pt"
+    if not ckpt.is_file():
+        raise RunDirError(f"{run}: no autoencoder.pt (train first: memlens train DATA --out {run})")
+    if distinct_reference not in _REFERENCES:
+        raise ConfigError(f"distinctiveness reference must be one of {', '.join(_REFERENCES)}, "
+                          f"got {distinct_reference!r}")
+    if data is None:
+        ds = _dataset_from_run(run)
+    elif hasattr(data, "table"):
+        ds = data
+    else:
+        ds = load_dataset(data)
+    table = ds.table.reset_index(drop=True)
+    if len(table) == 0:
+        raise DataError(f"{getattr(ds, 'root', data)}: no images to score")
+    ref_args = _reference_args(table, distinct_reference)
+
+    dev = resolve_device(device)
+    model = load_autoencoder(ckpt)
+    before_file = run / "autoencoder_before.pt"
+    before = load_autoencoder(before_file) if before_file.is_file() else None
+
+    explicit = metrics is not None
+    names = [get_metric(m).name for m in (metrics if explicit else default_metrics())]
+    if not explicit and "lpips" in names:
+        try:
+            from .metrics import _lpips_model
+
+            _lpips_model(dev)
+        except Exception as exc:  # optional and not asked for: skip rather than fail the run
+            log.warning("lpips skipped: %s", exc)
+            names.remove("lpips")
+
+    result = score_images(
+        model, ds, metrics=names, before_model=before, batch_size=batch_size, device=dev, pool=pool,
+        latent_dtype=latent_dtype, latents_path=run / "latents.npy", features=True,
+        features_path=run / "features.npy", feature_size=feature_size, layer=layer, num_workers=num_workers,
+        cache=cache, progress=progress,
+    )
+    ids = result.table["image_id"].tolist()
+    if any("\n" in i for i in ids):  # pragma: no cover - ids are file paths
+        raise DataError("an image id contains a line break; latent_ids.txt cannot hold it")
+    atomic_write_text(run / "latent_ids.txt", "".join(f"{i}\n" for i in ids))
+
+    out = pd.DataFrame({c: table[c] for c in _LEADING if c in table.columns})
+    for col in result.table.columns[1:]:
+        out[col] = result.table[col].to_numpy()
+    exposure = _exposure_losses(run)
+    if exposure is not None:
+        out["recon_exposure"] = table["image_id"].map(exposure).astype(float).to_numpy()
+    dist_kw = {"k": distinct_k, "metric": distinct_metric, **ref_args}
+    out["distinctiveness"] = distinctiveness(result.latents, **dist_kw)
+    out["distinctiveness_features"] = distinctiveness(result.features, **dist_kw)
+    passthrough = [c for c in table.columns if c not in out.columns]
+    clashes = [c for c in table.columns if c in out.columns and c not in _LEADING]
+    if clashes:
+        log.warning("source columns replaced by computed ones: %s", ", ".join(clashes))
+    for c in passthrough:
+        out[c] = table[c].to_numpy()
+    with atomic_path(run / "per_image.csv") as tmp:
+        out.to_csv(tmp, index=False)
+
+    halves = getattr(ds, "halves", None)
+    root_halves = Path(getattr(ds, "root", "")) / "split_halves.npz" if getattr(ds, "root", None) else None
+    if halves is not None:
+        _write_npz(run / "split_halves.npz", {"image": np.array(halves.image_ids, dtype=str),
+                                               "half1": np.asarray(halves.half1), "half2": np.asarray(halves.half2)})
+    elif root_halves is not None and root_halves.is_file():
+        atomic_write_bytes(run / "split_halves.npz", root_halves.read_bytes())
+    _record_settings(run, {
+        "data": str(getattr(ds, "source", None) or getattr(ds, "root", "")), "metrics": names,
+        "layer": layer, "pool": pool, "latent_dtype": latent_dtype, "latent_shape": list(result.latent_shape),
+        "latent_dim": int(result.latents.shape[1]), "image_size": result.info["image_size"],
+        "feature_size": feature_size, "features": "efficientnet_lite0 head, average-pooled",
+        "distinct_k": int(distinct_k), "distinct_metric": distinct_metric, "distinct_reference": distinct_reference,
+        "batch_size": int(batch_size), "before": before is not None, "exposure": exposure is not None,
+    })
+    log.info("wrote %s (%d images, %d columns)", run / "per_image.csv", len(out), out.shape[1])
+    out.attrs["info"] = result.info
+    return out
