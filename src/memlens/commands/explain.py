@@ -1,0 +1,190 @@
+"""``memlens explain RUN``: IG overlays, aggregate maps, sanity check and visual descriptors."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from ._common import echo, progress_enabled
+
+
+@click.command("explain")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--images",
+    "images",
+    multiple=True,
+    metavar="ID_OR_PATH",
+    help="Also explain this image (an image_id of the run or an image file); repeatable.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Overlays for the N most memorable images (human score).",
+)
+@click.option(
+    "--bottom",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Overlays for the N least memorable images (human score).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Integrated Gradients path steps.",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(["black", "blur", "mean"]),
+    default="black",
+    show_default=True,
+    help="IG baseline: black image, Gaussian-blurred image, or the image's mean colour.",
+)
+@click.option(
+    "--smoothgrad",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="SmoothGrad noisy samples per image (0 = plain IG).",
+)
+@click.option(
+    "--smoothgrad-sigma",
+    type=click.FloatRange(min=0.0),
+    default=0.1,
+    show_default=True,
+    help="SD of the SmoothGrad noise, in [0, 1] image units.",
+)
+@click.option(
+    "--internal-batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="IG path points per forward/backward pass.",
+)
+@click.option(
+    "--aggregate-max",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="At most N images per quartile in the aggregate maps: the explained ones plus a seeded sample "
+    "(0 = all).",
+)
+@click.option(
+    "--sanity-max",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="At most N images in the weight-randomisation sanity check (0 = every explained image).",
+)
+@click.option(
+    "--n-boot",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for the descriptor correlations.",
+)
+@click.option(
+    "--delta-tolerance",
+    type=click.FloatRange(min=0.0),
+    default=0.05,
+    show_default=True,
+    help="Flag maps whose relative convergence delta exceeds this.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed (aggregate sample, SmoothGrad, randomised head, bootstrap).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.pass_context
+def explain(
+    ctx: click.Context,
+    run: Path,
+    images: tuple[str, ...],
+    top: int,
+    bottom: int,
+    steps: int,
+    baseline: str,
+    smoothgrad: int,
+    smoothgrad_sigma: float,
+    internal_batch_size: int,
+    aggregate_max: int,
+    sanity_max: int,
+    n_boot: int,
+    delta_tolerance: float,
+    seed: int,
+    device: str,
+) -> None:
+    """Explain the predictor of RUN: Integrated Gradients maps and visual descriptors.
+
+    Writes RUN/attributions/ (overlay PNGs, aggregate maps of the top vs bottom quartile, attributions.npz,
+    sanity.json with the weight-randomisation check, explain.json), RUN/descriptors.csv and
+    RUN/descriptor_correlations.csv.
+    """
+    from memlens.explain import explain_run
+
+    with contextlib.ExitStack() as stack:
+        factory = None
+        if progress_enabled(ctx):
+
+            def factory(stage: str, total: int):
+                bar = stack.enter_context(
+                    click.progressbar(length=total, label=stage, file=click.get_text_stream("stderr"))
+                )
+                return bar.update
+
+        summary = explain_run(
+            run,
+            images=images,
+            top=top,
+            bottom=bottom,
+            n_steps=steps,
+            baseline=baseline,
+            smoothgrad=smoothgrad,
+            smoothgrad_sigma=smoothgrad_sigma,
+            internal_batch_size=internal_batch_size,
+            seed=seed,
+            aggregate_max=aggregate_max,
+            sanity_max=sanity_max,
+            n_boot=n_boot,
+            delta_tolerance=delta_tolerance,
+            device=device,
+            progress=factory,
+        )
+    ig = summary["integrated_gradients"]
+    n_maps = ig["n_images"]
+    echo(
+        f"integrated gradients: {n_maps} maps ({ig['baseline']} baseline, {ig['n_steps']} steps), "
+        f"{ig['n_flagged']} flagged as not converged"
+    )
+    if ig["n_flagged"]:
+        echo(
+            f"  not converged (rerun with more --steps): {', '.join(summary['flagged_ids'][:10])}"
+            + (" ..." if len(summary["flagged_ids"]) > 10 else "")
+        )
+    sanity = summary["sanity"]
+    if sanity.get("mean_spearman") is not None:
+        verdict = (
+            "below 0.5: the maps depend on the learned weights"
+            if sanity.get("passed")
+            else "NOT below 0.5: much of the maps' structure survives randomising the weights, so it comes "
+            "from the image or the encoder rather than what the predictor learned"
+        )
+        echo(
+            f"sanity check: mean Spearman(trained, randomised {sanity.get('randomized_module') or 'model'}) "
+            f"= {sanity['mean_spearman']:.3f} over {sanity['n_images']} images ({verdict})"
+        )
+    echo(
+        f"descriptors: {summary['n_images']} images -> {run / 'descriptors.csv'}, correlations -> "
+        f"{run / 'descriptor_correlations.csv'}"
+    )
+    echo(f"maps and figures: {run / 'attributions'} ({summary['timings_s']['total']:.1f} s)")
