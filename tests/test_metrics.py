@@ -276,7 +276,7 @@ def test_make_loss_gradient(pair):
 @pytest.mark.parametrize(
     ("spec", "pattern"),
     [
-        ("mse+psnr", r"psnr.*available metrics: mse, l1, dssim, ms-dssim, perceptual, lpips"),
+        ("mse+psnr", r"psnr.*available metrics: mse, l1, dssim, ms-dssim, perceptual, lpips, lpips-squeeze, lpips-vgg"),
         ("", "empty"),
         ("mse+", "cannot read term"),
         ("0.5*", "cannot read term"),
@@ -316,12 +316,21 @@ def test_lpips_converts_inputs_to_minus_one_one(fake_lpips, pair):
     # the value is the package's distance as-is (here 0.25 * MSE on the [-1, 1] scale = MSE on [0, 1])
     torch.testing.assert_close(d, M.get_metric("mse")(x, y), rtol=1e-5, atol=1e-7)
     # built once per device, parameters frozen, but gradients reach the images
-    model = M._LPIPS_MODELS["cpu"]
+    model = M._LPIPS_MODELS["alex@cpu"]
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     yy = y.clone().requires_grad_(True)
     M.make_loss("lpips")(x, yy).backward()
     assert yy.grad.abs().sum() > 0
-    assert M._LPIPS_MODELS["cpu"] is model
+    assert M._LPIPS_MODELS["alex@cpu"] is model
+
+
+@pytest.mark.parametrize(("name", "net"), [("lpips", "alex"), ("lpips-squeeze", "squeeze"), ("lpips-vgg", "vgg")])
+def test_lpips_backbone_choice(fake_lpips, pair, name, net):
+    """Each LPIPS variant builds the package's model with its own backbone (the paper used squeeze)."""
+    x, y = pair
+    M.get_metric(name)(x, y)
+    assert M._LPIPS_MODELS[f"{net}@cpu"].net == net
+    assert M.get_metric(name).column == f"recon_{name}"
 
 
 def test_perceptual_definition(pair):

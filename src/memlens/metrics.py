@@ -415,8 +415,11 @@ def perceptual_distance(x: Tensor, y: Tensor, extractor: torch.nn.Module | None 
 _LPIPS_MODELS: dict[str, Any] = {}
 
 
-def _lpips_model(device: torch.device) -> torch.nn.Module:
-    key = str(device)
+LPIPS_NETS = ("alex", "squeeze", "vgg")
+
+
+def _lpips_model(device: torch.device, net: str = "alex") -> torch.nn.Module:
+    key = f"{net}@{device}"
     with _EXTRACTOR_LOCK:
         model = _LPIPS_MODELS.get(key)
         if model is None:
@@ -427,19 +430,33 @@ def _lpips_model(device: torch.device) -> torch.nn.Module:
                     "metric 'lpips' needs the optional package 'lpips': pip install 'memlens[lpips]' "
                     "(or use the offline 'perceptual' metric)"
                 ) from None
-            model = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+            model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
             _LPIPS_MODELS[key] = model
         return model
 
 
-def lpips_distance(x: Tensor, y: Tensor) -> Tensor:
-    """LPIPS (AlexNet) distance (N,), a distance used as-is; inputs in [0, 1] are mapped to [-1, 1] here."""
-    model = _lpips_model(x.device)
+def _lpips(x: Tensor, y: Tensor, net: str) -> Tensor:
+    model = _lpips_model(x.device, net)
     with _no_autocast(x.device):
         out = model(x.float() * 2 - 1, y.float() * 2 - 1)
     return out.reshape(x.shape[0], -1).mean(1)
+
+
+def lpips_distance(x: Tensor, y: Tensor) -> Tensor:
+    """LPIPS (AlexNet) distance (N,), a distance used as-is; inputs in [0, 1] are mapped to [-1, 1] here."""
+    return _lpips(x, y, "alex")
+
+
+def lpips_squeeze_distance(x: Tensor, y: Tensor) -> Tensor:
+    """LPIPS with the SqueezeNet backbone (the paper's loss); a distance, minimised as-is."""
+    return _lpips(x, y, "squeeze")
+
+
+def lpips_vgg_distance(x: Tensor, y: Tensor) -> Tensor:
+    """LPIPS with the VGG backbone; a distance, minimised as-is."""
+    return _lpips(x, y, "vgg")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -455,6 +472,10 @@ register_metric("perceptual", perceptual_distance, range=(0.0, 4.0),
                 description="LPIPS-like distance in ImageNet EfficientNet-Lite0 features, no learned weights")
 register_metric("lpips", lpips_distance, range=(0.0, None), extra="lpips", requires="lpips",
                 description="LPIPS (AlexNet), optional extra: pip install 'memlens[lpips]'")
+register_metric("lpips-squeeze", lpips_squeeze_distance, range=(0.0, None), extra="lpips", requires="lpips",
+                description="LPIPS (SqueezeNet; the paper's loss), optional extra: pip install 'memlens[lpips]'")
+register_metric("lpips-vgg", lpips_vgg_distance, range=(0.0, None), extra="lpips", requires="lpips",
+                description="LPIPS (VGG), optional extra: pip install 'memlens[lpips]'")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""The pipeline behind ``memlens run`` and ``memlens demo``: stage commands run in order on one run directory.
+
+Each stage is its ordinary CLI command, called with the argument list that its options translate to, so a
+config file, ``--set stage.key=value`` and the flags of ``memlens run`` all go through the very same
+parsing and validation as when the stage is run by hand. A stage whose outputs exist and whose arguments are
+unchanged since it last completed (``RUN/pipeline.json``) is skipped; once a stage reruns, every later stage
+reruns too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # config section
+    command: str  # CLI command
+    outputs: tuple[str, ...]  # files in RUN that mark the stage complete ("" = always rerun)
+    positional: Callable[[str, str], list[str]]  # (data, run) -> leading arguments
+
+
+STAGE_LIST: tuple[Stage, ...] = (
+    Stage("check", "check", (), lambda d, r: [d]),
+    Stage("train", "train", ("autoencoder.pt",), lambda d, r: [d, "--out", r]),
+    # score reloads the data exactly as train recorded it (RUN/dataset.json: layout and column options)
+    Stage("score", "score", ("per_image.csv", "latents.npy"), lambda d, r: ["--run", r]),
+    Stage("analyze", "analyze", ("correlations.json",), lambda d, r: [r]),
+    Stage("predictor", "fit-predictor", ("predictor.pt", "predictor_cv.csv"), lambda d, r: [r]),
+    Stage("explain", "explain", ("descriptors.csv",), lambda d, r: [r]),
+    Stage("report", "report", ("report.html",), lambda d, r: [r]),
+)
+STAGE_NAMES = tuple(s.name for s in STAGE_LIST)
+
+
+def _command(name: str) -> click.Command:
+    from ..cli import app
+
+    cmd = app.get_command(click.Context(app), name)
+    if cmd is None:  # pragma: no cover
+        raise click.UsageError(f"command {name!r} is not available")
+    return cmd
+
+
+def options_to_args(cmd: click.Command, options: Mapping[str, Any]) -> list[str]:
+    """Translate ``{option_name: value}`` into the command-line arguments of ``cmd``."""
+    params = {p.name: p for p in cmd.params if isinstance(p, click.Option)}
+    args: list[str] = []
+    for key, value in options.items():
+        p = params.get(key.replace("-", "_"))
+        if p is None:
+            known = ", ".join(sorted(n for n in params if n))
+            raise click.UsageError(f"{cmd.name}: unknown option {key!r} (known: {known})")
+        if value is None:
+            continue
+        flag = max(p.opts, key=len)
+        if p.is_flag and not p.count:
+            if p.secondary_opts:
+                args.append(flag if value else max(p.secondary_opts, key=len))
+            elif value:
+                args.append(flag)
+        elif p.multiple:
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                args += [flag, str(v)]
+        elif isinstance(value, (list, tuple)):
+            args += [flag, ",".join(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _load_state(run: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run / "pipeline.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(run: Path, state: dict[str, Any]) -> None:
+    from .._io import atomic_write_json
+
+    atomic_write_json(run / "pipeline.json", state)
+
+
+def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options: Mapping[str, Mapping[str, Any]],
+                 *, force: bool = False, skip: tuple[str, ...] = (), obj: dict | None = None,
+                 echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    """Run every stage on ``data`` into ``run``; returns the per-stage record (status, seconds, args)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    state = {} if force else _load_state(run)
+    stages_state: dict[str, Any] = dict(state.get("stages", {}))
+    rerun_rest = force
+    record: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    for stage in STAGE_LIST:
+        if stage.name in skip:
+            record[stage.name] = {"status": "skipped (--skip)"}
+            continue
+        cmd = _command(stage.command)
+        args = stage.positional(str(data), str(run)) + options_to_args(cmd, stage_options.get(stage.name, {}))
+        prev = stages_state.get(stage.name, {})
+        complete = (stage.outputs and all((run / f).exists() for f in stage.outputs)
+                    and prev.get("args") == args and prev.get("status") == "done")
+        if complete and not rerun_rest:
+            echo(f"[{stage.name}] up to date, skipped")
+            record[stage.name] = {"status": "up to date", "seconds": prev.get("seconds")}
+            continue
+        rerun_rest = True
+        run_args = list(args)
+        if (stage.name == "train" and not force and prev.get("args") == args and prev.get("status") == "running"
+                and any((run / "checkpoints" / f).exists() for f in ("experience.pt", "exposure.pt", "pretrain.pt"))):
+            run_args.append("--resume")  # an interrupted training with the same settings continues
+        echo(f"[{stage.name}] memlens {stage.command} {' '.join(run_args)}")
+        stages_state[stage.name] = {"status": "running", "args": args}
+        _save_state(run, {"data": str(data), "stages": stages_state})
+        t0 = time.perf_counter()
+        rv = cmd.main(args=run_args, prog_name=f"memlens {stage.command}", standalone_mode=False, obj=obj or {})
+        if isinstance(rv, int) and rv != 0:
+            raise click.exceptions.Exit(rv)
+        seconds = round(time.perf_counter() - t0, 2)
+        stages_state[stage.name] = {"status": "done", "args": args, "seconds": seconds}
+        record[stage.name] = {"status": "done", "seconds": seconds}
+        _save_state(run, {"data": str(data), "stages": stages_state})
+    record["total_seconds"] = round(time.perf_counter() - t_all, 2)
+    return record

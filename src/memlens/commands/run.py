@@ -1,0 +1,134 @@
+"""``memlens run``: check -> train -> score -> analyze -> fit-predictor -> explain -> report, in one command.
+
+Besides its own options it accepts the options of every stage (generated from the stage commands; one flag
+sets that option in every stage that has it, e.g. ``--seed``), ``--config FILE`` (YAML/JSON, one section per
+stage) and ``--set STAGE.OPTION=VALUE``. Precedence: stage defaults < config file < --set < flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._pipeline import STAGE_LIST, STAGE_NAMES
+
+_RESERVED = {"data", "run", "run_dir", "out", "out_dir", "fmt", "resume", "help"}
+
+
+def _shared_options() -> dict[str, tuple[click.Option, list[str]]]:
+    """Option name -> (first definition, stages having it), read from the stage commands."""
+    from ..cli import COMMANDS
+
+    found: dict[str, tuple[click.Option, list[str]]] = {}
+    for stage in STAGE_LIST:
+        module_name, attr = COMMANDS[stage.command][0].split(":")
+        try:
+            cmd = getattr(importlib.import_module(module_name), attr)
+        except ModuleNotFoundError:  # pragma: no cover - a stage missing from this build
+            continue
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or not p.name or p.name in _RESERVED or p.count:
+                continue
+            if p.name in found:
+                found[p.name][1].append(stage.name)
+            else:
+                found[p.name] = (p, [stage.name])
+    return found
+
+
+SHARED = _shared_options()
+
+
+def _add_shared(f):
+    for name, (p, stages) in sorted(SHARED.items(), reverse=True):
+        long = "--" + name.replace("_", "-")
+        help_ = f"[{', '.join(stages)}] {p.help or ''}".strip()
+        if p.is_flag:
+            f = click.option(f"{long}/--no-{name.replace('_', '-')}", name, default=None, help=help_)(f)
+        else:
+            f = click.option(long, name, type=p.type, multiple=p.multiple, default=None,
+                             metavar=p.metavar, help=help_)(f)
+    return f
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        stage, dot, option = key.partition(".")
+        if not sep or not dot or stage not in STAGE_NAMES or not option:
+            raise click.BadParameter(f"{item!r}: expected STAGE.OPTION=VALUE with STAGE one of "
+                                     f"{', '.join(STAGE_NAMES)}", param_hint="--set")
+        out.setdefault(stage, {})[option.replace("-", "_")] = value
+    return out
+
+
+def build_stage_options(config_file: Path | None, sets: tuple[str, ...], flags: dict[str, Any],
+                        base: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Merge base < config file < --set < flags into ``{stage: {option: value}}`` (validated)."""
+    from ..config import PipelineConfig, load_config
+
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
+    layers = []
+    if config_file is not None:
+        layers.append(load_config(config_file).to_dict())
+    layers.append(PipelineConfig(_parse_sets(sets)).to_dict())
+    for layer in layers:
+        for stage, opts in layer.items():
+            merged.setdefault(stage, {}).update(opts)
+    for name, value in flags.items():
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        for stage in SHARED[name][1]:
+            merged.setdefault(stage, {})[name] = value
+    return merged
+
+
+def summarize(run_dir: Path, record: dict[str, Any]) -> None:
+    """Print the final summary: stage times, headline numbers, the report's path."""
+    import json
+
+    click.echo("")
+    click.echo("stage          status        seconds")
+    for name in STAGE_NAMES:
+        r = record.get(name, {})
+        sec = r.get("seconds")
+        click.echo(f"{name:<14} {r.get('status', '-'):<13} {'' if sec is None else f'{sec:7.1f}'}")
+    click.echo(f"total {record.get('total_seconds', 0):.1f} s")
+    results = run_dir / "results.json"
+    if results.exists():
+        try:
+            headline = json.loads(results.read_text()).get("headline", {})
+        except ValueError:
+            headline = {}
+        for key, value in headline.items():
+            click.echo(f"{key}: {value}")
+    report = run_dir / "report.html"
+    if report.exists():
+        click.echo(f"report: {report.resolve()}")
+
+
+@click.command("run", context_settings={"max_content_width": 110})
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (created; completed stages are resumed).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML/JSON config: one section per stage (check, train, score, analyze, predictor, explain, "
+              "report) with the stage's options.")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.OPTION=VALUE",
+              help="Set one stage option, e.g. --set train.pretrain_epochs=5 (repeatable).")
+@click.option("--force", is_flag=True, help="Rerun every stage even when its outputs are up to date.")
+@click.option("--skip", multiple=True, type=click.Choice(STAGE_NAMES), help="Leave out a stage (repeatable).")
+@_add_shared
+@click.pass_context
+def run(ctx: click.Context, data: Path, out: Path, config_file: Path | None, sets: tuple[str, ...], force: bool,
+        skip: tuple[str, ...], **flags: Any) -> None:
+    """Run the whole pipeline on DATA into the run directory OUT."""
+    from ._pipeline import run_pipeline
+
+    options = build_stage_options(config_file, sets, flags)
+    record = run_pipeline(data, out, options, force=force, skip=skip, obj=ctx.find_root().obj)
+    summarize(out, record)
