@@ -75,3 +75,19 @@ def test_pipeline_config_normalises_dashes():
     cfg = PipelineConfig({"analyze": {"n-boot": 5}})
     assert cfg.get("analyze") == {"n_boot": 5}
     assert cfg.merged("analyze", {"n_boot": 9, "seed": None}) == {"n_boot": 9}
+
+
+def test_run_flags_map_onto_stage_options(tmp_path):
+    """A shared flag sets every stage that has the option; clashing names get stage-prefixed flags."""
+    from memlens.commands.run import SHARED, build_stage_options
+
+    assert set(SHARED["seed"][1]) >= {"train", "analyze", "predictor", "explain"}
+    assert SHARED["check_split"][1:] == (["check"], "split")
+    assert SHARED["predictor_split"][1:] == (["predictor"], "split")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analyze: {n_boot: 10, seed: 1}\n")
+    opts = build_stage_options(cfg, ("analyze.n_boot=20",), {"seed": 5, "predictor_split": "paper",
+                                                             "n_boot": None})
+    assert opts["analyze"] == {"n_boot": "20", "seed": 5}  # flag > --set > config file
+    assert opts["predictor"]["split"] == "paper" and "split" not in opts.get("check", {})
+    assert opts["train"]["seed"] == 5

@@ -17,7 +17,7 @@ import click
 @click.option("--n-boot", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Paired bootstrap resamples per correlation (0: no interval).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--ci", "ci_method", type=click.Choice(["percentile", "bca"]), default="percentile",
+@click.option("--ci", "ci", type=click.Choice(["percentile", "bca"]), default="percentile",
               show_default=True, help="Bootstrap interval type.")
 @click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True)
@@ -25,7 +25,7 @@ import click
               help="Permutations for permutation p-values (0: none).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="What to print (the files are always written).")
-def analyze(run: Path, by: str, no_groups: bool, method: str, n_boot: int, seed: int, ci_method: str,
+def analyze(run: Path, by: str, no_groups: bool, method: str, n_boot: int, seed: int, ci: str,
             confidence: float, permutation: int, fmt: str) -> None:
     """Correlate recon_* and distinctiveness columns of RUN/per_image.csv with the score.
 
@@ -36,7 +36,7 @@ def analyze(run: Path, by: str, no_groups: bool, method: str, n_boot: int, seed:
     from ..stats import analyze_run, format_correlations
 
     table, payload = analyze_run(run, by=None if no_groups else by, method=method, n_boot=n_boot, seed=seed,
-                                 ci=ci_method, confidence=confidence, permutation=permutation)
+                                 ci=ci, confidence=confidence, permutation=permutation)
     if fmt == "json":
         click.echo(json.dumps(payload, indent=2, allow_nan=False))
         return

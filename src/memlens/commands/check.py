@@ -24,14 +24,14 @@ _MAX_CATEGORIES_SHOWN = 20
 @click.option("--category-col", default=None, metavar="C", help="Table column with the categories.")
 @click.option("--score-variant", type=click.Choice(["corrected", "uncorrected"]), default=None,
               help="memcat: false-alarm corrected score (default) or the uncorrected hit rate.")
-@click.option("--split", "splits", multiple=True, metavar="NAME",
+@click.option("--split", "split", multiple=True, metavar="NAME",
               help="lamem: split file to read (repeatable), e.g. --split train_1 --split val_1.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Report images with more pixels than this (decompression-bomb guard).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: summary or problems; json: the whole report on stdout.")
 def check(data: str, layout: str, image_col: str | None, score_col: str | None, category_col: str | None,
-          score_variant: str | None, splits: tuple[str, ...], max_pixels: int, fmt: str) -> int:
+          score_variant: str | None, split: tuple[str, ...], max_pixels: int, fmt: str) -> int:
     """Validate DATA (a folder or a table) in one pass.
 
     Every problem is printed to stderr as one line `path: reason`, followed by a count line, and the
@@ -53,7 +53,7 @@ def check(data: str, layout: str, image_col: str | None, score_col: str | None, 
 
     report = validate_dataset(
         data, layout, image_col=image_col, score_col=score_col, category_col=category_col,
-        score_variant=score_variant, splits=list(splits) or None, max_pixels=max_pixels,
+        score_variant=score_variant, splits=list(split) or None, max_pixels=max_pixels,
         progress=progress if (fmt == "text" and progress_enabled()) else None,
     )
     if fmt == "json":

@@ -18,11 +18,22 @@ from ._pipeline import STAGE_LIST, STAGE_NAMES
 _RESERVED = {"data", "run", "run_dir", "out", "out_dir", "fmt", "resume", "help"}
 
 
-def _shared_options() -> dict[str, tuple[click.Option, list[str]]]:
-    """Option name -> (first definition, stages having it), read from the stage commands."""
+def _compatible(a: click.Option, b: click.Option) -> bool:
+    return (a.multiple == b.multiple and a.is_flag == b.is_flag
+            and type(a.type) is type(b.type)
+            and getattr(a.type, "choices", None) == getattr(b.type, "choices", None))
+
+
+def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
+    """Run flag name -> (definition, stages it applies to, the stage's option name), from the stage commands.
+
+    An option that several stages define alike becomes one flag for all of them (``--seed``); one that
+    stages define differently (check's ``--split NAME`` vs fit-predictor's ``--split paper|kfold``) gets a
+    stage-prefixed flag per stage (``--check-split``, ``--predictor-split``).
+    """
     from ..cli import COMMANDS
 
-    found: dict[str, tuple[click.Option, list[str]]] = {}
+    by_name: dict[str, list[tuple[str, click.Option]]] = {}
     for stage in STAGE_LIST:
         module_name, attr = COMMANDS[stage.command][0].split(":")
         try:
@@ -32,10 +43,14 @@ def _shared_options() -> dict[str, tuple[click.Option, list[str]]]:
         for p in cmd.params:
             if not isinstance(p, click.Option) or not p.name or p.name in _RESERVED or p.count:
                 continue
-            if p.name in found:
-                found[p.name][1].append(stage.name)
-            else:
-                found[p.name] = (p, [stage.name])
+            by_name.setdefault(p.name, []).append((stage.name, p))
+    found: dict[str, tuple[click.Option, list[str], str]] = {}
+    for name, defs in by_name.items():
+        if all(_compatible(defs[0][1], p) for _, p in defs[1:]):
+            found[name] = (defs[0][1], [stage for stage, _ in defs], name)
+        else:
+            for stage, p in defs:
+                found[f"{stage}_{name}"] = (p, [stage], name)
     return found
 
 
@@ -43,7 +58,7 @@ SHARED = _shared_options()
 
 
 def _add_shared(f):
-    for name, (p, stages) in sorted(SHARED.items(), reverse=True):
+    for name, (p, stages, _) in sorted(SHARED.items(), reverse=True):
         long = "--" + name.replace("_", "-")
         help_ = f"[{', '.join(stages)}] {p.help or ''}".strip()
         if p.is_flag:
@@ -82,8 +97,9 @@ def build_stage_options(config_file: Path | None, sets: tuple[str, ...], flags: 
     for name, value in flags.items():
         if value is None or (isinstance(value, tuple) and not value):
             continue
-        for stage in SHARED[name][1]:
-            merged.setdefault(stage, {})[name] = value
+        _, stages, option = SHARED[name]
+        for stage in stages:
+            merged.setdefault(stage, {})[option] = value
     return merged
 
 
