@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from _fake_run import CATEGORIES, WEIRD_CATEGORY, WEIRD_IMAGE, make_fake_run
+from _fake_run import CATEGORIES, WEIRD_CATEGORY, WEIRD_IMAGE, make_fake_run, real_run
 from memlens.report import SECTION_IDS, build_report
 from memlens.report import figures as F
 
@@ -67,21 +67,26 @@ def test_summary_numbers_match_inputs(full):
     assert s["score"]["mean"] == pytest.approx(df["score"].mean())
     assert s["score"]["sd"] == pytest.approx(df["score"].std(ddof=1))
     assert s["categories"] == {c: int((df["category"] == c).sum()) for c in CATEGORIES}
-    # the noise ceiling recomputed from the halves
+    # the noise ceiling is analyze's (correlations.json), and it is the split-half correlation of the halves
     with np.load(fake.run / "split_halves.npz") as z:
         rs = [spearmanr(a, b).statistic for a, b in zip(z["half1"], z["half2"], strict=True)]
     ceil = s["noise_ceiling"]
+    analyzed = json.loads((fake.run / "correlations.json").read_text())["ceiling"]
+    assert ceil["source"].startswith("correlations.json")
     assert ceil["n_splits"] == 5
+    assert ceil["split_half_spearman"] == pytest.approx(analyzed["spearman_mean"])
     assert ceil["split_half_spearman"] == pytest.approx(np.mean(rs))
     assert ceil["spearman_brown"] == pytest.approx(2 * np.mean(rs) / (1 + np.mean(rs)))
     summary = _section(page, "summary")
     assert f"{ceil['spearman_brown']:.3f}" in summary
     assert f"{df['score'].mean():.3f}" in summary
+    assert "false-alarm corrected" in summary  # dataset.json's notes
 
 
 def test_correlations_come_from_the_analyze_table(full):
     fake, _, page, results = full
-    corr = pd.read_csv(fake.run / "correlations.csv").fillna("")
+    corr = pd.read_csv(fake.run / "correlations.csv", dtype={"group": str, "control": str}).fillna(
+        {"group": "", "control": ""})
     rec = results["reconstruction"]
     assert rec["primary"] == "recon_mse"  # the training loss of config.json
     row = corr[(corr.x == "recon_mse") & (corr.scope == "pooled")].iloc[0]
@@ -97,11 +102,12 @@ def test_correlations_come_from_the_analyze_table(full):
     assert set(rec["measures"]) == {c for c in fake.per_image.columns if c.startswith("recon_")}
     assert f"{row.r:.3f}" in _section(page, "reconstruction")
     dist = results["distinctiveness"]["measures"]["distinctiveness"]
-    part = corr[(corr.x == "distinctiveness") & (corr.scope == "partial")].iloc[0]
-    assert dist["partial"]["r"] == pytest.approx(part.r) and dist["partial"]["control"] == "recon_mse"
+    part = corr[(corr.x == "distinctiveness") & (corr.scope == "partial")]
+    assert [p["control"] for p in dist["partial"]] == list(part.control)  # every control: all recon_* columns
+    assert [p["r"] for p in dist["partial"]] == pytest.approx(list(part.r))
     # the table section holds every row of the file
     assert len(results["correlations"]["rows"]) == len(corr)
-    assert _section(page, "correlations").count("<tr>") == len(corr) + 1
+    assert _section(page, "correlations").count("<tr") == len(corr) + 1
 
 
 def test_binned_means_match_the_data(full):
@@ -114,46 +120,94 @@ def test_binned_means_match_the_data(full):
     assert bins[0]["x_high"] <= bins[-1]["x_low"]
 
 
-def test_predictor_descriptors_training_galleries(full):
+def test_predictor_section_reads_fit_predictor_files(full):
     fake, _, page, results = full
     cv = pd.read_csv(fake.run / "predictor_cv.csv")
+    folds, means = cv[cv.fold.astype(str) != "mean"], cv[cv.fold.astype(str) == "mean"]
+    pred = results["predictor"]
+    assert pred["inputs"] == "features" and pred["split"] == "kfold"
     for model in ("mlp", "ridge"):
-        got = results["predictor"]["models"][model]
-        assert got["n_folds"] == 5
-        assert got["spearman_mean"] == pytest.approx(cv[cv.model == model].spearman.mean())
-        assert got["spearman_sd"] == pytest.approx(cv[cv.model == model].spearman.std(ddof=1))
-    assert results["predictor"]["ceiling"] == pytest.approx(results["summary"]["noise_ceiling"]["spearman_brown"])
-    assert f"{cv[cv.model == 'mlp'].spearman.mean():.3f}" in _section(page, "predictor")
+        got = pred["models"][model]
+        assert got["n_folds"] == 5  # the mean rows are not folds
+        f = folds[folds.model == model]
+        assert got["spearman_mean"] == pytest.approx(f.spearman.mean())
+        assert got["spearman_mean"] == pytest.approx(means[means.model == model].spearman.iloc[0])
+        assert got["spearman_sd"] == pytest.approx(f.spearman.std(ddof=1))
+        assert got["auc_mean"] == pytest.approx(f.auc.mean())
+        assert "epochs_mean" not in got and "seconds_mean" not in got  # settings are not metrics
+    assert pred["ceiling"] == pytest.approx(0.765) and pred["consistency"] == pytest.approx(0.62)
+    oof = pd.read_csv(fake.run / "predictor_oof.csv")
+    assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
+    sec = _section(page, "predictor")
+    assert f"{folds[folds.model == 'mlp'].spearman.mean():.3f}" in sec
+    assert results["headline"]["predictor rho (cross-validated)"] == pytest.approx(
+        pred["models"]["mlp"]["spearman_mean"], abs=5e-4)
 
+
+def test_descriptors_show_both_targets(full):
+    from memlens.descriptors import DESCRIPTOR_COLUMNS
+
+    fake, _, page, results = full
     dc = pd.read_csv(fake.run / "descriptor_correlations.csv")
-    got = {r["descriptor"]: r["r"] for r in results["descriptors"]["rows"]}
-    assert got == pytest.approx(dict(zip(dc.descriptor, dc.r, strict=True)))
+    d = results["descriptors"]
+    assert d["targets"] == ["score", "predicted_score"]
+    assert {r["descriptor"] for r in d["rows"]} == set(DESCRIPTOR_COLUMNS)
+    for r in d["rows"]:
+        for t in ("score", "predicted_score"):
+            row = dc[(dc.descriptor == r["descriptor"]) & (dc.target == t)].iloc[0]
+            assert r[t]["r"] == pytest.approx(row.r) and r[t]["ci_high"] == pytest.approx(row.ci_high)
+    sec = _section(page, "descriptors")
+    assert "ρ with predicted score" in sec and "ρ with human score" in sec
+    assert "colourfulness (Hasler" in sec  # what each descriptor measures
 
-    curve = results["training"]["curve"]
-    assert curve["pretrain"]["final_loss"] == pytest.approx(0.045)
-    assert curve["pretrain"]["final_val_loss"] == pytest.approx(0.055)
-    assert results["training"]["exposure"]["n_images"] == len(fake.per_image)
 
+def test_training_galleries_explanations_methods(full):
+    fake, _, page, results = full
+    tr = results["training"]
+    assert tr["curve"]["experience"] == {"epochs": 4, "first_loss": pytest.approx(0.09),
+                                         "final_loss": pytest.approx(0.045), "final_val_loss": pytest.approx(0.055)}
+    assert "exposure" not in tr["curve"]  # per-image exposure rows are the exposure panel, not an epoch curve
+    exposure = pd.read_csv(fake.run / "exposure.csv")
+    assert tr["exposure"]["n_images"] == len(exposure)
+    assert tr["exposure"]["mean_loss"] == pytest.approx(exposure.loss.mean())
+    assert tr["settings"]["autoencoder"] == "small" and tr["settings"]["exposure learning rate"] == 1e-5
+
+    # galleries: predicted scores are fit-predictor's out-of-fold ones
+    g = results["galleries"]
+    oof = pd.read_csv(fake.run / "predictor_oof.csv")
+    assert g["predicted_source"].startswith("predictor_oof.csv")
     df = fake.per_image
-    top = results["galleries"]["human_top"]
+    top = g["human_top"]
     assert [t["image_id"] for t in top] == list(df.nlargest(len(top), "score").image_id)
     assert top[0]["image_id"] == WEIRD_IMAGE
-    bottom_pred = results["galleries"]["predicted_bottom"]
-    assert [t["image_id"] for t in bottom_pred] == list(df.nsmallest(len(bottom_pred), "predicted_score").image_id)
-    # thumbnails are inline JPEGs
+    bottom = oof.nsmallest(len(g["predicted_bottom"]), "predicted_mlp")
+    assert [t["image_id"] for t in g["predicted_bottom"]] == list(bottom.image_id)
+    assert [t["predicted_score"] for t in g["predicted_bottom"]] == pytest.approx(list(bottom.predicted_mlp))
     galleries = _section(page, "galleries")
-    assert galleries.count('src="data:image/jpeg;base64,') == sum(len(v) for v in results["galleries"].values())
+    assert galleries.count('src="data:image/jpeg;base64,') == sum(len(v) for v in g.values() if isinstance(v, list))
 
     ex = results["explanations"]
-    assert ex["aggregates"] == ["aggregate_least_memorable.png", "aggregate_most_memorable.png"]
-    assert ex["overlays_total"] == 5 and ex["arrays"] == {"maps": [5, 8, 8]}
-    assert ex["sanity"]["passed"] is True
+    assert ex["aggregates"] == ["aggregate_quartiles.png", "aggregate_most_memorable.png",
+                                "aggregate_least_memorable.png", "aggregate_difference.png"]
+    explain = json.loads((fake.run / "attributions" / "explain.json").read_text())
+    assert [(o["group"], o["rank"], o["image_id"]) for o in ex["overlays"]] == [
+        (grp, k, e["image_id"]) for grp in ("top", "bottom", "image") for k, e in enumerate(explain["explained"][grp], 1)]
+    assert ex["overlays"][0]["image_id"] == WEIRD_IMAGE and ex["overlays_total"] == 5
+    assert ex["sanity"]["passed"] is True and ex["sanity"]["mean_spearman"] == 0.12
+    assert set(ex["arrays"]) >= {"maps", "image_ids"}
+    sec = _section(page, "explanations")
+    assert "#1 most memorable" in sec and "#2 least memorable" in sec and "Requested images" in sec
+    assert "2 of 5 maps did not converge" in sec
+    assert sec.count("<img") == 5 + 4
 
     methods = results["methods"]
-    assert methods["manifest"]["timings"]["train"] == 12.5
-    assert methods["config"]["train"]["seed"] == 3
+    assert methods["manifest"]["timings"]["experience_s"] == 12.5
+    assert methods["config"]["seed"] == 3 and methods["config"]["score"]["metrics"] == ["mse", "dssim"]
+    assert methods["seeds"]["train"] == 3 and methods["seeds"]["explain"] == 0
+    assert methods["stage_seconds"]["explain"] == 1.5
+    assert any(c.startswith("memlens fit-predictor ") for c in methods["commands"])
     sec = _section(page, "methods")
-    for text in ("2.13.0", "sha256:0123456789abcdef", "12.50", "cpu"):
+    for text in ("2.13.0", "0123456789abcdef", "12.50", "cpu", "memlens analyze"):
         assert text in sec
 
 
@@ -163,7 +217,8 @@ def test_names_and_values_are_escaped(full):
     assert "&lt;b&gt;x&lt;/b&gt;.png" in page
     assert "<games>" not in page
     assert html_escape(WEIRD_CATEGORY) in page
-    assert "overlay_a&amp;b.png" in page and "overlay_a&b.png" not in page
+    # the weird name is the most memorable image: its overlay caption escapes it too
+    assert f'<span class="s">{html_escape(WEIRD_IMAGE)}</span>' in _section(page, "explanations")
 
 
 def html_escape(s: str) -> str:
@@ -208,6 +263,8 @@ def test_missing_files_degrade_gracefully(tmp_path):
 
 
 def test_correlations_computed_when_analyze_did_not_run(tmp_path):
+    from memlens.stats import correlate
+
     fake = make_fake_run(tmp_path, n=30)
     for name in ("correlations.csv", "correlations.json", "descriptor_correlations.csv"):
         (fake.run / name).unlink()
@@ -215,15 +272,32 @@ def test_correlations_computed_when_analyze_did_not_run(tmp_path):
     df.to_csv(fake.run / "per_image.csv", index=False)
     build_report(fake.run)
     results = json.loads((fake.run / "results.json").read_text())
-    pooled = results["reconstruction"]["measures"]["recon_mse"]["pooled"]
+    rec = results["reconstruction"]["measures"]["recon_mse"]
+    pooled = rec["pooled"]
     assert pooled["r"] == pytest.approx(spearmanr(df.recon_mse, df.score).statistic)
-    assert pooled["ci_low"] < pooled["r"] < pooled["ci_high"]
-    assert pooled["source"].startswith("report")
-    # descriptors: correlations computed from descriptors.csv
-    desc = pd.read_csv(fake.run / "descriptors.csv").merge(df[["image_id", "score"]], on="image_id")
-    got = {r["descriptor"]: r["r"] for r in results["descriptors"]["rows"]}
-    assert got["colorfulness"] == pytest.approx(spearmanr(desc.colorfulness, desc.score).statistic)
+    # the project's one implementation of the statistics, seeded: the same interval as memlens.stats gives
+    ref = correlate(df.recon_mse, df.score, n_boot=1000, seed=0)
+    assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx((ref.ci_low, ref.ci_high))
+    assert pooled["source"].startswith("report (memlens.stats.correlate")
+    within = correlate(df.recon_mse, df.score, n_boot=1000, seed=0, groups=df.category)
+    assert rec["within"]["r"] == pytest.approx(within.r)
+    # descriptors: correlations computed from descriptors.csv, for the human and the predicted score
+    desc = pd.read_csv(fake.run / "descriptors.csv")
+    got = {r["descriptor"]: r for r in results["descriptors"]["rows"]}
+    assert results["descriptors"]["source"].startswith("descriptors.csv")
+    assert got["colourfulness"]["score"]["r"] == pytest.approx(spearmanr(desc.colourfulness, desc.score).statistic)
+    assert got["edge_density"]["predicted_score"]["r"] == pytest.approx(
+        spearmanr(desc.edge_density, desc.predicted_score).statistic)
     assert results["correlations"] == {} and results["distinctiveness"] == {}
+    # the noise ceiling: memlens.stats.split_half_reliability on the run's halves
+    from memlens.data.halves import load_split_halves
+    from memlens.stats import split_half_reliability
+
+    ceil = results["summary"]["noise_ceiling"]
+    rel = split_half_reliability(load_split_halves(fake.run / "split_halves.npz"))
+    assert ceil["split_half_spearman"] == pytest.approx(rel["spearman_mean"])
+    assert ceil["spearman_brown"] == pytest.approx(rel["spearman_brown"])
+    assert "split_half_reliability" in ceil["source"]
 
 
 def test_unreadable_file_is_reported_not_fatal(tmp_path):
@@ -242,7 +316,7 @@ def test_images_missing_on_disk(tmp_path):
     shutil.rmtree(fake.data / "animal")
     for name in ("correlations.csv", "correlations.json"):
         (fake.run / name).unlink()
-    fake.per_image[["image_id", "score", "category", "predicted_score"]].to_csv(fake.run / "per_image.csv", index=False)
+    fake.per_image[["image_id", "score", "category"]].to_csv(fake.run / "per_image.csv", index=False)
     page = build_report(fake.run).read_text()
     gal = _section(page, "galleries")
     assert "image not found" in gal and "data:image/jpeg" in gal
@@ -298,7 +372,7 @@ def test_cli(tmp_path, capsys):
     assert (run / "report.html").is_file()
 
     assert main(["report", str(tmp_path / "nope")]) == 1
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "nope" in err
 
 
@@ -339,3 +413,132 @@ def test_figures_use_agg_and_no_pyplot():
         assert type(fig.canvas).__name__ == "FigureCanvasAgg"
         assert F.figure_to_png(fig)[:4] == b"\x89PNG"
     assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+
+
+# ------------------------------------------------------------------------------------------ a real run
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """`memlens run` on a 40-image demo set with tiny settings (shared with the browser test in-process)."""
+    r = real_run(tmp_path_factory)
+    page = (r.run / "report.html").read_text(encoding="utf-8")
+    results = json.loads((r.run / "results.json").read_text())
+    return r, page, results
+
+
+def test_real_run_report_has_every_section_filled(real):
+    r, page, results = real
+    assert re.findall(r'<section class="card" id="([a-z]+)">', page) == list(SECTION_IDS)
+    assert "not computed" not in page, re.findall(r"[^>]*not computed[^<]*", page)
+    assert results["meta"]["problems"] == [] and "could not be used" not in page
+    # the demo's scores are simulated: dataset.json points at the demo root (demo_truth.csv, README.txt)
+    assert (r.data / "demo_truth.csv").is_file() and results["meta"]["simulated"] is True
+    assert "Simulated scores" in page
+    for sec in SECTION_IDS:
+        assert results[sec], f"section {sec} has no numbers"
+    for sec, needle in (("summary", "noise ceiling"), ("training", "Single exposure"),
+                        ("reconstruction", "Per category"), ("distinctiveness", "partial"),
+                        ("correlations", "within"), ("predictor", "ridge"), ("galleries", "Least memorable (predicted)"),
+                        ("explanations", "#1 most memorable"), ("descriptors", "ρ with predicted score"),
+                        ("methods", "memlens fit-predictor")):
+        assert needle in _section(page, sec), (sec, needle)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert set(results["headline"]) >= {"images", "noise ceiling (Spearman-Brown)", "rho(recon_mse, score)",
+                                        "predictor rho (cross-validated)"}
+    assert "report: " in r.output  # memlens run printed where the report is
+
+
+def test_real_run_results_match_the_stage_files(real):
+    r, page, results = real
+    run = r.run
+    per_image = pd.read_csv(run / "per_image.csv")
+    assert results["summary"]["n_images"] == len(per_image) == 40
+    assert results["summary"]["score"]["mean"] == pytest.approx(per_image.score.mean())
+    ceiling = json.loads((run / "correlations.json").read_text())["ceiling"]
+    assert results["summary"]["noise_ceiling"]["split_half_spearman"] == pytest.approx(ceiling["spearman_mean"])
+    assert results["summary"]["noise_ceiling"]["spearman_brown"] == pytest.approx(ceiling["spearman_brown"])
+
+    # training: train's curve, exposure log and settings
+    curve = pd.read_csv(run / "training_curve.csv")
+    exposure = pd.read_csv(run / "exposure.csv")
+    tr = results["training"]
+    assert tr["curve"]["experience"]["epochs"] == 2
+    exp_rows = curve[curve.phase == "experience"]
+    assert tr["curve"]["experience"]["final_loss"] == pytest.approx(exp_rows.loss.iloc[-1])
+    assert tr["exposure"]["n_images"] == len(exposure) == 40
+    assert tr["exposure"]["mean_loss"] == pytest.approx(exposure.loss.mean())
+    assert tr["settings"]["autoencoder"] == "small" and tr["settings"]["images exposed once"] == 40
+
+    # reconstruction and distinctiveness: analyze's rows, per category, within and partial
+    corr = pd.read_csv(run / "correlations.csv", dtype={"group": str, "control": str}).fillna(
+        {"group": "", "control": ""})
+    rec = results["reconstruction"]
+    assert rec["primary"] == "recon_mse"  # the training loss
+    assert set(rec["measures"]) == {c for c in per_image.columns if c.startswith("recon_")}
+    for x, sec in (("recon_mse", "reconstruction"), ("distinctiveness", "distinctiveness")):
+        got = results[sec]["measures"][x]
+        rows = corr[corr.x == x]
+        assert got["pooled"]["r"] == pytest.approx(rows[rows.scope == "pooled"].r.iloc[0])
+        assert got["pooled"]["ci_low"] == pytest.approx(rows[rows.scope == "pooled"].ci_low.iloc[0])
+        for cat, numbers in got["by_category"].items():
+            assert numbers["r"] == pytest.approx(rows[(rows.scope == "group") & (rows.group == cat)].r.iloc[0])
+        assert got["within"]["r"] == pytest.approx(rows[rows.scope == "within"].r.iloc[0])
+        assert [p["control"] for p in got["partial"]] == list(rows[rows.scope == "partial"].control)
+    assert len(results["correlations"]["rows"]) == len(corr)
+
+    # predictor: fit-predictor's folds (not its mean rows), ceiling and out-of-fold predictions
+    cv = pd.read_csv(run / "predictor_cv.csv")
+    folds, means = cv[cv.fold.astype(str) != "mean"], cv[cv.fold.astype(str) == "mean"]
+    pred = results["predictor"]
+    assert pred["inputs"] == "latents"
+    for model in ("mlp", "ridge"):
+        f = folds[folds.model == model]
+        assert pred["models"][model]["n_folds"] == 3
+        assert pred["models"][model]["spearman_mean"] == pytest.approx(f.spearman.astype(float).mean())
+        assert pred["models"][model]["spearman_mean"] == pytest.approx(float(means[means.model == model].spearman.iloc[0]))
+    assert pred["ceiling"] == pytest.approx(float(means.noise_ceiling.iloc[0]))
+    assert pred["consistency"] == pytest.approx(float(means.human_consistency.iloc[0]))
+    oof = pd.read_csv(run / "predictor_oof.csv")
+    assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
+
+    # galleries: thumbnails of the real images, predicted = out-of-fold MLP predictions
+    g = results["galleries"]
+    assert g["predicted_source"].startswith("predictor_oof.csv")
+    assert [t["image_id"] for t in g["human_top"]] == list(per_image.nlargest(len(g["human_top"]), "score").image_id)
+    top_pred = oof.nlargest(len(g["predicted_top"]), "predicted_mlp")
+    assert [t["image_id"] for t in g["predicted_top"]] == list(top_pred.image_id)
+    n_thumbs = sum(len(v) for v in g.values() if isinstance(v, list))
+    assert _section(page, "galleries").count('src="data:image/jpeg;base64,') == n_thumbs == 4 * 8
+
+    # explanations: explain's overlays (labelled), aggregate maps, sanity check
+    explain = json.loads((run / "attributions" / "explain.json").read_text())
+    sanity = json.loads((run / "attributions" / "sanity.json").read_text())
+    ex = results["explanations"]
+    assert [(o["group"], o["image_id"], o["file"]) for o in ex["overlays"]] == [
+        (grp, e["image_id"], e["file"]) for grp in ("top", "bottom") for e in explain["explained"][grp]]
+    assert len(ex["overlays"]) == 4
+    assert ex["aggregates"] == ["aggregate_quartiles.png", "aggregate_most_memorable.png",
+                                "aggregate_least_memorable.png", "aggregate_difference.png"]
+    assert ex["sanity"]["mean_spearman"] == pytest.approx(sanity["mean_spearman"])
+    assert ex["sanity"]["passed"] is sanity["passed"]
+    sec = _section(page, "explanations")
+    assert ("passed" if sanity["passed"] else "FAILED") in sec
+    assert sec.count("<img") == 4 + 4
+
+    # descriptors: explain's correlations with both targets
+    dc = pd.read_csv(run / "descriptor_correlations.csv")
+    rows = {row["descriptor"]: row for row in results["descriptors"]["rows"]}
+    assert results["descriptors"]["targets"] == ["score", "predicted_score"]
+    for rec_ in dc.to_dict("records"):
+        got = rows[rec_["descriptor"]][rec_["target"]]
+        assert got["r"] == pytest.approx(rec_["r"]) and got["n"] == rec_["n"]
+
+    # methods: versions, device, seeds and the commands that made the run
+    m = results["methods"]
+    assert m["manifest"]["versions"]["torch"] == json.loads((run / "manifest.json").read_text())["versions"]["torch"]
+    assert m["seeds"] == {"train": 0, "analyze": "0 (bootstrap, 50 resamples)", "fit-predictor": "0",
+                          "explain": 0, "report": "0 (bootstrap, 1000 resamples)"}
+    stages = ["check", "train", "score", "analyze", "fit-predictor", "explain"]
+    assert [c.split()[1] for c in m["commands"]][:6] == stages  # (+ report, once pipeline.json records it)
+    assert "--inputs" not in m["commands"][4] and "--features latents" in m["commands"][4]

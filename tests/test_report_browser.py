@@ -3,7 +3,9 @@
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: the browser reads
 NUL-terminated JSON commands on fd 3 and writes replies/events on fd 4), with the standard library only.
 A negative control page (an external image and a console error) proves that the detectors see both.
-A full-page screenshot is written to ``<repo>/test-artifacts/report.png``.
+The report of a real ``memlens run`` (tiny demo set, see ``_fake_run.real_run``) is checked the same way and
+its full-page screenshot is written to ``<repo>/test-artifacts/report.png``; the fabricated run (escaping of
+odd file names) to ``report-fake.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from _fake_run import WEIRD_IMAGE, make_fake_run
+from _fake_run import WEIRD_IMAGE, make_fake_run, real_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(sys.platform != "linux", reason="pipe CDP driver is Linux-only")]
 
@@ -158,7 +160,7 @@ class Browser:
                 requests.append(p["request"]["url"])
         return errors, requests
 
-    def screenshot(self, session: str, path: Path, max_height: int = 16000) -> tuple[int, int]:
+    def screenshot(self, session: str, path: Path, max_height: int = 24000) -> tuple[int, int]:
         metrics = self.send("Page.getLayoutMetrics", session=session)
         size = metrics.get("cssContentSize") or metrics["contentSize"]
         width, height = 1280, int(min(max_height, max(900, size["height"])))
@@ -219,13 +221,10 @@ def test_detectors_see_console_errors_and_requests(browser, tmp_path):
     assert "http://127.0.0.1:9/x.png" in requests, requests
 
 
-def test_report_in_chromium(browser, tmp_path):
-    t0 = time.monotonic()
-    fake = make_fake_run(tmp_path, n=60, simulated=True)
-    from memlens.report import SECTION_IDS, build_report
+def _check_page(browser: Browser, report: Path, min_images: int) -> str:
+    """Load ``report``; assert no console errors, no requests, every section, decoded images. Returns the session."""
+    from memlens.report import SECTION_IDS
 
-    report = build_report(fake.run)
-    t_build = time.monotonic() - t0
     session = browser.open_page()
     browser.load(session, report.as_uri(), settle=0.5)
 
@@ -240,20 +239,44 @@ def test_report_in_chromium(browser, tmp_path):
     assert all(h.strip() for h in headings)
 
     images = browser.evaluate(session, "Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
-    assert len(images) > 20
+    assert len(images) > min_images
     assert all(done and width > 0 for done, width in images), "an inline image did not decode"
+    assert browser.evaluate(session, "document.querySelectorAll('script').length") == 0
+    # nothing overflows the page sideways at a laptop width
+    assert browser.evaluate(session, "document.documentElement.scrollWidth <= window.innerWidth + 1")
+    return session
 
+
+def test_report_in_chromium(browser, tmp_path):
+    fake = make_fake_run(tmp_path, n=60, simulated=True)
+    from memlens.report import build_report
+
+    report = build_report(fake.run)
+    session = _check_page(browser, report, 20)
     text = browser.evaluate(session, "document.body.innerText")
     assert WEIRD_IMAGE in text  # the file name is shown as text ...
     assert not browser.evaluate(session, "Array.from(document.querySelectorAll('b')).some(b => b.textContent === 'x')")
     assert "Simulated scores" in text
-    assert browser.evaluate(session, "document.querySelectorAll('script').length") == 0
-    # nothing overflows the page sideways at a laptop width
-    assert browser.evaluate(session, "document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot = ARTIFACTS / "report-fake.png"
+    browser.screenshot(session, shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+def test_real_run_report_in_chromium(browser, tmp_path_factory):
+    """The report that `memlens run` wrote for a real (tiny) demo run; its screenshot is the test artefact."""
+    t0 = time.monotonic()
+    r = real_run(tmp_path_factory)
+    t_run = time.monotonic() - t0
+    report = r.run / "report.html"
+    session = _check_page(browser, report, 40)
+    text = browser.evaluate(session, "document.body.innerText")
+    assert "Simulated scores" in text and "not computed" not in text
+    # the thumbnails are the images themselves, shown at a readable size
+    sizes = browser.evaluate(session, "Array.from(document.querySelectorAll('.thumb img')).map(i => i.width)")
+    assert len(sizes) == 32 and min(sizes) >= 100
     shot = ARTIFACTS / "report.png"
     width, height = browser.screenshot(session, shot)
     assert shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    print(f"report built in {t_build:.1f} s; checked in Chromium in {time.monotonic() - t0 - t_build:.1f} s; "
+    print(f"pipeline (if not shared) {t_run:.1f} s; checked in Chromium in {time.monotonic() - t0 - t_run:.1f} s; "
           f"screenshot {width}x{height} at {shot}")

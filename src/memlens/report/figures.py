@@ -47,6 +47,9 @@ PALETTE: dict[str, str] = {
 }
 _CYCLE = [PALETTE[k] for k in ("blue", "orange", "green", "vermillion", "purple", "sky", "black")]
 
+#: a category panel gets a LOWESS curve only from this many images (below it the curve follows the noise)
+MIN_PANEL_FIT = 20
+
 SCORE_LABEL = "memorability (human score, higher = more memorable)"
 SCORE_AXIS = "memorability score\n(higher = more memorable)"
 
@@ -222,7 +225,7 @@ def score_histogram(scores: Sequence[float], *, label: str = SCORE_LABEL, bins: 
     return fig
 
 
-def training_curve(curve=None, exposure=None) -> Figure:
+def training_curve(curve=None, exposure=None, *, x: str | None = None) -> Figure:
     """Training loss: the curve per phase (and validation loss) and/or the single-exposure losses.
 
     Parameters
@@ -231,6 +234,8 @@ def training_curve(curve=None, exposure=None) -> Figure:
         Columns ``loss`` and optionally ``phase``, ``step``/``epoch``/``iteration``, ``val_loss``.
     exposure : pandas.DataFrame, optional
         Columns ``order`` (position in the single pass) and ``loss``: one row per image.
+    x : str, optional
+        Column of ``curve`` for the horizontal axis (default: the first of step, iteration, epoch).
     """
     panels = [p for p in (curve, exposure) if p is not None and len(p)]
     fig, axes = new_figure(6.4 if len(panels) <= 1 else 10.5, 3.4, 1, max(1, len(panels)))
@@ -238,7 +243,8 @@ def training_curve(curve=None, exposure=None) -> Figure:
     if curve is not None and len(curve):
         ax = axes[0, i]
         i += 1
-        xcol = next((c for c in ("step", "iteration", "epoch") if c in curve.columns), None)
+        xcol = x if x is not None and x in curve.columns else next(
+            (c for c in ("step", "iteration", "epoch") if c in curve.columns), None)
         groups = list(curve.groupby("phase", sort=False)) if "phase" in curve.columns else [("", curve)]
         offset = 0.0
         for j, (phase, g) in enumerate(groups):
@@ -252,6 +258,7 @@ def training_curve(curve=None, exposure=None) -> Figure:
                     markersize=3, label=_text(f"{name}training loss"))
             if "val_loss" in g.columns and np.isfinite(np.asarray(g["val_loss"], dtype=float)).any():
                 ax.plot(xs, np.asarray(g["val_loss"], dtype=float), color=color, linestyle="--", linewidth=1.4,
+                        marker="s" if len(g) < 30 else None, markersize=3, markerfacecolor="white",
                         label=_text(f"{name}validation loss"))
             if xs.size:
                 offset = float(np.nanmax(xs))
@@ -316,7 +323,7 @@ def measure_scatter(x: Sequence[float], y: Sequence[float], *, xlabel: str, ylab
 
 
 def category_scatter(panels: Sequence[Mapping], *, xlabel: str, ylabel: str = SCORE_AXIS, ncols: int = 4) -> Figure:
-    """Small multiples: one scatter + LOWESS fit per category, shared axes.
+    """Small multiples: one scatter + LOWESS fit per category (from :data:`MIN_PANEL_FIT` images), shared axes.
 
     Parameters
     ----------
@@ -333,8 +340,9 @@ def category_scatter(panels: Sequence[Mapping], *, xlabel: str, ylabel: str = SC
     fig, axes = new_figure(2.6 * ncols + 0.6, 2.3 * nrows + 0.6, nrows, ncols, sharex=True, sharey=True)
     for ax, p in zip(axes.flat, panels, strict=False):
         xs, ys = _finite_pairs(p["x"], p["y"])
-        ax.scatter(xs, ys, s=6, color=PALETTE["blue"], alpha=0.5 if xs.size < 500 else 0.25, linewidths=0)
-        gx, gy = lowess(xs, ys)
+        ax.scatter(xs, ys, s=10 if xs.size < 200 else 6, color=PALETTE["blue"], alpha=0.7 if xs.size < 200 else 0.3,
+                   linewidths=0)
+        gx, gy = lowess(xs, ys) if xs.size >= MIN_PANEL_FIT else (np.empty(0), np.empty(0))
         if gx.size:
             ax.plot(gx, gy, color=PALETTE["vermillion"], linewidth=1.6)
         r = p.get("r")
@@ -417,7 +425,8 @@ def predictor_bars(models: Mapping[str, Sequence[float]], *, metric: str = "spea
 
 def correlation_forest(labels: Sequence[str], r: Sequence[float], ci_low: Sequence[float] | None = None,
                        ci_high: Sequence[float] | None = None, *, xlabel: str = "Spearman ρ with memorability",
-                       title: str = "", ceiling: float | None = None) -> Figure:
+                       title: str = "", ceiling: float | None = None, ceiling_label: str = "noise ceiling",
+                       series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float]]] = ()) -> Figure:
     """Horizontal dot-and-interval chart of correlations (one row per measure or descriptor).
 
     Parameters
@@ -429,27 +438,47 @@ def correlation_forest(labels: Sequence[str], r: Sequence[float], ci_low: Sequen
     xlabel, title : str
         Labels.
     ceiling : float, optional
-        Noise ceiling (and its negative) drawn as dashed lines.
+        Noise ceiling (and its negative) drawn as dashed lines, labelled ``ceiling_label``.
+    series : sequence of (name, r, ci_low, ci_high), optional
+        Several correlations per row (e.g. with the human and with the predicted score): drawn side by side
+        in distinct colours with a legend; ``r``, ``ci_low`` and ``ci_high`` are then ignored.
     """
     n = len(labels)
-    fig, axes = new_figure(6.4, 1.3 + 0.32 * max(n, 2) + (0.3 if ceiling is not None else 0))
+    multi = len(series) > 0
+    legend = multi or (ceiling is not None and np.isfinite(ceiling))
+    fig, axes = new_figure(6.4, 1.3 + (0.42 if multi else 0.32) * max(n, 2) + (0.3 if legend else 0))
     ax = axes[0, 0]
-    rr = np.asarray(r, dtype=float)
-    lo = np.asarray(ci_low if ci_low is not None else [np.nan] * n, dtype=float)
-    hi = np.asarray(ci_high if ci_high is not None else [np.nan] * n, dtype=float)
-    ys = np.arange(n)[::-1]
-    for yv, ri, li, hi_ in zip(ys, rr, lo, hi, strict=True):
-        color = PALETTE["blue"] if not np.isfinite(ri) or ri >= 0 else PALETTE["orange"]
-        if np.isfinite(li) and np.isfinite(hi_):
-            ax.plot([li, hi_], [yv, yv], color=color, linewidth=2.2, solid_capstyle="round")
-        ax.plot([ri], [yv], marker="o", color=color, markersize=6)
+    if not multi:
+        series = [("", r, ci_low if ci_low is not None else [np.nan] * n, ci_high if ci_high is not None else [np.nan] * n)]
+    ys = np.arange(n)[::-1].astype(float)
+    finite_parts = [np.zeros(1)]
+    k = len(series)
+    colours = [PALETTE["blue"], PALETTE["vermillion"], PALETTE["green"], PALETTE["purple"]]
+    for j, (name, sr, slo, shi) in enumerate(series):
+        rr = np.asarray(sr, dtype=float)
+        lo = np.asarray(slo, dtype=float)
+        hi = np.asarray(shi, dtype=float)
+        dy = (j - (k - 1) / 2) * (0.7 / max(k, 2)) if multi else 0.0
+        for yv, ri, li, hi_ in zip(ys - dy, rr, lo, hi, strict=True):
+            if multi:
+                color = colours[j % len(colours)]
+            else:
+                color = PALETTE["blue"] if not np.isfinite(ri) or ri >= 0 else PALETTE["orange"]
+            if np.isfinite(li) and np.isfinite(hi_):
+                ax.plot([li, hi_], [yv, yv], color=color, linewidth=2.2 if not multi else 1.8, solid_capstyle="round")
+            ax.plot([ri], [yv], marker="o", color=color, markersize=6 if not multi else 5)
+        if multi:
+            ax.plot([], [], marker="o", color=colours[j % len(colours)], linewidth=1.8, label=_text(name))
+        finite_parts += [rr[np.isfinite(rr)], lo[np.isfinite(lo)], hi[np.isfinite(hi)]]
     ax.axvline(0, color="black", linewidth=0.8)
     if ceiling is not None and np.isfinite(ceiling):
-        ax.axvline(ceiling, color=PALETTE["vermillion"], linestyle="--", linewidth=1.2, label=f"noise ceiling {ceiling:.2f}")
-        ax.axvline(-ceiling, color=PALETTE["vermillion"], linestyle="--", linewidth=1.2)
-        fig.legend(frameon=False, fontsize=8.5, loc="outside lower center")
+        ax.axvline(ceiling, color=PALETTE["grey"], linestyle="--", linewidth=1.2,
+                   label=_text(f"{ceiling_label} {ceiling:.2f}"))
+        ax.axvline(-ceiling, color=PALETTE["grey"], linestyle="--", linewidth=1.2)
+    if legend:
+        fig.legend(frameon=False, fontsize=8.5, loc="outside lower center", ncol=3)
     ax.set_yticks(ys, [_text(lbl) for lbl in labels], fontsize=8.5)
-    finite = np.concatenate([rr[np.isfinite(rr)], lo[np.isfinite(lo)], hi[np.isfinite(hi)], [0.0]])
+    finite = np.concatenate(finite_parts)
     span = max(0.1, float(np.abs(finite).max()) * 1.15)
     if ceiling is not None and np.isfinite(ceiling):
         span = max(span, ceiling * 1.05)

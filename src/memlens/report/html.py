@@ -19,7 +19,9 @@ import json
 import logging
 import math
 import os
+import re
 import string
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -102,6 +104,12 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _f3(v: Any) -> str:
+    """A score with three decimals (``1.000``, not ``1``) or an en dash."""
+    f = _num(v)
+    return "–" if f is None else f"{f:.3f}"
+
+
 def fmt_p(p: Any) -> str:
     """A p-value: ``< 0.001`` or three decimals."""
     if not _isnum(p) or not math.isfinite(float(p)):
@@ -126,19 +134,20 @@ def _num(v: Any) -> float | None:
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None,
-           cls: str = "") -> str:
+           cls: str = "", row_classes: Sequence[str] | None = None) -> str:
     """An HTML table; every header and cell is escaped (cells are formatted with :func:`fmt`)."""
     numeric = list(numeric) if numeric is not None else [False] * len(headers)
     head = "".join(f'<th class="num">{esc(h)}</th>' if numeric[i] else f"<th>{esc(h)}</th>"
                    for i, h in enumerate(headers))
     body = []
-    for row in rows:
+    for j, row in enumerate(rows):
         cells = []
         for i, v in enumerate(row):
             text = v if isinstance(v, str) else fmt(v)
             klass = ' class="num"' if i < len(numeric) and numeric[i] else ""
             cells.append(f"<td{klass}>{esc(text)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        rc = row_classes[j] if row_classes is not None and j < len(row_classes) and row_classes[j] else ""
+        body.append((f'<tr class="{esc(rc)}">' if rc else "<tr>") + "".join(cells) + "</tr>")
     klass = f' class="{esc(cls)}"' if cls else ""
     return f'<div class="tablewrap"><table{klass}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -297,42 +306,30 @@ def _is_simulated(run: _Run) -> bool:
                     if isinstance(v, Mapping):
                         stack.append(v)
     root = _data_root(run)
-    return bool(root is not None and (root / "demo_truth.csv").is_file())
+    return bool(root is not None and any((root / f).is_file() for f in ("demo_truth.csv", "demo_config.json")))
 
 
 # --------------------------------------------------------------------------------------- statistics
 
 
-def _spearman_boot(x: Sequence[float], y: Sequence[float], n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict[str, Any]:
-    """Spearman r, its p-value and a percentile bootstrap interval (paired resampling of images)."""
-    from scipy.stats import rankdata, spearmanr
+REPORT_SOURCE = f"report (memlens.stats.correlate: percentile bootstrap, {N_BOOT} resamples, seed {BOOT_SEED})"
 
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(x.size)
-    out: dict[str, Any] = {"n": n, "r": None, "ci_low": None, "ci_high": None, "p_value": None,
-                           "method": "spearman", "source": f"report (percentile bootstrap, {n_boot} resamples, seed {seed})"}
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return out
-    res = spearmanr(x, y)
-    out["r"], out["p_value"] = _num(res.statistic), _num(res.pvalue)
-    rng = np.random.default_rng(seed)
-    rs = []
-    for start in range(0, n_boot, 100):
-        idx = rng.integers(0, n, size=(min(100, n_boot - start), n))
-        xr = rankdata(x[idx], axis=1)
-        yr = rankdata(y[idx], axis=1)
-        xr -= xr.mean(axis=1, keepdims=True)
-        yr -= yr.mean(axis=1, keepdims=True)
-        den = np.sqrt((xr**2).sum(1) * (yr**2).sum(1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rs.append((xr * yr).sum(1) / den)
-    r_all = np.concatenate(rs)
-    r_all = r_all[np.isfinite(r_all)]
-    if r_all.size:
-        out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(r_all, [2.5, 97.5]))
-    return out
+
+def _correlate(x: Any, y: Any, groups: Any = None) -> dict[str, Any]:
+    """Spearman r with its paired-bootstrap 95% interval, by :func:`memlens.stats.correlate` (seeded).
+
+    Used only where a stage wrote no row for the number (no ``correlations.csv``/``descriptor_correlations.csv``).
+    ``groups`` gives the within-group correlation.
+    """
+    from ..stats import correlate
+
+    xa = pd.to_numeric(pd.Series(np.asarray(x, dtype=object)), errors="coerce").to_numpy(dtype=float)
+    ya = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(dtype=float)
+    res = correlate(xa, ya, method="spearman", n_boot=N_BOOT, seed=BOOT_SEED, ci="percentile", groups=groups,
+                    label="report correlation")
+    return {"n": int(res.n), "r": _num(res.r), "ci_low": _num(res.ci_low), "ci_high": _num(res.ci_high),
+            "p_value": _num(res.p_value), "method": res.method, "n_boot": res.n_boot, "seed": res.seed,
+            "source": REPORT_SOURCE}
 
 
 _SCOPE_ALIASES = {
@@ -360,11 +357,16 @@ class _Correlations:
 
     def __init__(self, run: _Run):
         self.source: str | None = None
+        #: correlations.json without its rows: the analysis settings and the noise ceiling (``ceiling``)
+        self.meta: dict[str, Any] = {}
+        payload = run.json("correlations.json")
+        if isinstance(payload, Mapping):
+            self.meta = {k: v for k, v in payload.items() if k != "rows"}
         df = run.csv("correlations.csv")
         if df is not None:
             self.source = "correlations.csv"
         else:
-            obj = run.json("correlations.json")
+            obj = payload
             records = None
             if isinstance(obj, list):
                 records = obj
@@ -400,6 +402,18 @@ class _Correlations:
             return []
         return [{k: _clean(v) for k, v in row.items()} for row in self.df.to_dict("records")]
 
+    def find_all(self, x: str, scope: str, y: str = "score") -> list[dict[str, Any]]:
+        """Every row for measure ``x`` (vs ``y``) in ``scope``, in file order."""
+        if not self:
+            return []
+        m = (self.df["x"].astype(str) == x) & (self.scope == scope) & (self.y == y)
+        out = []
+        for rec in self.df[m].to_dict("records"):
+            row = {k: _clean(v) for k, v in rec.items()}
+            row["scope"], row["source"] = scope, self.source
+            out.append(row)
+        return out
+
     def find(self, x: str, scope: str = "pooled", group: str | None = None, y: str = "score") -> dict[str, Any] | None:
         """The first row for measure ``x`` (vs ``y``) in ``scope`` (and ``group`` for per-group rows)."""
         if not self:
@@ -424,38 +438,48 @@ def _corr_numbers(row: Mapping[str, Any] | None) -> dict[str, Any]:
             "ci_high": _num(row.get("ci_high")), "p_value": _num(row.get("p_value")), "source": row.get("source")}
 
 
-def _noise_ceiling(run: _Run, ids: Sequence[str] | None) -> dict[str, Any] | None:
-    """Split-half consistency from split_halves.npz: mean Spearman over splits and its Spearman-Brown value."""
+def _ceiling_entry(rel: Mapping[str, Any], source: str) -> dict[str, Any] | None:
+    """The report's view of a :func:`memlens.stats.split_half_reliability` result."""
+    r = _num(rel.get("spearman_mean"))
+    if r is None:
+        return None
+    sb = _num(rel.get("spearman_brown"))
+    if sb is None or rel.get("method", "spearman") != "spearman":
+        sb = 2 * r / (1 + r) if r > -1 else None
+    return {"n_images": _clean(rel.get("n_images")), "n_splits": _clean(rel.get("n_splits")),
+            "split_half_spearman": r, "split_half_spearman_sd": _num(rel.get("spearman_sd")),
+            "spearman_brown": sb, "source": source}
+
+
+def _noise_ceiling(run: _Run, ids: Sequence[str] | None, corr: _Correlations) -> dict[str, Any] | None:
+    """Human split-half consistency and its Spearman-Brown value (the noise ceiling).
+
+    Taken from ``correlations.json`` (``memlens analyze``) when it holds one; otherwise computed from
+    ``split_halves.npz`` over the run's images with :func:`memlens.stats.split_half_reliability`.
+    """
+    meta_ceiling = corr.meta.get("ceiling")
+    if isinstance(meta_ceiling, Mapping):
+        entry = _ceiling_entry(meta_ceiling, "correlations.json (memlens analyze)")
+        if entry is not None:
+            return entry
     p = run.path("split_halves.npz")
     if p is None:
         return None
-    from scipy.stats import spearmanr
-
     from ..data.halves import load_split_halves
+    from ..stats import split_half_reliability
 
     try:
         halves = load_split_halves(p)
+        if ids is not None:
+            known = set(halves.image_ids)
+            keep = [i for i in ids if i in known]
+            if len(keep) >= 3:
+                halves = halves.subset(keep)
+        rel = split_half_reliability(halves)
     except Exception as exc:  # a malformed file is a note, not a crash
         run._problem("split_halves.npz", exc)
         return None
-    if ids is not None:
-        known = set(halves.image_ids)
-        keep = [i for i in ids if i in known]
-        if len(keep) >= 3:
-            halves = halves.subset(keep)
-    rs = []
-    for h1, h2 in zip(halves.half1, halves.half2, strict=True):
-        ok = np.isfinite(h1) & np.isfinite(h2)
-        if ok.sum() >= 3:
-            rs.append(spearmanr(h1[ok], h2[ok]).statistic)
-    rs = np.asarray(rs, dtype=float)
-    rs = rs[np.isfinite(rs)]
-    if not rs.size:
-        return None
-    r = float(rs.mean())
-    return {"n_images": halves.n_images, "n_splits": halves.n_splits, "split_half_spearman": r,
-            "split_half_spearman_sd": float(rs.std(ddof=1)) if rs.size > 1 else None,
-            "spearman_brown": 2 * r / (1 + r) if r > -1 else None, "source": "split_halves.npz"}
+    return _ceiling_entry(rel, "split_halves.npz (memlens.stats.split_half_reliability)")
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -507,9 +531,10 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         parts.append(_figure_html(F.score_histogram(finite), "histogram of memorability scores",
                                   "Human memorability scores (hit rates); dashed line: mean."))
         parts.append("<div>")
-        parts.append(_kv_table([("images with a score", res["score"]["n"]), ("mean", res["score"]["mean"]),
-                                ("SD", res["score"]["sd"]), ("median", res["score"]["median"]),
-                                ("min", res["score"]["min"]), ("max", res["score"]["max"])]))
+        sc = res["score"]
+        parts.append(_kv_table([("images with a score", sc["n"])] + [
+            (label, f"{sc[k]:.4f}" if sc[k] is not None else "–")
+            for label, k in (("mean", "mean"), ("SD", "sd"), ("median", "median"), ("min", "min"), ("max", "max"))]))
         if ctx.ceiling:
             c = ctx.ceiling
             parts.append(_kv_table([("split-half splits", c["n_splits"]), ("images in the halves", c["n_images"]),
@@ -536,11 +561,56 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
             parts.append(_note(f"{len(counts) - 40} more categories are listed in results.json."))
     ds = ctx.run.json("dataset.json")
     if isinstance(ds, Mapping):
-        res["dataset"] = {k: ds.get(k) for k in ("source", "layout") if k in ds}
+        res["dataset"] = {k: ds.get(k) for k in ("source", "layout", "notes") if k in ds}
         src = " · ".join(f"{k}: {ds[k]}" for k in ("layout", "source") if k in ds)
+        notes = [str(n) for n in ds.get("notes") or [] if n]
+        if notes:
+            parts.insert(0, _note("; ".join(esc(n) for n in notes) + "."))
         if src:
             parts.insert(0, f'<p class="lead">{esc(src)}</p>')
     return "".join(parts), res
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` or None."""
+    for k in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def _training_settings(ctx: _Ctx) -> list[tuple[str, Any]]:
+    """What was trained and how, from config.json, dataset.json and manifest.json (train's files)."""
+    cfg, ds, man = ctx.run.json("config.json"), ctx.run.json("dataset.json"), ctx.run.json("manifest.json")
+    rows: list[tuple[str, Any]] = []
+
+    def add(label: str, value: Any) -> None:
+        if value is not None and value != "":
+            rows.append((label, value))
+
+    add("autoencoder", _get(man, "model", "backbone") or _get(cfg, "backbone"))
+    add("initialisation", _get(man, "model", "init") or _get(cfg, "init"))
+    params = _get(man, "model", "parameters")
+    add("parameters", f"{int(params):,}" if _isnum(params) else None)
+    add("input size (px)", _get(man, "model", "spec", "input_size") or _get(cfg, "image_size"))
+    add("mode", _get(man, "training", "mode") or _get(cfg, "mode"))
+    add("loss", _get(cfg, "loss"))
+    exp = _get(ds, "experience")
+    if isinstance(exp, Mapping) and exp.get("source") not in (None, "none"):
+        n = exp.get("n_images")
+        add("visual experience", f"{exp.get('source')}" + (f" ({n} images)" if _isnum(n) else ""))
+        ep = _get(man, "training", "experience", "epochs") or _get(cfg, "pretrain_epochs")
+        add("experience epochs", ep)
+        add("experience learning rate", _get(man, "training", "experience", "settings", "lr"))
+    elif isinstance(exp, Mapping) and exp.get("note"):
+        add("visual experience", exp.get("note"))
+    add("images exposed once", _get(ds, "exposed", "n_images"))
+    add("exposure learning rate", _get(man, "training", "exposure", "settings", "lr"))
+    add("exposure batch size", _get(man, "training", "exposure", "settings", "batch_size"))
+    add("presentation order", _get(man, "training", "exposure", "order"))
+    add("pretraining epochs", _get(man, "training", "pretrain", "epochs"))
+    return rows
 
 
 def _section_training(ctx: _Ctx) -> tuple[str, dict]:
@@ -555,36 +625,62 @@ def _section_training(ctx: _Ctx) -> tuple[str, dict]:
     if curve is None and exposure is None:
         return _missing("Training curve", ["training_curve.csv", "exposure.csv"], "memlens train"), {}
     res: dict[str, Any] = {}
+    # training_curve.csv: one row per epoch for experience/pretrain, one row per image for the exposure
+    epochs = curve
+    if curve is not None and "phase" in curve.columns:
+        is_exp = curve["phase"].astype(str) == "exposure"
+        epochs = curve[~is_exp]
+        if exposure is None and is_exp.any():
+            e = curve[is_exp]
+            order = pd.to_numeric(e["step"], errors="coerce") - 1 if "step" in e.columns else np.arange(len(e))
+            exposure = pd.DataFrame({"order": order, "loss": pd.to_numeric(e["loss"], errors="coerce")})
     rows = []
-    if curve is not None:
-        phases = list(curve.groupby("phase", sort=False)) if "phase" in curve.columns else [("all", curve)]
+    if epochs is not None and len(epochs):
+        phases = list(epochs.groupby("phase", sort=False)) if "phase" in epochs.columns else [("training", epochs)]
         res["curve"] = {}
         for phase, g in phases:
             loss = pd.to_numeric(g["loss"], errors="coerce")
-            entry = {"n_records": int(len(g)), "first_loss": _num(loss.iloc[0]), "final_loss": _num(loss.iloc[-1])}
+            n_ep = int(g["epoch"].nunique()) if "epoch" in g.columns else int(len(g))
+            entry = {"epochs": n_ep, "first_loss": _num(loss.iloc[0]), "final_loss": _num(loss.iloc[-1]),
+                     "final_val_loss": None}
             if "val_loss" in g.columns:
                 v = pd.to_numeric(g["val_loss"], errors="coerce").dropna()
                 entry["final_val_loss"] = _num(v.iloc[-1]) if len(v) else None
             res["curve"][str(phase)] = entry
-            rows.append((str(phase), entry["n_records"], entry["first_loss"], entry["final_loss"], entry.get("final_val_loss")))
+            rows.append((str(phase), entry["epochs"], entry["first_loss"], entry["final_loss"], entry["final_val_loss"]))
     if exposure is not None:
-        e = exposure.sort_values("order") if "order" in exposure.columns else exposure
+        e = exposure.sort_values("order", kind="stable") if "order" in exposure.columns else exposure
         loss = pd.to_numeric(e["loss"], errors="coerce").to_numpy(dtype=float)
         k = max(1, len(loss) // 10)
         res["exposure"] = {"n_images": int(len(loss)), "mean_loss": _num(np.nanmean(loss)) if len(loss) else None,
                            "first_decile_mean": _num(np.nanmean(loss[:k])) if len(loss) else None,
                            "last_decile_mean": _num(np.nanmean(loss[-k:])) if len(loss) else None}
-    parts = [_figure_html(F.training_curve(curve, exposure), "training loss curves",
-                          "Loss of the autoencoder during training (lower = better reconstruction).")]
-    if rows:
-        parts.append(_table(["phase", "records", "first loss", "final loss", "final validation loss"], rows,
-                            [False, True, True, True, True]))
+    settings = _training_settings(ctx)
+    res["settings"] = {k: v for k, v in settings}
+    parts = ['<p class="lead">The autoencoder first gains visual experience (several epochs on images that are not '
+             "scored), then sees every scored image exactly once (the single exposure); the loss of an image at "
+             "its exposure is recorded before the weights are updated.</p>"]
+    parts.append(_figure_html(F.training_curve(epochs if epochs is not None and len(epochs) else None, exposure,
+                                               x="epoch"),
+                              "training loss curves",
+                              "Loss of the autoencoder during training (lower = better reconstruction)."))
+    blocks = []
+    for phase, n_ep, first, final, val in rows:
+        kv = [("epochs", n_ep), ("loss, first epoch", first), ("loss, final epoch", final)]
+        if val is not None:
+            kv.append(("validation loss, final epoch", val))
+        title = {"experience": "Visual experience", "pretrain": "Pretraining"}.get(phase, phase)
+        blocks.append(f"<div><h3>{esc(title)}</h3>" + _kv_table(kv) + "</div>")
     if "exposure" in res:
         x = res["exposure"]
-        parts.append(_kv_table([("images seen once (single exposure)", x["n_images"]), ("mean loss at exposure", x["mean_loss"]),
-                                ("mean loss, first 10% of the pass", x["first_decile_mean"]),
-                                ("mean loss, last 10% of the pass", x["last_decile_mean"])]))
-    else:
+        blocks.append("<div><h3>Single exposure</h3>" + _kv_table([
+            ("images seen once", x["n_images"]), ("mean loss at exposure", x["mean_loss"]),
+            ("mean loss, first 10% of the pass", x["first_decile_mean"]),
+            ("mean loss, last 10% of the pass", x["last_decile_mean"])]) + "</div>")
+    if settings:
+        blocks.append("<div><h3>Settings</h3>" + _kv_table(settings) + "</div>")
+    parts.append(f'<div class="kvgrid">{"".join(blocks)}</div>')
+    if "exposure" not in res:
         parts.append(_note("No single-exposure log (<code>exposure.csv</code>): the run used pretraining only.", missing=True))
     return "".join(parts), res
 
@@ -634,7 +730,9 @@ def _correlation_for(ctx: _Ctx, col: str, df: pd.DataFrame, scope: str = "pooled
     if row is not None:
         return _corr_numbers(row)
     if scope in ("pooled", "group"):
-        return _spearman_boot(df[col], df["score"])
+        return _correlate(df[col], df["score"])
+    if scope == "within" and "category" in df.columns:
+        return _correlate(df[col], df["score"], groups=df["category"].astype(str).to_numpy(dtype=object))
     return {}
 
 
@@ -642,7 +740,7 @@ def _measure_section(ctx: _Ctx, sec: str, cols: list[str], primary: str, intro: 
     df = ctx.per_image
     res: dict[str, Any] = {"primary": primary, "measures": {}}
     parts = [f'<p class="lead">{intro}</p>']
-    label = _measure_label(primary)
+    label = textwrap.fill(_measure_label(primary), 58)  # axis labels: at most ~58 characters a line
     x = pd.to_numeric(df[primary], errors="coerce")
     y = df["score"]
     pooled = _correlation_for(ctx, primary, df)
@@ -653,7 +751,7 @@ def _measure_section(ctx: _Ctx, sec: str, cols: list[str], primary: str, intro: 
                           n=pooled.get("n"), title=f"{primary} vs memorability"),
         f"scatter of {primary} against memorability",
         "One dot per image; red line: LOWESS fit (windows of equal image count). Title: Spearman ρ [95% CI]."))
-    bins = F.binned_means(x, y, 10)
+    bins = F.binned_means(x, y, int(np.clip(int(np.isfinite(x.to_numpy(dtype=float)).sum()) // 10, 3, 10)))
     res["measures"][primary]["binned_means"] = bins
     figs.append(_figure_html(F.binned_means_plot(bins, xlabel=label), f"binned means of memorability by {primary}",
                              "Images sorted by the measure and cut into equal-count bins; mean score ± 95% CI."))
@@ -673,20 +771,29 @@ def _measure_section(ctx: _Ctx, sec: str, cols: list[str], primary: str, intro: 
         res["measures"][primary]["by_category"] = per_cat
         parts.append("<h3>Per category</h3>")
         parts.append(_figure_html(F.category_scatter(panels, xlabel=label), f"{primary} vs memorability per category",
-                                  "Each panel: the images of one category, Spearman ρ [95% CI] within it."))
+                                  "Each panel: the images of one category, Spearman ρ [95% CI] within it; red line: "
+                                  f"LOWESS fit (categories with at least {F.MIN_PANEL_FIT} images)."))
         if len(counts) > len(cats):
             parts.append(_note(f"Only the {len(cats)} largest of {len(counts)} categories are drawn."))
         scope_rows = []
-        for scope, name in (("within", "within category"), ("partial", "partial")):
-            row = ctx.corr.find(primary, scope)
-            if row is not None:
-                numbers = _corr_numbers(row)
-                numbers["control"] = _clean(row.get("control"))
-                res["measures"][primary][scope] = numbers
-                scope_rows.append((name, numbers["control"] or "–", numbers["n"], numbers["r"],
-                                   fmt_ci(numbers["ci_low"], numbers["ci_high"]), fmt_p(numbers["p_value"])))
+        within = _correlation_for(ctx, primary, df, "within")
+        if within.get("r") is not None:
+            res["measures"][primary]["within"] = within
+            scope_rows.append(("within category (category means removed)", "–", within["n"], within["r"],
+                               fmt_ci(within["ci_low"], within["ci_high"]), fmt_p(within["p_value"])))
+        partial = []
+        for row in ctx.corr.find_all(primary, "partial"):
+            numbers = _corr_numbers(row)
+            numbers["control"] = _clean(row.get("control"))
+            partial.append(numbers)
+            scope_rows.append(("partial", numbers["control"] or "–", numbers["n"], numbers["r"],
+                               fmt_ci(numbers["ci_low"], numbers["ci_high"]), fmt_p(numbers["p_value"])))
+        if partial:
+            res["measures"][primary]["partial"] = partial
         if scope_rows:
-            parts.append(_table(["scope", "control", "n", "ρ", "95% CI", "p"], scope_rows, [False, False, True, True, True, True]))
+            parts.append("<h3>Within category and partial correlations</h3>")
+            parts.append(_table(["scope", "controlling for", "n", "ρ", "95% CI", "p"], scope_rows,
+                                [False, False, True, True, True, True]))
     # all measures of this family
     table_rows, labels, rs, los, his = [], [], [], [], []
     for col in cols:
@@ -700,8 +807,9 @@ def _measure_section(ctx: _Ctx, sec: str, cols: list[str], primary: str, intro: 
                            fmt_p(c.get("p_value")), c.get("source") or "–"))
     if len(cols) > 1:
         parts.append("<h3>All measures</h3>")
-        ceil = ctx.ceiling["spearman_brown"] if ctx.ceiling else None
+        ceil = ctx.ceiling["split_half_spearman"] if ctx.ceiling else None
         parts.append(_figure_html(F.correlation_forest(labels, rs, los, his, ceiling=ceil,
+                                                       ceiling_label="human split-half ρ",
                                                        title="Pooled Spearman ρ with memorability (95% CI)"),
                                   f"pooled correlations of every {sec} measure"))
     parts.append(_table(["measure", "meaning", "n", "ρ", "95% CI", "p", "source"], table_rows,
@@ -745,27 +853,57 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
     recs = ctx.corr.records()
     shown = recs[:MAX_TABLE_ROWS]
     has = set(df.columns)
-    headers = ["measure", "vs", "scope", "group", "control", "n", "ρ", "95% CI", "p"]
-    numeric = [False, False, False, False, False, True, True, True, True]
+    show_y = ctx.corr.y.nunique() > 1
+    headers = ["measure", *(["vs"] if show_y else []), "scope", "group", "controlling for", "n", "ρ", "95% CI", "p"]
+    numeric = [False, *([False] if show_y else []), False, False, False, True, True, True, True]
     if "r_over_ceiling" in has:
-        headers.append("ρ / ceiling")
+        headers.append("ρ / split-half ρ")
         numeric.append(True)
-    rows = []
+    rows, classes = [], []
+    prev = None
     for i, r in enumerate(shown):
-        row = [str(r.get("x", "")), str(r.get("y") or "score"), ctx.corr.scope.iloc[i] or "pooled",
+        x = str(r.get("x", ""))
+        row = [x, *([str(r.get("y") or "score")] if show_y else []), ctx.corr.scope.iloc[i] or "pooled",
                r.get("group") or "–", r.get("control") or "–", r.get("n"), _num(r.get("r")),
                fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt_p(r.get("p_value"))]
         if "r_over_ceiling" in has:
             row.append(_num(r.get("r_over_ceiling")))
         rows.append(row)
+        classes.append("first" if prev is not None and x != prev else "")
+        prev = x
     parts = [f'<p class="lead">Spearman correlations with 95% paired-bootstrap intervals, from '
              f'<code>{esc(ctx.corr.source)}</code> (written by <code>memlens analyze</code>). <i>pooled</i>: all images; '
              "<i>group</i>: within one category; <i>within</i>: the categories' shared within-category association; "
              "<i>partial</i>: controlling for the named measure.</p>"]
-    parts.append(_table(headers, rows, numeric))
+    settings = [(k, ctx.corr.meta.get(k)) for k in ("method", "ci_method", "confidence", "n_boot", "seed", "by")
+                if ctx.corr.meta.get(k) is not None]
+    if settings:
+        parts.append(_note(" · ".join(f"{esc(k.replace('_', ' '))}: {esc(fmt(v, 3))}" for k, v in settings)))
+    if "r_over_ceiling" in has:
+        parts.append(_note("ρ / split-half ρ: the correlation divided by the human split-half consistency of the same "
+                           "images (the ceiling <code>memlens analyze</code> uses; not Spearman-Brown corrected)."))
+    parts.append(_table(headers, rows, numeric, row_classes=classes))
     if len(recs) > len(shown):
         parts.append(_note(f"{len(recs) - len(shown)} more rows are in results.json and {esc(ctx.corr.source)}."))
     return "".join(parts), {"source": ctx.corr.source, "rows": recs}
+
+
+_PRED_METRICS = ("spearman", "pearson", "mse", "auc")
+_PRED_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "mse": "MSE", "auc": "AUC", "rho": "ρ",
+                "r": "r"}
+
+
+def _oof_predictions(run: _Run) -> tuple[pd.DataFrame | None, str | None]:
+    """Out-of-fold predictions of ``predictor_oof.csv``: ``image_id``, ``score``, ``predicted_<model>``."""
+    oof = run.csv("predictor_oof.csv")
+    if oof is None or "image_id" not in oof.columns:
+        return None, None
+    cols = [c for c in oof.columns if c.startswith("predicted_")]
+    if not cols:
+        return None, None
+    oof = oof.copy()
+    oof["image_id"] = oof["image_id"].astype(str)
+    return oof, "predictor_oof.csv"
 
 
 def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
@@ -773,47 +911,101 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
     if cv is None or cv.empty:
         return _missing("Predictor cross-validation", ["predictor_cv.csv"], "memlens fit-predictor"), {}
     model_col = "model" if "model" in cv.columns else None
-    metric = next((m for m in ("spearman", "rho", "r", "pearson") if m in cv.columns), None)
-    numeric_cols = [c for c in cv.columns if c not in ("fold", "model") and pd.api.types.is_numeric_dtype(cv[c])]
-    groups = list(cv.groupby(model_col, sort=False)) if model_col else [("model", cv)]
+    folds, mean_rows = cv, cv.iloc[0:0]
+    if "fold" in cv.columns:  # fit-predictor appends one fold="mean" row per model
+        is_mean = cv["fold"].astype(str).str.strip().str.lower() == "mean"
+        folds, mean_rows = cv[~is_mean], cv[is_mean]
+    metrics = [m for m in _PRED_METRICS if m in cv.columns] or [m for m in ("rho", "r") if m in cv.columns]
+    metric = next((m for m in ("spearman", "rho", "r", "pearson") if m in metrics), None)
+    groups = list(folds.groupby(model_col, sort=False)) if model_col else [("model", folds)]
     res: dict[str, Any] = {"metric": metric, "models": {}}
+    for key in ("inputs", "split"):
+        if key in cv.columns and cv[key].notna().any():
+            res[key] = str(cv[key].dropna().iloc[0])
     per_fold: dict[str, list[float]] = {}
     rows = []
     for name, g in groups:
         entry: dict[str, Any] = {"n_folds": int(len(g))}
-        for c in numeric_cols:
+        if "n_test" in g.columns:
+            entry["n_test_total"] = int(pd.to_numeric(g["n_test"], errors="coerce").sum())
+        for c in metrics:
             v = pd.to_numeric(g[c], errors="coerce").dropna()
             entry[f"{c}_mean"] = _num(v.mean()) if len(v) else None
             entry[f"{c}_sd"] = _num(v.std(ddof=1)) if len(v) > 1 else None
         if metric:
             per_fold[str(name)] = [float(v) for v in pd.to_numeric(g[metric], errors="coerce")]
+            entry[f"{metric}_folds"] = per_fold[str(name)]
         res["models"][str(name)] = entry
         rows.append([str(name), entry["n_folds"]] + [
             f"{fmt(entry[f'{c}_mean'], 3)} ± {fmt(entry[f'{c}_sd'], 3)}" if entry[f"{c}_sd"] is not None
-            else fmt(entry[f"{c}_mean"], 3) for c in numeric_cols])
-    consistency = ctx.ceiling["split_half_spearman"] if ctx.ceiling else None
-    ceiling = ctx.ceiling["spearman_brown"] if ctx.ceiling else None
-    res["consistency"], res["ceiling"] = consistency, ceiling
+            else fmt(entry[f"{c}_mean"], 3) for c in metrics])
+    # the noise ceiling of the predicted images: fit-predictor's mean rows, else the report's own
+    consistency = ceiling = None
+    ceiling_source = None
+    if len(mean_rows) and {"human_consistency", "noise_ceiling"} <= set(mean_rows.columns):
+        hc = pd.to_numeric(mean_rows["human_consistency"], errors="coerce").dropna()
+        nc = pd.to_numeric(mean_rows["noise_ceiling"], errors="coerce").dropna()
+        if len(hc) and len(nc):
+            consistency, ceiling, ceiling_source = float(hc.iloc[0]), float(nc.iloc[0]), "predictor_cv.csv"
+    if ceiling is None and ctx.ceiling:
+        consistency, ceiling = ctx.ceiling["split_half_spearman"], ctx.ceiling["spearman_brown"]
+        ceiling_source = ctx.ceiling["source"]
+    res["consistency"], res["ceiling"], res["ceiling_source"] = consistency, ceiling, ceiling_source
     if ceiling and metric:
         for entry in res["models"].values():
             m = entry.get(f"{metric}_mean")
             entry[f"{metric}_over_ceiling"] = m / ceiling if m is not None else None
-    parts = ['<p class="lead">Held-out accuracy of the memorability predictor (an MLP on the autoencoder\'s latent '
-             "code) next to a ridge-regression baseline, against the human noise ceiling. Bars: mean over folds ± SD; "
-             "dots: single folds.</p>"]
+    # out-of-fold predictions of every image, pooled
+    oof, oof_source = _oof_predictions(ctx.run)
+    oof_rows = []
+    if oof is not None and "score" in oof.columns:
+        res["oof"] = {}
+        for c in [c for c in oof.columns if c.startswith("predicted_")]:
+            st = _correlate(oof[c], oof["score"])
+            res["oof"][c[len("predicted_"):]] = st
+            oof_rows.append((c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
+                             fmt_p(st["p_value"])))
+    inputs = {"features": "pretrained ImageNet features (EfficientNet-Lite0)", "latents": "the autoencoder's latent code",
+              "both": "the autoencoder's latent code and pretrained ImageNet features"}.get(res.get("inputs", ""),
+                                                                                             res.get("inputs"))
+    lead = ("Held-out accuracy of the memorability predictor (an MLP" + (f" on {esc(inputs)}" if inputs else "") +
+            ") next to a ridge-regression baseline, against the human noise ceiling"
+            + (f"; {esc(res['split'])} cross-validation" if res.get("split") else "") +
+            ". Bars: mean over folds ± SD; dots: single folds.")
+    parts = [f'<p class="lead">{lead}</p>']
+    figs = []
     if metric:
-        parts.append(_figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency, ceiling=ceiling),
-                                  "cross-validated prediction accuracy per model"))
-        best = max((e.get(f"{metric}_mean") for e in res["models"].values() if e.get(f"{metric}_mean") is not None),
-                   default=None)
+        figs.append(_figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency, ceiling=ceiling),
+                                 "cross-validated prediction accuracy per model"))
+        best = res["models"].get("mlp", {}).get(f"{metric}_mean")
+        if best is None:
+            best = max((e.get(f"{metric}_mean") for e in res["models"].values()
+                        if e.get(f"{metric}_mean") is not None), default=None)
         if best is not None:
             ctx.headline["predictor"] = best
-    parts.append(_table(["model", "folds", *[f"{c} (mean ± SD)" for c in numeric_cols]], rows,
-                        [False, True, *[True] * len(numeric_cols)]))
+    if oof is not None and "predicted_mlp" in oof.columns and "score" in oof.columns and res["oof"]["mlp"]["r"] is not None:
+        st = res["oof"]["mlp"]
+        figs.append(_figure_html(
+            F.measure_scatter(pd.to_numeric(oof["predicted_mlp"], errors="coerce"), pd.to_numeric(oof["score"], errors="coerce"),
+                              xlabel="predicted memorability (MLP, out-of-fold)", r=st["r"], ci=(st["ci_low"], st["ci_high"]),
+                              n=st["n"], title="Out-of-fold prediction vs human score"),
+            "out-of-fold predicted memorability against the human score",
+            "Every image predicted by the model that did not see it in training."))
+    if figs:
+        parts.append(f'<div class="figrow">{"".join(figs)}</div>')
+    parts.append(_table(["model", "folds", *[_PRED_LABELS.get(c, c) for c in metrics]], rows,
+                        [False, True, *[True] * len(metrics)]))
+    parts.append(_note("Mean ± SD over the held-out folds. MSE: mean squared error of the predicted score (lower = "
+                       "better); AUC: how well the prediction tells the images above the median score from those "
+                       "below it (0.5 = chance)."))
+    if oof_rows:
+        parts.append(f"<h3>All out-of-fold predictions pooled (<code>{esc(oof_source)}</code>)</h3>")
+        parts.append(_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
     if ceiling and metric:
-        parts.append(_kv_table([(f"{name}: {metric} / noise ceiling", e.get(f"{metric}_over_ceiling"))
-                                for name, e in res["models"].items()]))
-    if not ctx.ceiling:
+        kv = [("human split-half consistency", consistency), ("noise ceiling (Spearman-Brown)", ceiling)]
+        kv += [(f"{name}: {metric} / noise ceiling", e.get(f"{metric}_over_ceiling")) for name, e in res["models"].items()]
+        parts.append(_kv_table(kv))
+    else:
         parts.append(_note("No noise ceiling: the data set has no split-half scores.", True))
     return "".join(parts), res
 
@@ -860,14 +1052,43 @@ def _gallery(ctx: _Ctx, rows: pd.DataFrame, has_pred: bool) -> tuple[str, list[d
         out.append(entry)
         img = (f'<img src="{uri}" alt="{esc(image_id)}">' if uri
                else f'<div class="noimg">{"image not found" if ctx.data_root else "no data root"}</div>')
-        lines = [f"score {fmt(entry['score'], 3)}"]
+        lines = [f"score {_f3(entry['score'])}"]
         if has_pred:
-            lines.append(f"predicted {fmt(entry['predicted_score'], 3)}")
+            lines.append(f"predicted {_f3(entry['predicted_score'])}")
         if entry.get("category") is not None:
             lines.append(str(entry["category"]))
         spans = "".join(f'<span class="s">{esc(line)}</span>' for line in lines)
-        items.append(f'<figure class="thumb">{img}<figcaption>{esc(image_id)}{spans}</figcaption></figure>')
+        name = "/<wbr>".join(esc(part) for part in image_id.split("/"))
+        items.append(f'<figure class="thumb">{img}<figcaption>{name}{spans}</figcaption></figure>')
     return f'<div class="gallery">{"".join(items)}</div>', out
+
+
+def _predicted_scores(ctx: _Ctx) -> tuple[pd.Series | None, str | None]:
+    """Predicted score per image (indexed like per_image.csv) and where it comes from.
+
+    ``per_image.csv`` ``predicted_score``; else the MLP's out-of-fold predictions (``predictor_oof.csv``,
+    every image predicted by a model that did not train on it); else ``descriptors.csv`` (``memlens explain``).
+    """
+    df = ctx.per_image
+    if df is None:
+        return None, None
+    if "predicted_score" in df.columns:
+        v = pd.to_numeric(df["predicted_score"], errors="coerce")
+        if v.notna().any():
+            return v, "per_image.csv (predicted_score)"
+    ids = df["image_id"].astype(str)
+    oof, _ = _oof_predictions(ctx.run)
+    if oof is not None and "predicted_mlp" in oof.columns:
+        v = ids.map(dict(zip(oof["image_id"], pd.to_numeric(oof["predicted_mlp"], errors="coerce"), strict=True)))
+        if v.notna().any():
+            return v.astype(float), "predictor_oof.csv (MLP, out-of-fold)"
+    desc = ctx.run.csv("descriptors.csv")
+    if desc is not None and {"image_id", "predicted_score"} <= set(desc.columns):
+        m = dict(zip(desc["image_id"].astype(str), pd.to_numeric(desc["predicted_score"], errors="coerce"), strict=True))
+        v = ids.map(m)
+        if v.notna().any():
+            return v.astype(float), "descriptors.csv (predicted_score)"
+    return None, None
 
 
 def _section_galleries(ctx: _Ctx) -> tuple[str, dict]:
@@ -875,7 +1096,11 @@ def _section_galleries(ctx: _Ctx) -> tuple[str, dict]:
     if df is None:
         return _missing("Galleries", ["per_image.csv"], "memlens score"), {}
     parts, res = [], {}
-    has_pred = "predicted_score" in df.columns and pd.to_numeric(df["predicted_score"], errors="coerce").notna().any()
+    pred, pred_source = _predicted_scores(ctx)
+    has_pred = pred is not None
+    if has_pred:
+        df = df.assign(predicted_score=pred.to_numpy())
+        res["predicted_source"] = pred_source
     if ctx.data_root is None:
         parts.append(_note("Thumbnails omitted: the data root is not recorded in <code>dataset.json</code> "
                            "(key <code>root</code> or <code>source</code>) or no longer exists.", True))
@@ -888,12 +1113,14 @@ def _section_galleries(ctx: _Ctx) -> tuple[str, dict]:
     else:
         parts.append(_note("No human scores: galleries by human score are not available.", True))
     if has_pred:
-        d = df.assign(predicted_score=pd.to_numeric(df["predicted_score"], errors="coerce"))
-        d = d[d["predicted_score"].notna()]
+        d = df[df["predicted_score"].notna()]
         specs += [("predicted_top", "Most memorable (predicted)", d.nlargest(k, "predicted_score")),
                   ("predicted_bottom", "Least memorable (predicted)", d.nsmallest(k, "predicted_score"))]
+        parts.insert(0, f'<p class="lead">The {k} highest and lowest scoring images. Predicted scores: '
+                        f"<code>{esc(pred_source)}</code>.</p>")
     else:
-        parts.append(_missing("Predicted-score galleries", ["per_image.csv (predicted_score column)"], "memlens fit-predictor"))
+        parts.append(_missing("Predicted-score galleries", ["per_image.csv (predicted_score column)",
+                                                            "predictor_oof.csv"], "memlens fit-predictor"))
     for key, title, rows in specs:
         g, entries = _gallery(ctx, rows, has_pred)
         res[key] = entries
@@ -919,111 +1146,331 @@ def _image_uri(path: Path, max_side: int = 360) -> str | None:
     return _data_uri(buf.getvalue(), "image/png")
 
 
+_AGGREGATE_CAPTIONS = {
+    "aggregate_quartiles.png": "Most vs least memorable quartile: mean |IG| maps and their difference",
+    "aggregate_most_memorable.png": "Mean |IG| map of the most memorable quartile",
+    "aggregate_least_memorable.png": "Mean |IG| map of the least memorable quartile",
+    "aggregate_difference.png": "Difference: most − least memorable quartile",
+}
+_OVERLAY_GROUPS = (("top", "Most memorable images"), ("bottom", "Least memorable images"),
+                   ("image", "Requested images"))
+_OVERLAY_NAME = re.compile(r"^overlay_(top|bottom|image)(\d*)_")
+
+
+def _overlay_entries(att: Path, explain: Any, overlays: Sequence[Path]) -> list[dict[str, Any]]:
+    """Overlays with their group (top/bottom/image), rank, image id and scores.
+
+    From ``attributions/explain.json`` (``explained``) when it lists them; otherwise from the file names
+    (``overlay_top01_<id>_<hash>.png``); the rest are group ``other``.
+    """
+    names = {p.name: p for p in overlays}
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    explained = _get(explain, "explained")
+    if isinstance(explained, Mapping):
+        for group, _ in _OVERLAY_GROUPS:
+            for rank, e in enumerate(explained.get(group) or [], start=1):
+                if not isinstance(e, Mapping) or e.get("file") not in names or e["file"] in seen:
+                    continue
+                seen.add(e["file"])
+                out.append({"group": group, "rank": rank, "file": e["file"], "image_id": _clean(e.get("image_id")),
+                            "score": _num(e.get("score")), "predicted_score": _num(e.get("predicted_score")),
+                            "flagged": bool(e.get("flagged")), "relative_delta": _num(e.get("relative_delta"))})
+    for p in overlays:
+        if p.name in seen:
+            continue
+        m = _OVERLAY_NAME.match(p.name)
+        group, rank = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else ("other", None)
+        out.append({"group": group, "rank": rank, "file": p.relative_to(att).as_posix(), "image_id": None,
+                    "score": None, "predicted_score": None, "flagged": None, "relative_delta": None})
+    return out
+
+
+def _sanity_html(sanity: Mapping[str, Any]) -> str:
+    passed = sanity.get("passed")
+    parts = []
+    if isinstance(passed, bool):
+        parts.append(f'<p><span class="badge {"ok" if passed else "bad"}">{"passed" if passed else "FAILED"}</span> ')
+        mean, thr = _num(sanity.get("mean_spearman")), _num(sanity.get("threshold"))
+        if mean is not None and thr is not None:
+            if passed:
+                parts.append(esc(f"The maps change when the predictor's weights are randomised (mean Spearman "
+                                 f"{mean:.2f} < {thr:.2f}): they depend on what the model learned."))
+            else:
+                parts.append(esc(f"Mean Spearman {mean:.2f} ≥ {thr:.2f}: much of the maps' structure survives "
+                                 "randomising the predictor's weights, so it reflects the image (or the fixed "
+                                 "encoder) more than what the predictor learned. Read the maps with care."))
+        parts.append("</p>")
+    elif sanity.get("note"):
+        parts.append(_note(esc(sanity["note"]), True))
+    keys = [("test", "test"), ("statistic", "statistic"), ("randomized_module", "randomised module"),
+            ("n_images", "images"), ("mean_spearman", "mean Spearman (trained vs randomised)"),
+            ("median_spearman", "median Spearman"), ("threshold", "pass threshold (mean below)"),
+            ("passed", "passed"), ("seed", "seed")]
+    rows = [(label, sanity[k]) for k, label in keys if sanity.get(k) is not None]
+    per = sanity.get("per_image_spearman")
+    ids = sanity.get("image_ids")
+    if isinstance(per, list) and isinstance(ids, list) and len(per) == len(ids):
+        rows += [(f"ρ for {i}", v if v is not None else "–") for i, v in zip(ids, per, strict=True)]
+    known = {k for k, _ in keys} | {"per_image_spearman", "image_ids", "interpretation", "note", "ig"}
+    rows += [(k, v) for k, v in _flatten({k: v for k, v in sanity.items() if k not in known})]
+    parts.append(_kv_table(rows))
+    if sanity.get("interpretation"):
+        parts.append(_note(esc(sanity["interpretation"])))
+    return "".join(parts)
+
+
 def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
     att = ctx.run.path("attributions")
     if att is None or not att.is_dir():
         return _missing("Integrated Gradients maps", ["attributions/"], "memlens explain"), {}
+    explain = ctx.run.json("attributions/explain.json") if (att / "explain.json").is_file() else None
     pngs = sorted(p for p in att.rglob("*.png") if p.is_file())
     agg_words = ("aggregate", "mean", "average", "summary")
     aggregates = [p for p in pngs if any(w in p.stem.lower() for w in agg_words)]
+    known = [a for a in _AGGREGATE_CAPTIONS if (att / a) in aggregates]
+    aggregates = [att / a for a in known] + [p for p in aggregates if p.name not in _AGGREGATE_CAPTIONS]
     overlays = [p for p in pngs if p not in aggregates]
+    entries = _overlay_entries(att, explain, overlays)
+    ig = _get(explain, "integrated_gradients")
     res: dict[str, Any] = {"aggregates": [p.relative_to(att).as_posix() for p in aggregates],
-                           "overlays_total": len(overlays),
-                           "overlays_shown": [p.relative_to(att).as_posix() for p in overlays[:MAX_OVERLAYS]]}
+                           "overlays_total": len(overlays), "overlays": entries[:MAX_OVERLAYS]}
+    if isinstance(ig, Mapping):
+        res["integrated_gradients"] = ig
     parts = ['<p class="lead">Integrated Gradients attributions of the predicted memorability: where in the image '
-             "the prediction comes from. Warm colours raise the predicted score.</p>"]
+             "the prediction comes from (brighter = more attribution).</p>"]
+    if isinstance(ig, Mapping):
+        bits = [f"{ig.get('n_steps')} steps" if ig.get("n_steps") is not None else None,
+                f"{ig.get('baseline')} baseline" if ig.get("baseline") else None,
+                f"{ig.get('n_images')} images" if ig.get("n_images") is not None else None]
+        parts.append(_note("Settings: " + esc(", ".join(b for b in bits if b)) + "."))
+        n_flagged = ig.get("n_flagged")
+        if _isnum(n_flagged) and n_flagged > 0:
+            parts.append(_note(esc(f"{int(n_flagged)} of {ig.get('n_images')} maps did not converge (completeness "
+                                   f"error above {ig.get('delta_tolerance')} of the score difference; largest "
+                                   f"{fmt(ig.get('max_relative_delta'), 2)}): rerun memlens explain with more "
+                                   "--steps for exact maps."), True))
 
-    def grid(paths: Sequence[Path]) -> str:
+    def grid(items: Sequence[tuple[Path, str, Sequence[str]]]) -> str:
         cells = []
-        for p in paths:
+        for p, title, lines in items:
             name = p.relative_to(att).as_posix()
-            uri = _image_uri(p)
-            img = f'<img src="{uri}" alt="{esc(name)}">' if uri else '<div class="noimg">unreadable image</div>'
-            cells.append(f"<figure>{img}<figcaption>{esc(name)}</figcaption></figure>")
+            uri = _image_uri(p, 520)
+            img = f'<img src="{uri}" alt="{esc(title)}">' if uri else '<div class="noimg">unreadable image</div>'
+            spans = "".join(f'<span class="s">{esc(line)}</span>' for line in lines)
+            cells.append(f"<figure>{img}<figcaption><b>{esc(title)}</b>{spans}"
+                         f'<span class="s file">{esc(name)}</span></figcaption></figure>')
         return f'<div class="overlays">{"".join(cells)}</div>'
 
+    shown = entries[:MAX_OVERLAYS]
+    for group, heading in (*_OVERLAY_GROUPS, ("other", "Other maps")):
+        items = []
+        for e in (e for e in shown if e["group"] == group):
+            title = {"top": "most memorable", "bottom": "least memorable"}.get(group, "")
+            title = f"#{e['rank']} {title}".strip() if e["rank"] is not None and title else (e["image_id"] or e["file"])
+            lines = []
+            if e["image_id"] and group in ("top", "bottom"):
+                lines.append(str(e["image_id"]))
+            if e["score"] is not None or e["predicted_score"] is not None:
+                lines.append(f"score {_f3(e['score'])} · final model predicts {_f3(e['predicted_score'])}")
+            if e["flagged"]:
+                lines.append(f"not converged (relative error {fmt(e['relative_delta'], 2)})")
+            items.append((att / e["file"], title, lines))
+        if items:
+            parts.append(f"<h3>{esc(heading)}</h3>" + grid(items))
+    if len(overlays) > MAX_OVERLAYS:
+        parts.append(_note(f"{len(overlays) - MAX_OVERLAYS} more overlays are in <code>attributions/</code>."))
     if aggregates:
-        parts.append("<h3>Aggregate maps</h3>" + grid(aggregates))
-    if overlays:
-        parts.append("<h3>Per-image overlays</h3>" + grid(overlays[:MAX_OVERLAYS]))
-        if len(overlays) > MAX_OVERLAYS:
-            parts.append(_note(f"{len(overlays) - MAX_OVERLAYS} more overlays are in <code>attributions/</code>."))
+        agg = _get(explain, "aggregate")
+        lead = ""
+        if isinstance(agg, Mapping) and agg.get("n_top") is not None:
+            lead = _note(esc(f"Mean maps over {agg.get('n_top')} images of the most memorable quartile (score ≥ "
+                             f"{fmt(agg.get('upper_threshold'), 3)}) and {agg.get('n_bottom')} of the least memorable "
+                             f"(score ≤ {fmt(agg.get('lower_threshold'), 3)}); share of attribution in the image "
+                             f"centre: {fmt(agg.get('top_center_share'), 2)} vs {fmt(agg.get('bottom_center_share'), 2)}."))
+            res["aggregate"] = {k: v for k, v in agg.items() if not k.endswith("_ids")}
+        parts.append("<h3>Aggregate maps</h3>" + lead)
+        first = [p for p in aggregates if p.name == "aggregate_quartiles.png"]
+        rest = [p for p in aggregates if p.name != "aggregate_quartiles.png"]
+        if first:
+            uri = _image_uri(first[0], 1100)
+            if uri:
+                parts.append(f'<figure class="wide"><img src="{uri}" alt="aggregate maps by quartile">'
+                             f"<figcaption>{esc(_AGGREGATE_CAPTIONS['aggregate_quartiles.png'])}</figcaption></figure>")
+        if rest:
+            parts.append(grid([(p, _AGGREGATE_CAPTIONS.get(p.name, p.stem.replace("_", " ")), []) for p in rest]))
+    elif isinstance(_get(explain, "aggregate", "note"), str):
+        parts.append(_note(esc(_get(explain, "aggregate", "note")), True))
     if not pngs:
         parts.append(_note("No PNG maps in <code>attributions/</code>.", True))
+    sanity_path = att / "sanity.json"
+    sanity = ctx.run.json("attributions/sanity.json") if sanity_path.is_file() else None
+    parts.append("<h3>Sanity check: model randomisation</h3>")
+    if isinstance(sanity, Mapping):
+        res["sanity"] = sanity
+        parts.append(_sanity_html(sanity))
+    else:
+        parts.append(_missing("Attribution sanity check", ["attributions/sanity.json"], "memlens explain"))
     npz = att / "attributions.npz"
     if npz.is_file():
         try:
             with np.load(npz, allow_pickle=False) as z:
                 res["arrays"] = {k: list(z[k].shape) for k in z.files}
-            parts.append("<h3>Stored attributions</h3>")
-            parts.append(_table(["array in attributions.npz", "shape"],
-                                [(k, " × ".join(str(s) for s in v)) for k, v in res["arrays"].items()]))
+            parts.append("<details><summary>Arrays in <code>attributions/attributions.npz</code></summary>")
+            parts.append(_table(["array", "shape"], [(k, " × ".join(str(s) for s in v) or "scalar")
+                                                     for k, v in res["arrays"].items()]))
+            parts.append("</details>")
         except (OSError, ValueError) as exc:
             ctx.run._problem("attributions/attributions.npz", exc)
-    sanity_path = att / "sanity.json"
-    sanity = ctx.run.json("attributions/sanity.json") if sanity_path.is_file() else None
-    parts.append("<h3>Sanity check</h3>")
-    if isinstance(sanity, Mapping):
-        res["sanity"] = sanity
-        passed = sanity.get("passed")
-        badge = ""
-        if isinstance(passed, bool):
-            badge = (f'<p><span class="badge {"ok" if passed else "bad"}">'
-                     f'{"passed" if passed else "FAILED"}</span></p>')
-        parts.append(badge + _kv_table(_flatten(sanity)))
-    else:
-        parts.append(_missing("Attribution sanity check", ["attributions/sanity.json"], "memlens explain"))
     return "".join(parts), res
+
+
+#: what each descriptor of :data:`memlens.descriptors.DESCRIPTOR_COLUMNS` measures (docs/explain.md)
+_DESCRIPTOR_MEANING = {
+    "lab_l_mean": "mean lightness (CIELAB L*)", "lab_l_sd": "lightness contrast (SD of L*)",
+    "lab_a_mean": "mean green–red (a*)", "lab_a_sd": "spread of green–red (SD of a*)",
+    "lab_b_mean": "mean blue–yellow (b*)", "lab_b_sd": "spread of blue–yellow (SD of b*)",
+    "hsv_s_mean": "mean saturation (HSV)", "hsv_v_mean": "mean brightness (HSV value)",
+    "colourfulness": "colourfulness (Hasler & Süsstrunk)", "colour_entropy": "colour histogram entropy (bits)",
+    "grey_entropy": "grey-level entropy (bits)", "glcm_contrast": "texture contrast (GLCM)",
+    "glcm_energy": "texture uniformity (GLCM energy)", "glcm_homogeneity": "texture homogeneity (GLCM)",
+    "edge_density": "clutter: share of edge pixels (Canny)",
+    "ig_center_share": "share of the IG attribution in the image centre (explained images only)",
+}
+_TARGETS = (("score", "human score"), ("predicted_score", "predicted score"))
 
 
 def _section_descriptors(ctx: _Ctx) -> tuple[str, dict]:
     dc = ctx.run.csv("descriptor_correlations.csv")
     desc = ctx.run.csv("descriptors.csv")
     source = "descriptor_correlations.csv"
-    rows: list[dict[str, Any]] = []
+    # rows: descriptor -> target -> numbers
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     if dc is not None and not dc.empty:
         name_col = next((c for c in ("descriptor", "x", "name", "feature") if c in dc.columns), dc.columns[0])
         rcol = next((c for c in ("r", "rho", "spearman") if c in dc.columns), None)
         for rec in dc.to_dict("records"):
-            rows.append({"descriptor": str(rec.get(name_col)), "n": _clean(rec.get("n")),
-                         "r": _num(rec.get(rcol)) if rcol else None, "ci_low": _num(rec.get("ci_low")),
-                         "ci_high": _num(rec.get("ci_high")), "p_value": _num(rec.get("p_value"))})
-    elif desc is not None and "image_id" in desc.columns and ctx.run.has_scores():
+            target = str(rec.get("target")) if "target" in dc.columns and rec.get("target") is not None else "score"
+            table.setdefault(str(rec.get(name_col)), {})[target] = {
+                "n": _clean(rec.get("n")), "r": _num(rec.get(rcol)) if rcol else None, "ci_low": _num(rec.get("ci_low")),
+                "ci_high": _num(rec.get("ci_high")), "p_value": _num(rec.get("p_value"))}
+    elif desc is not None and "image_id" in desc.columns:
         source = "descriptors.csv (correlations computed by the report)"
-        merged = desc.merge(ctx.per_image[["image_id", "score"]], on="image_id", how="inner", suffixes=("", "_human"))
-        score = merged["score_human"] if "score_human" in merged.columns else merged["score"]
+        merged = desc.copy()
+        merged["image_id"] = merged["image_id"].astype(str)
+        targets = {}
+        for t, _ in _TARGETS:
+            if t in merged.columns:
+                targets[t] = pd.to_numeric(merged[t], errors="coerce")
+        if "score" not in targets and ctx.run.has_scores():
+            m = dict(zip(ctx.per_image["image_id"].astype(str), ctx.per_image["score"], strict=True))
+            targets["score"] = merged["image_id"].map(m).astype(float)
+        skip = {"image_id", "score", "predicted_score"}
         for c in desc.columns:
-            if c in ("image_id", "score") or not pd.api.types.is_numeric_dtype(desc[c]):
+            if c in skip or not pd.api.types.is_numeric_dtype(desc[c]):
                 continue
-            st = _spearman_boot(merged[c], score)
-            rows.append({"descriptor": c, **{k: st[k] for k in ("n", "r", "ci_low", "ci_high", "p_value")}})
-    else:
+            for t, y in targets.items():
+                if y.notna().sum() >= 3:
+                    st = _correlate(merged[c], y)
+                    table.setdefault(c, {})[t] = {k: st[k] for k in ("n", "r", "ci_low", "ci_high", "p_value")}
+    if not table:
         return _missing("Visual descriptors", ["descriptor_correlations.csv", "descriptors.csv"], "memlens explain"), {}
-    res: dict[str, Any] = {"source": source, "rows": rows}
+    targets = [t for t, _ in _TARGETS if any(t in v for v in table.values())]
+    targets += sorted({t for v in table.values() for t in v} - set(targets))
+    labels = dict(_TARGETS)
+    rows = [{"descriptor": d, "meaning": _DESCRIPTOR_MEANING.get(d), **{t: v.get(t) for t in targets}}
+            for d, v in table.items()]
+    res: dict[str, Any] = {"source": source, "targets": targets, "rows": rows}
     if desc is not None:
         res["n_images"] = int(len(desc))
-    parts = ['<p class="lead">Simple, interpretable image statistics and their Spearman correlation with memorability '
-             f"(source: <code>{esc(source)}</code>).</p>"]
-    if rows:
-        order = sorted(rows, key=lambda r: -abs(r["r"]) if r["r"] is not None else 0)
-        parts.append(_figure_html(F.correlation_forest([r["descriptor"] for r in order], [r["r"] if r["r"] is not None else np.nan for r in order],
-                                                       [r["ci_low"] if r["ci_low"] is not None else np.nan for r in order],
-                                                       [r["ci_high"] if r["ci_high"] is not None else np.nan for r in order],
-                                                       title="Descriptors vs memorability (Spearman ρ, 95% CI)"),
-                                  "correlations of visual descriptors with memorability"))
-        parts.append(_table(["descriptor", "n", "ρ", "95% CI", "p"],
-                            [(r["descriptor"], r["n"], r["r"], fmt_ci(r["ci_low"], r["ci_high"]), fmt_p(r["p_value"]))
-                             for r in order], [False, True, True, True, True]))
+    pred_source = _get(ctx.run.json("attributions/explain.json"), "predicted_score_source")
+    res["predicted_score_source"] = pred_source
+    parts = ['<p class="lead">Simple, interpretable image statistics and their Spearman correlation with the human and '
+             f"the predicted memorability (source: <code>{esc(source)}</code>). A descriptor that tracks the predicted "
+             "but not the human score is a cue the model uses that people do not.</p>"]
+    if pred_source:
+        parts.append(_note(f"Predicted scores: {esc(pred_source)}."))
+    first = targets[0]
+
+    def key(r: dict) -> float:
+        v = (r.get(first) or {}).get("r")
+        return -abs(v) if v is not None else 0.0
+
+    order = sorted(rows, key=key)
+
+    def col(t: str, k: str) -> list[float]:
+        return [((r.get(t) or {}).get(k) if (r.get(t) or {}).get(k) is not None else np.nan) for r in order]
+
+    series = [(f"with the {labels.get(t, t)}", col(t, "r"), col(t, "ci_low"), col(t, "ci_high")) for t in targets]
+    parts.append(_figure_html(F.correlation_forest([r["descriptor"] for r in order], [], series=series,
+                                                   title="Descriptors vs memorability (Spearman ρ, 95% CI)"),
+                              "correlations of visual descriptors with memorability"))
+    headers, numeric = ["descriptor", "what it measures"], [False, False]
+    for t in targets:
+        headers += [f"ρ with {labels.get(t, t)}", "95% CI", "n"]
+        numeric += [True, True, True]
+    body = []
+    for r in order:
+        cells: list[Any] = [r["descriptor"], r["meaning"] or "–"]
+        for t in targets:
+            v = r.get(t) or {}
+            cells += [v.get("r"), fmt_ci(v.get("ci_low"), v.get("ci_high")), v.get("n")]
+        body.append(cells)
+    parts.append(_table(headers, body, numeric))
     return "".join(parts), res
+
+
+_COMMAND_OF = {"predictor": "fit-predictor"}  # pipeline.json stage name -> CLI command
+
+
+def _shell_quote(arg: Any) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))
+
+
+def _arg_value(args: Any, flag: str) -> str | None:
+    """The value after ``flag`` in a stage's argument list (``pipeline.json``)."""
+    if isinstance(args, list):
+        for i, a in enumerate(args[:-1]):
+            if a == flag:
+                return str(args[i + 1])
+    return None
+
+
+def _stage_seeds(ctx: _Ctx) -> dict[str, Any]:
+    """The seed of every stage that has one, from the files the stages wrote (pipeline.json as a fallback)."""
+    run = ctx.run
+    pipeline = _get(run.json("pipeline.json"), "stages") or {}
+    seeds: dict[str, Any] = {}
+    train = _get(run.json("manifest.json"), "seeds", "seed")
+    if train is None:
+        train = _get(run.json("config.json"), "seed")
+    if train is None:
+        train = _arg_value(_get(pipeline, "train", "args"), "--seed")
+    seeds["train"] = train
+    if ctx.corr.meta.get("seed") is not None or ctx.corr.meta.get("n_boot") is not None:
+        seeds["analyze"] = f"{ctx.corr.meta.get('seed')} (bootstrap, {ctx.corr.meta.get('n_boot')} resamples)"
+    pred = _arg_value(_get(pipeline, "predictor", "args"), "--seed")
+    if pred is None and run.path("predictor_cv.csv") is not None and _get(pipeline, "predictor"):
+        pred = "0 (default)"
+    seeds["fit-predictor"] = pred
+    ex = _get(run.json("attributions/explain.json"), "integrated_gradients", "seed")
+    if ex is None:
+        ex = _get(run.json("attributions/sanity.json"), "seed")
+    seeds["explain"] = ex
+    seeds["report"] = f"{BOOT_SEED} (bootstrap, {N_BOOT} resamples)"
+    return {k: v for k, v in seeds.items() if v is not None}
 
 
 def _section_methods(ctx: _Ctx) -> tuple[str, dict]:
     run = ctx.run
     res: dict[str, Any] = {}
     parts = ['<p class="lead">How the numbers were made: correlations are Spearman rank correlations with paired '
-             "bootstrap 95% intervals (images resampled with their scores); the noise ceiling is the mean Spearman "
-             "correlation between the hit rates of two random halves of the participants, Spearman-Brown corrected. "
-             "Every <code>recon_*</code> measure is a distance (higher = worse reconstruction).</p>"]
+             "bootstrap 95% intervals (images resampled with their scores; <code>memlens.stats.correlate</code>). "
+             "Human split-half consistency is the mean Spearman correlation between the hit rates of two random "
+             "halves of the participants; the noise ceiling is that value Spearman-Brown corrected to the full "
+             "group. Every <code>recon_*</code> measure is a distance (higher = worse reconstruction).</p>"]
     ds = run.json("dataset.json")
     if isinstance(ds, Mapping):
         res["dataset"] = ds
@@ -1031,27 +1478,47 @@ def _section_methods(ctx: _Ctx) -> tuple[str, dict]:
     else:
         parts.append(_missing("Data description", ["dataset.json"], "memlens train"))
     man = run.json("manifest.json")
+    seeds = _stage_seeds(ctx)
+    res["seeds"] = seeds
+    pipeline = run.json("pipeline.json")
+    stage_times = [(name, st.get("seconds")) for name, st in (_get(pipeline, "stages") or {}).items()
+                   if isinstance(st, Mapping) and _isnum(st.get("seconds"))]
+    if stage_times:
+        res["stage_seconds"] = dict(stage_times)
     if isinstance(man, Mapping):
         res["manifest"] = man
         special = {}
-        for key in ("versions", "timings", "seeds"):
+        for key in ("versions", "timings", "seeds", "device"):
             if isinstance(man.get(key), Mapping):
                 special[key] = man[key]
-        rest = {k: v for k, v in man.items() if k not in special}
-        if rest:
-            parts.append("<h3>Provenance</h3>" + _kv_table(_flatten(rest)))
         blocks = []
         if "versions" in special:
             blocks.append("<div><h3>Software versions</h3>" + _kv_table(_flatten(special["versions"])) + "</div>")
-        if "seeds" in special:
-            blocks.append("<div><h3>Seeds</h3>" + _kv_table(_flatten(special["seeds"])) + "</div>")
-        if "timings" in special:
-            t = [(k, f"{float(v):.2f}" if _isnum(v) else v) for k, v in _flatten(special["timings"])]
-            blocks.append("<div><h3>Timings</h3>" + _table(["stage", "seconds"], t, [False, True]) + "</div>")
+        if "device" in special:
+            blocks.append("<div><h3>Device</h3>" + _kv_table(_flatten(special["device"])) + "</div>")
+        elif man.get("device") is not None:
+            blocks.append("<div><h3>Device</h3>" + _kv_table([("device", man["device"])]) + "</div>")
+        if seeds:
+            blocks.append("<div><h3>Seeds</h3>" + _kv_table(list(seeds.items())) + "</div>")
+        if stage_times or "timings" in special:
+            t = [(f"pipeline: {k}", f"{float(v):.2f}") for k, v in stage_times]
+            t += [(f"train: {k}", f"{float(v):.2f}" if _isnum(v) else v) for k, v in _flatten(special.get("timings", {}))]
+            blocks.append("<div><h3>Timings</h3>" + _table(["step", "seconds"], t, [False, True]) + "</div>")
         if blocks:
             parts.append(f'<div class="kvgrid">{"".join(blocks)}</div>')
+        rest = {k: v for k, v in man.items() if k not in special and k not in ("device",)}
+        if rest:
+            parts.append("<details><summary>Full training manifest (<code>manifest.json</code>)</summary>"
+                         + _kv_table(_flatten(rest)) + "</details>")
     else:
         parts.append(_missing("Provenance (versions, device, seeds, timings)", ["manifest.json"], "memlens train"))
+        if seeds:
+            parts.append("<h3>Seeds</h3>" + _kv_table(list(seeds.items())))
+    commands = [f"memlens {_COMMAND_OF.get(name, name)} " + " ".join(_shell_quote(a) for a in st.get("args") or [])
+                for name, st in (_get(pipeline, "stages") or {}).items() if isinstance(st, Mapping)]
+    if commands:
+        res["commands"] = commands
+        parts.append("<h3>Commands run</h3><pre>" + esc("\n".join(commands)) + "</pre>")
     cfg = run.json("config.json")
     if cfg is not None:
         res["config"] = cfg
@@ -1074,6 +1541,24 @@ _BUILDERS: dict[str, Callable[[_Ctx], tuple[str, dict]]] = {
 # the summary shows headline numbers computed by later sections: build it last
 _BUILD_ORDER = ("training", "reconstruction", "distinctiveness", "correlations", "predictor", "galleries",
                 "explanations", "descriptors", "methods", "summary")
+
+
+def _headline(ctx: _Ctx, results: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers ``memlens run`` prints at the end (rounded; full precision is in the sections)."""
+    out: dict[str, Any] = {}
+    n = _get(results, "summary", "n_images")
+    if n is not None:
+        out["images"] = n
+    if ctx.ceiling:
+        out["noise ceiling (Spearman-Brown)"] = round(ctx.ceiling["spearman_brown"], 3) \
+            if ctx.ceiling["spearman_brown"] is not None else None
+    for key in ("reconstruction", "distinctiveness"):
+        if key in ctx.headline:
+            col, r = ctx.headline[key]
+            out[f"rho({col}, score)"] = round(r, 3)
+    if "predictor" in ctx.headline:
+        out["predictor rho (cross-validated)"] = round(ctx.headline["predictor"], 3)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- public
@@ -1103,14 +1588,15 @@ def collect_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     run = _Run(run_dir)
     per_image = run.per_image()
     ids = list(per_image["image_id"].astype(str)) if per_image is not None else None
-    ctx = _Ctx(run=run, corr=_Correlations(run), per_image=per_image, ceiling=_noise_ceiling(run, ids),
+    corr = _Correlations(run)
+    ctx = _Ctx(run=run, corr=corr, per_image=per_image, ceiling=_noise_ceiling(run, ids, corr),
                data_root=_data_root(run))
     if ctx.ceiling is None and ctx.corr and "ceiling" in ctx.corr.df.columns:
-        c = pd.to_numeric(ctx.corr.df["ceiling"], errors="coerce").dropna()
+        # analyze's ceiling column: the (uncorrected) split-half correlation of the pooled rows
+        pooled = ctx.corr.df[ctx.corr.scope == "pooled"]
+        c = pd.to_numeric(pooled["ceiling"], errors="coerce").dropna()
         if len(c):
-            sb = float(c.iloc[0])
-            ctx.ceiling = {"n_images": None, "n_splits": None, "split_half_spearman": (sb / (2 - sb)) if sb < 2 else None,
-                           "split_half_spearman_sd": None, "spearman_brown": sb, "source": ctx.corr.source}
+            ctx.ceiling = _ceiling_entry({"spearman_mean": float(c.iloc[0])}, f"{ctx.corr.source} (ceiling column)")
     simulated = _is_simulated(run)
     bodies: dict[str, str] = {}
     results: dict[str, Any] = {}
@@ -1120,6 +1606,7 @@ def collect_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
     results = {"meta": {"memlens_version": __version__, "generated_at": now.isoformat(), "run_dir": str(run_dir),
                         "simulated": simulated, "sections": list(SECTION_IDS), "problems": list(run.problems)},
+               "headline": _headline(ctx, results),
                **{sec: results[sec] for sec in SECTION_IDS}}
     sections_html = []
     for sec in SECTION_IDS:
