@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("memlens.commands.score:score", "Per-image reconstruction errors, latents, distinctiveness."),
     "analyze": ("memlens.commands.analyze:analyze", "Correlate the per-image measures with memorability."),
     "fit-predictor": ("memlens.commands.fit_predictor:fit_predictor", "Cross-validate and fit the memorability MLP."),
-    "predict": ("memlens.commands.predict:predict", "Predict memorability for new images."),
+    "predict": ("memlens.commands.predict:predict", "Predict memorability for new images (files or folders)."),
     "explain": ("memlens.commands.explain:explain", "Integrated Gradients maps and visual descriptors."),
     "report": ("memlens.commands.report:report", "Write the self-contained HTML report of a run."),
     "run": ("memlens.commands.run:run", "The whole pipeline, from images to a report."),

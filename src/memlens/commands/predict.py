@@ -1,0 +1,51 @@
+"""``memlens predict``: memorability of new images with a fitted run (encoder + predictor head)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._common import progress_enabled
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--run", "run", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory holding predictor.pt (memlens fit-predictor).")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV to write (columns image, predicted_score) [default: print to stdout].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass (scores do not depend on it).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: int, device: str) -> int:
+    """Predict the memorability of IMAGES (files and/or folders, searched recursively).
+
+    Files that cannot be read are listed on stderr and skipped; the rest are scored. Exit 1 when no image
+    could be scored.
+    """
+    from .._io import atomic_path
+    from ..inference import predict_images
+
+    bar = None
+    update = None
+    if progress_enabled():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="img", desc="predicting", dynamic_ncols=True, leave=False)
+        update = bar.update
+    try:
+        result = predict_images(images, run, batch_size=batch_size, device=device, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in result.problems:
+        click.echo(f"skipped: {p}", err=True)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            result.table.to_csv(tmp, index=False, float_format="%.6f")
+        click.echo(f"wrote {len(result.table)} predictions to {out}"
+                   + (f" ({len(result.problems)} skipped)" if result.problems else ""), err=True)
+    else:
+        click.echo(result.table.to_csv(index=False, float_format="%.6f"), nl=False)
+    return 0 if len(result.table) else 1
