@@ -60,7 +60,7 @@ def test_config_has_every_stage_and_the_papers_settings(config):
     assert "lpips-squeeze" in c["score"]["metrics"].split(",")  # asked for explicitly: a missing package fails loudly
     assert c["score"]["distinct_k"] == 1
     pr = c["predictor"]
-    assert pr["split"] == "paper" and pr["cv"] == 1 and pr["inputs"] == "latents"
+    assert pr["split"] == "paper" and pr["cv"] == 1 and pr["features"] == "latents"
     assert c["explain"]["steps"] >= 1 and c["explain"]["baseline"] in ("black", "blur", "mean")
     assert c["check"]["layout"] == c["train"]["layout"] == "memcat"
 

@@ -762,6 +762,17 @@ def ridge_baseline(alphas: Sequence[float] = RIDGE_ALPHAS) -> Any:
     return make_pipeline(StandardScaler(), RidgeCV(alphas=tuple(alphas)))
 
 
+def _blas_threads(n: int | None) -> Any:
+    """Limit BLAS/LAPACK threads (restored on exit); None: leave them alone."""
+    import contextlib
+
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, int(n)), user_api="blas")
+
+
 @dataclass
 class CVResult:
     """Per-fold metrics of each model (``table``) and out-of-fold predictions (``oof``)."""
@@ -779,7 +790,8 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
 
     The MLP stops early on the split's ``val`` rows when there are any, else on its own inner split of the
     training rows (nested: test rows never influence training). Ridge fits on train + val (its penalty is
-    chosen by leave-one-out inside them). Every scaler is fitted inside the training rows.
+    chosen by leave-one-out inside them; BLAS threads follow the regressor's ``num_threads``). Every scaler
+    is fitted inside the training rows.
     ``ceiling(test_index)`` may return ``{"human_consistency": ..., "noise_ceiling": ...}`` for the fold.
     ``return_estimators`` keeps the fitted models (``CVResult.estimators``).
     """
@@ -812,7 +824,8 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
         if ridge:
             t0 = time.perf_counter()
             fit_rows = np.concatenate([tr, va])
-            rg = ridge_baseline().fit(X[fit_rows], y[fit_rows])
+            with _blas_threads(base.num_threads):
+                rg = ridge_baseline().fit(X[fit_rows], y[fit_rows])
             pred_r = rg.predict(X[te])
             oof["ridge"][te] = pred_r
             metrics = prediction_metrics(y[te], pred_r)

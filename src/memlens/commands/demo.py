@@ -13,9 +13,9 @@ import click
 # Settings that finish in about two minutes on a 2-core CPU. Every key is an option of that stage's command.
 DEMO_OPTIONS: dict[str, dict[str, object]] = {
     "train": {"backbone": "small", "pretrain_epochs": 6, "seed": 0},
-    "score": {"batch_size": 32},
+    "score": {"batch_size": 32, "feature_size": 96},  # the demo images are 96 px: no upsampling to 224
     "analyze": {"n_boot": 1000, "seed": 0},
-    "predictor": {"cv": 5, "seed": 0},
+    "predictor": {"cv": 5, "seed": 0, "features": "latents"},  # the paper's MLP on the latent codes
     "explain": {"top": 3, "bottom": 3, "steps": 24, "seed": 0},
 }
 

@@ -33,14 +33,14 @@ def _fmt(v: float, digits: int = 3) -> str:
               help="kfold: K stratified folds (early stopping inside the training folds); paper: 60/10/30 "
                    "train/val/test stratified by category x above/below-median score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the splits and the MLP.")
-@click.option("--features", "inputs", type=click.Choice(["latents", "features", "both"]), default="features",
+@click.option("--features", "features", type=click.Choice(["latents", "features", "both"]), default="features",
               show_default=True, help="Inputs: the autoencoder's latents, pretrained ImageNet features, or both.")
 @click.option("--hidden", callback=_hidden, default="256", show_default=True,
               help="Hidden layer widths, comma-separated (e.g. 512,128).")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Upper bound on training epochs (early stopping usually ends sooner).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (training the MLP).")
-def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, inputs: str, hidden: tuple[int, ...],
+def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, hidden: tuple[int, ...],
                   max_epochs: int, device: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.
 
@@ -58,12 +58,12 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, inputs: 
         if show:
             click.echo(f"  {msg}", err=True)
 
-    res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=inputs, hidden=hidden,
+    res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=features, hidden=hidden,
                             max_epochs=max_epochs, device=device, progress=progress)
     table = res["table"]
     folds = table[table["fold"] != "mean"]
     n_folds = folds["fold"].nunique()
-    click.echo(f"{res['n_images']} images, {res['n_features']} inputs ({inputs}), {split} split x{n_folds}, "
+    click.echo(f"{res['n_images']} images, {res['n_features']} inputs ({features}), {split} split x{n_folds}, "
                f"seed {seed}")
     click.echo(f"{'model':<8}{'spearman':>16}{'pearson':>10}{'mse':>10}{'auc':>8}")
     for model, g in folds.groupby("model", sort=False):
