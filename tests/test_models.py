@@ -288,3 +288,29 @@ def test_lite0_classifies_outdoor_scenes_and_matches_its_bn_statistics():
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     imagenet = log_var_ratio((x - mean) / std)
     assert abs(lite) < 0.5 < abs(imagenet)
+
+
+def test_fused_batchnorm_feature_extractor_matches_the_plain_network():
+    """The frozen extractors fold batch norm into the convolutions; their outputs do not change."""
+    import torch
+
+    from memlens.models.efficientnet import (
+        FeatureExtractor,
+        efficientnet_lite,
+        normalize_lite,
+        pooled_feature_extractor,
+    )
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    plain = efficientnet_lite("efficientnet_lite0", weights="imagenet").eval()
+    with torch.no_grad():
+        ref = plain.forward_stages(normalize_lite(x))
+        fused = FeatureExtractor(efficientnet_lite("efficientnet_lite0", weights="imagenet"),
+                                 ("stage1", "stage5", "head"))(x)
+        pooler = pooled_feature_extractor()
+        pooled = pooler(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pooler.modules())
+    for got, idx in zip(fused, (1, 5, 8), strict=True):
+        torch.testing.assert_close(got, ref[idx], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pooled, ref[-1].mean(dim=(2, 3)), rtol=1e-4, atol=1e-4)

@@ -145,6 +145,26 @@ class _ConvBN(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+@torch.no_grad()
+def fuse_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold every frozen batch norm into the convolution before it (inference only; in place).
+
+    ``y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta`` becomes one convolution with scaled weights and
+    a bias, so a frozen feature extractor does a third less memory traffic. Outputs equal the unfused
+    network's to float rounding. Only for modules that are never trained again.
+    """
+    for module in net.modules():
+        if isinstance(module, _ConvBN) and isinstance(module.bn, nn.BatchNorm2d):
+            bn, conv = module.bn, module.conv
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            bias = bn.bias - bn.running_mean * scale
+            conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias,
+                                     requires_grad=False)
+            module.bn = nn.Identity()
+    return net
+
+
 class _MBConv(nn.Module):
     """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project (no SE in Lite)."""
 
@@ -343,7 +363,7 @@ class FeatureExtractor(nn.Module):
         self._index = [STAGE_NAMES.index(n) for n in self.layers]
         chans = [32, *net.stage_channels, 1280]
         self.channels = tuple(chans[i] for i in self._index)
-        self.net = net
+        self.net = fuse_batchnorm(net.eval())
         self.net.classifier = nn.Identity()  # type: ignore[assignment]
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -362,7 +382,7 @@ class FeatureExtractor(nn.Module):
 class _Pooled(nn.Module):
     def __init__(self, net: EfficientNetLite):
         super().__init__()
-        self.net = net
+        self.net = fuse_batchnorm(net.eval())
         self.net.classifier = nn.Identity()  # type: ignore[assignment]
         for p in self.net.parameters():
             p.requires_grad_(False)
