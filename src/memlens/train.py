@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as _distributed
 from .errors import CheckpointError, ConfigError, DataError
 from .models.base import Autoencoder, check_image_range
 from .models.checkpoint import load_train_state, save_train_state
@@ -475,6 +476,9 @@ def fit_autoencoder(
         raise ConfigError(f"lr must be a positive number, got {lr}")
     loss_fn = make_loss(loss)
     dev = resolve_device(device)
+    ddp = _distributed.context_for_training(mode, dev)  # None unless started by torchrun (WORLD_SIZE > 1)
+    if ddp is not None:
+        dev = ddp.device
     spec = getattr(model, "spec", None)
     multiple = int(getattr(spec, "size_multiple", 1) or 1)
 
@@ -506,6 +510,8 @@ def fit_autoencoder(
     else:
         orders = np.stack([train_idx[_permutation(n_train, seed, "epoch", e)] for e in range(epochs)])
         batches_per_epoch = len(_epoch_batches(n_train, batch_size, merge_single=bn == "train"))
+        if ddp is not None:
+            _distributed.check_batches(_epoch_batches(n_train, batch_size, merge_single=bn == "train"), ddp)
     total_steps = epochs * batches_per_epoch
     if checkpoint_every is None:
         checkpoint_every = DEFAULT_CHECKPOINT_EVERY.get(mode, batches_per_epoch)
@@ -552,11 +558,15 @@ def fit_autoencoder(
         elif resume and ck_path is not None:
             log.info("no training state at %s: starting from the beginning", ck_path)
 
-        run = _Run(model=model, optimizer=optimizer, loss_fn=loss_fn, src=src, dev=dev, amp=amp, use_cl=use_cl,
+        train_model: nn.Module = model
+        if ddp is not None:  # every rank starts from rank 0's state; DDP averages the gradients
+            ddp.sync_training_state(model, optimizer, state)
+            train_model = _distributed.wrap_model(model, ddp, global_bn=bn == "train")
+        run = _Run(model=train_model, optimizer=optimizer, loss_fn=loss_fn, src=src, dev=dev, amp=amp, use_cl=use_cl,
                    bn=bn, freeze_encoder=freeze_encoder, settings=settings, state=state, ck_path=ck_path,
                    ck_every=checkpoint_every, max_steps=max_steps, progress=progress, total=total_steps,
                    num_workers=num_workers, augment=bool(augment), seed=int(seed), lr=lr,
-                   batches_per_epoch=batches_per_epoch, train_idx=train_idx, val_idx=val_idx)
+                   batches_per_epoch=batches_per_epoch, train_idx=train_idx, val_idx=val_idx, ddp=ddp)
         t0 = time.perf_counter()
         steps_before = state.step
         with _deterministic(deterministic), _num_threads(threads if dev.type == "cpu" else None), \
@@ -578,6 +588,8 @@ def fit_autoencoder(
     finally:
         for p in frozen_params:
             p.requires_grad_(True)
+        if ddp is not None:
+            _distributed.restore_batchnorm(model)
         model.eval()
 
     done = state.step - steps_before
@@ -693,24 +705,26 @@ class _Run:
     train_idx: np.ndarray
     val_idx: np.ndarray
     setup_seconds: float = 0.0
+    ddp: Any = None  # memlens.distributed.DistContext when training in several processes
 
     # -- common pieces --
     def _to_dev(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dev, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.use_cl else x
 
-    def _forward_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(self, x: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model if model is None else model
         with _autocast(self.dev, self.amp):
-            out = self.model(x, check=False) if isinstance(self.model, Autoencoder) else self.model(x)
+            out = model(x, check=False) if isinstance(_distributed.unwrap(model), Autoencoder) else model(x)
         per = self.loss_fn.per_image(x, out.float(), validate=False)
         return per.mean(), per
 
     def _save(self) -> None:
-        if self.ck_path is None:
+        if self.ck_path is None or (self.ddp is not None and not self.ddp.is_main):
             return
         save_train_state(self.ck_path, {
             "settings": self.settings,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": {k: v.detach().cpu() for k, v in _distributed.unwrap(self.model).state_dict().items()},
             "optimizer": _cpu(self.optimizer.state_dict()),
             "scheduler": {"kind": self.settings["schedule"], "step": self.state.step, "total": self.total,
                           "base_lr": self.lr},
@@ -848,24 +862,31 @@ class _Run:
             batches = [order[a:b].tolist() for a, b in bounds[b0:]]
             if self.max_steps is not None:
                 batches = batches[:max(0, self.max_steps - st.step)]
-            _set_modes(self.model, self.bn, self.freeze_encoder)
-            for x in _iter_batches(self.src, batches, self.num_workers):
+            # several processes: each feeds its contiguous part of every global batch
+            parts = [self.ddp.part(len(bt)) for bt in batches] if self.ddp is not None else None
+            feed = batches if parts is None else [bt[a:z] for bt, (a, z) in zip(batches, parts, strict=True)]
+            _set_modes(_distributed.unwrap(self.model), self.bn, self.freeze_encoder)
+            for j, x in enumerate(_iter_batches(self.src, feed, self.num_workers)):
                 b = st.step - e * bpe
+                n_batch = len(batches[j])
                 if self.augment:
-                    x = augment_batch(x, _generator(self.seed, "augment", e, b))
+                    gen = _generator(self.seed, "augment", e, b)
+                    x = augment_batch(x, gen) if parts is None else self.ddp.augment(x, gen, parts[j][0])
                 lr = _cosine(self.lr, st.step, self.total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 xd = self._to_dev(x)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, _ = self._forward_loss(xd)
+                loss, per = self._forward_loss(xd)
+                if self.ddp is not None:  # DDP's gradient average then equals the global batch mean's gradient
+                    loss = self.ddp.scaled_loss(per, n_batch)
                 loss.backward()
                 self.optimizer.step()
-                lv = float(loss.detach())
-                st.epoch_loss_sum += lv * x.shape[0]
-                st.epoch_loss_n += x.shape[0]
+                lv = float(loss.detach()) if self.ddp is None else self.ddp.all_sum(per.detach().sum()) / n_batch
+                st.epoch_loss_sum += lv * n_batch
+                st.epoch_loss_n += n_batch
                 st.step += 1
-                info = {"phase": "pretrain", "epoch": e + 1, "loss": lv, "batch": int(x.shape[0])}
+                info = {"phase": "pretrain", "epoch": e + 1, "loss": lv, "batch": n_batch}
                 if st.step % bpe == 0:
                     val = self._validate()
                     st.curve.append({"phase": "pretrain", "epoch": e + 1, "step": st.step,
@@ -874,7 +895,7 @@ class _Run:
                     log.info("pretrain epoch %d/%d: loss %.5f%s", e + 1, self.total // bpe,
                              st.curve[-1]["loss"], f", val {val:.5f}" if val is not None else "")
                     st.epoch_loss_sum, st.epoch_loss_n = 0.0, 0
-                    _set_modes(self.model, self.bn, self.freeze_encoder)
+                    _set_modes(_distributed.unwrap(self.model), self.bn, self.freeze_encoder)
                     info["val_loss"] = val
                 self._after_step(info)
         st.rng = None
@@ -884,15 +905,21 @@ class _Run:
     def _validate(self) -> float | None:
         if len(self.val_idx) == 0:
             return None
-        self.model.eval()
+        model = _distributed.unwrap(self.model)  # no DDP collectives: ranks may run different batch counts
+        model.eval()
         bs = max(1, int(self.settings["batch_size"]))
         total, n = 0.0, 0
         idx = self.val_idx.tolist()
+        if self.ddp is not None:  # each rank measures its part of the validation images
+            a, z = self.ddp.part(len(idx))
+            idx = idx[a:z]
         for i in range(0, len(idx), bs):
             x = self._to_dev(self.src.batch(idx[i:i + bs]))
-            _, per = self._forward_loss(x)
+            _, per = self._forward_loss(x, model)
             total += float(per.sum())
             n += len(per)
+        if self.ddp is not None:
+            total, n = self.ddp.all_sum(total), int(round(self.ddp.all_sum(n)))
         return total / n
 
 
@@ -1010,6 +1037,9 @@ def train_run(
     init = init or spec.default_init
     size = int(image_size or spec.input_size)
     dev = resolve_device(device)
+    ddp = _distributed.context_for_training(mode, dev)  # torchrun: join the process group (pretrain only)
+    if ddp is not None and not ddp.is_main:  # rank-0-only writes: the others write to a private scratch folder
+        out, progress = _distributed.scratch_output(out), None
     if threads == "auto":
         threads = auto_threads() if dev.type == "cpu" else None
     elif threads is not None:

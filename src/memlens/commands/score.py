@@ -42,20 +42,46 @@ def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--feature-size", type=click.IntRange(min=32), default=224, show_default=True,
               help="Side in pixels at which the pretrained features (distinctiveness_features) are computed.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Image-decoding worker processes.")
+              help="Image-decoding worker processes; with --engine ray: model actors (0: one per GPU, else "
+              "one per CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Score in this process, or on a Ray cluster (needs memlens[ray]).")
+@click.option("--address", default=None, help="--engine ray: the Ray cluster (auto, HOST:6379, ray://HOST:10001) "
+              "[default: a local Ray instance on 127.0.0.1].")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="--engine ray: GPUs per model actor [default: 1 when the cluster has GPUs, else 0].")
+@click.option("--index", "index", type=click.Choice(["exact", "flat", "ivf", "hnsw"]), default="exact",
+              show_default=True, help="Neighbour search for distinctiveness: exact, or FAISS flat (exact), ivf or "
+              "hnsw (approximate; recall written to RUN/index.json; needs memlens[faiss]).")
+@click.option("--index-memory-mb", type=click.FloatRange(min=1), default=2048, show_default=True,
+              help="Memory budget of the FAISS index (ivf/hnsw pick a compressed encoding to fit it).")
 def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] | None, layer: str | None,
           pool: str, latent_dtype: str, distinct_k: int, distinct_metric: str, distinct_reference: str,
-          feature_size: int, workers: int, device: str) -> None:
+          feature_size: int, workers: int, device: str, engine: str, address: str | None,
+          gpus_per_worker: float | None, index: str, index_memory_mb: float) -> None:
     """Score every image of DATA with the autoencoder of RUN.
 
     Writes RUN/per_image.csv (image_id, score, category, recon_<metric>..., recon_<metric>_before...,
     recon_exposure, distinctiveness, distinctiveness_features, source columns), RUN/latents.npy with
     RUN/latent_ids.txt, RUN/features.npy and, when the data has them, RUN/split_halves.npz. Every recon_*
     column is a distance: higher = worse reconstruction. Without DATA the data recorded in RUN/dataset.json
-    is used.
+    is used. --engine ray spreads shards of the images over Ray actors (same numbers); --index picks the
+    neighbour search behind distinctiveness.
     """
     from ..measures import score_run
+
+    scorer = score_run
+    extra: dict = {}
+    if engine != "local" or index != "exact":
+        from ..engines import score_run as scorer  # the engine- and index-aware superset
+
+        extra = {"engine": engine, "index": index}
+        if index != "exact":
+            extra["index_options"] = {"memory_budget_mb": index_memory_mb}
+        if engine == "ray":  # --workers counts model actors here; each decodes its own images
+            extra.update(workers=workers or None, address=address, gpus_per_worker=gpus_per_worker)
+            workers = 0
 
     bar = None
     update = None
@@ -66,10 +92,10 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
         update = bar.update
     t0 = time.perf_counter()
     try:
-        table = score_run(run_dir, data, metrics=metrics, batch_size=batch_size, layer=layer, pool=pool,
-                          latent_dtype=latent_dtype, distinct_k=distinct_k, distinct_metric=distinct_metric,
-                          distinct_reference=distinct_reference, num_workers=workers, device=device,
-                          feature_size=feature_size, progress=update)
+        table = scorer(run_dir, data, metrics=metrics, batch_size=batch_size, layer=layer, pool=pool,
+                       latent_dtype=latent_dtype, distinct_k=distinct_k, distinct_metric=distinct_metric,
+                       distinct_reference=distinct_reference, num_workers=workers, device=device,
+                       feature_size=feature_size, progress=update, **extra)
     finally:
         if bar is not None:
             bar.close()
@@ -80,3 +106,7 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
     click.echo(f"columns: {', '.join(recon + ['distinctiveness', 'distinctiveness_features'])}")
     click.echo(f"wrote {run_dir / 'per_image.csv'}, {run_dir / 'latents.npy'} (+ latent_ids.txt), "
                f"{run_dir / 'features.npy'}")
+    for col, rep in (info.get("index_reports") or {}).items():
+        if rep.get("recall") is not None:
+            click.echo(f"{col}: {index} index ({rep['encoding']}), recall@{rep['recall_k']} = {rep['recall']:.4f} "
+                       f"on {rep['recall_sample']} sampled queries (see {run_dir / 'index.json'})")

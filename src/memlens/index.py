@@ -1,0 +1,772 @@
+"""Nearest-neighbour search at scale: exact, FAISS flat, and FAISS approximate (IVF, HNSW) with measured recall.
+
+:func:`distinctiveness_index` is :func:`memlens.neighbors.distinctiveness` with a choice of index:
+
+``exact``
+    :func:`memlens.neighbors.distinctiveness` (tiled exact search, certified against float64).
+``flat``
+    FAISS's exact flat index through :func:`memlens.neighbors.distinctiveness` (``index="faiss-flat"``) when
+    the reference vectors fit in ``memory_budget_mb``; otherwise the tiled exact search (same answer).
+``ivf``
+    ``IndexIVF*``: k-means into ``nlist`` lists (default ``sqrt(N)``), each query scans ``nprobe`` lists.
+``hnsw``
+    ``IndexHNSW*``: a navigable small-world graph with ``hnsw_m`` links per vector, ``ef_search`` beam.
+
+Approximate indexes store the vectors as float32 (``flat``), 8-bit scalar-quantised (``sq8``, 4x smaller)
+or product-quantised codes (``pq<m>``, ``m`` bytes per vector), whichever first fits ``memory_budget_mb``
+(``encoding="auto"``). Vectors are added in chunks read from a (memory-mapped, possibly sharded:
+:class:`ShardedLatents`) matrix, so the latents themselves never need to fit in memory. Every candidate
+returned by an approximate index is re-measured exactly (float64) before the ``k`` nearest are kept, so a
+reported distance is always a true distance -- an approximate search can only miss the true nearest
+neighbour, never under-state the distance. Compressed encodings fetch extra candidates for this re-ranking.
+
+What an approximate index traded is measured, not guessed: on ``recall_sample`` random queries (``seed``)
+the exact neighbours are computed by brute force and the report gives ``recall`` (recall@k: the fraction of
+the true k nearest neighbours found, ties counted as found) and the relative error of the distinctiveness
+values on that sample.
+
+Distances: ``euclidean`` ``||a - b||``; ``cosine`` ``1 - a.b / (|a| |b|)`` (searched as euclidean on
+unit-normalised vectors, which ranks identically). A row is never its own neighbour.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+__all__ = ["INDEX_KINDS", "ApproxIndex", "IndexReport", "ShardedLatents", "distinctiveness_index", "nearest_index",
+           "exact_knn", "estimate_index_bytes", "choose_encoding", "recall_at_k", "require_faiss"]
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
+_ENCODINGS = ("auto", "flat", "sq8", "pq")
+_CHUNK_BYTES = 128 << 20  # working memory of one chunk of vectors (added, searched or re-measured)
+
+
+def require_faiss() -> Any:
+    """Import FAISS or raise a :class:`ConfigError` naming the ``faiss`` extra."""
+    try:
+        import faiss
+    except ImportError:
+        raise ConfigError("FAISS indexes (--index flat|ivf|hnsw) need the faiss extra: "
+                          "pip install 'memlens[faiss]' (or faiss-cpu / faiss-gpu)") from None
+    return faiss
+
+
+# --------------------------------------------------------------------------------------------------------
+# latents: one matrix or several shards
+
+
+class ShardedLatents:
+    """Several ``(n_i, D)`` matrices (arrays or ``.npy`` files, memory-mapped) seen as one ``(N, D)`` matrix.
+
+    Parameters
+    ----------
+    parts : sequence of arrays or ``.npy`` paths, in row order; all with the same number of columns.
+
+    Attributes
+    ----------
+    shape, dtype, offsets (start row of each part, plus N at the end).
+    """
+
+    def __init__(self, parts: Sequence[Any]):
+        arrays = []
+        for p in parts:
+            if isinstance(p, (str, os.PathLike)):
+                if not Path(p).is_file():
+                    raise DataError(f"latent shard not found: {p}")
+                p = np.load(p, mmap_mode="r")
+            a = np.asarray(p) if not isinstance(p, np.ndarray) else p
+            if a.ndim != 2:
+                a = a.reshape(a.shape[0], -1)
+            arrays.append(a)
+        if not arrays:
+            raise DataError("no latent shards given")
+        widths = {a.shape[1] for a in arrays}
+        if len(widths) != 1:
+            raise DataError(f"latent shards have different widths: {sorted(widths)}")
+        self.parts = arrays
+        self.offsets = np.concatenate([[0], np.cumsum([a.shape[0] for a in arrays])]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), int(arrays[0].shape[1]))
+        self.dtype = np.result_type(*[a.dtype for a in arrays])
+        self.ndim = 2
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike, name: str = "latents") -> ShardedLatents:
+        """``RUN/<name>.npy``, or the shards ``RUN/shards/part-*.<name>.npy`` of a Ray run kept with its shards."""
+        run = Path(run)
+        whole = run / f"{name}.npy"
+        if whole.is_file():
+            return cls([whole])
+        parts = sorted((run / "shards").glob(f"part-*.{name}.npy"))
+        if not parts:
+            raise DataError(f"{run}: no {name}.npy and no shards/part-*.{name}.npy")
+        return cls(parts)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int, dtype: Any = np.float32) -> np.ndarray:
+        """Rows ``start:stop`` as a contiguous array of ``dtype``."""
+        stop = min(stop, self.shape[0])
+        out = np.empty((max(0, stop - start), self.shape[1]), dtype=dtype)
+        p = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            a0, a1 = self.offsets[p], self.offsets[p + 1]
+            take = min(stop, a1) - pos
+            out[pos - start: pos - start + take] = self.parts[p][pos - a0: pos - a0 + take]
+            pos += take
+            p += 1
+        return out
+
+    def take(self, idx: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """Rows at integer positions ``idx`` (any order, repeats allowed)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), self.shape[1]), dtype=dtype)
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        for p in np.unique(part):
+            sel = np.nonzero(part == p)[0]
+            local = idx[sel] - self.offsets[p]
+            order = np.argsort(local, kind="stable")  # sorted reads are kinder to memory maps
+            out[sel[order]] = self.parts[p][local[order]]
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step == 1:
+                return self.rows(start, stop, self.dtype)
+            key = np.arange(start, stop, step)
+        if isinstance(key, (int, np.integer)):
+            return self.take(np.array([key]), self.dtype)[0]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.nonzero(key)[0]
+        return self.take(key, self.dtype)
+
+    def as_array(self, tmp_dir: str | os.PathLike | None = None) -> np.ndarray:
+        """One ndarray: the single part itself, or the parts concatenated (in a temporary memory map when
+        ``tmp_dir`` is given, else in memory)."""
+        if len(self.parts) == 1:
+            return self.parts[0]
+        if tmp_dir is None:
+            return np.concatenate(self.parts, axis=0).astype(self.dtype, copy=False)
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix=".latents-concat.", suffix=".npy", dir=tmp_dir)
+        os.close(fd)
+        mm = np.lib.format.open_memmap(name, mode="w+", dtype=self.dtype, shape=self.shape)
+        for a, (s, e) in zip(self.parts, zip(self.offsets[:-1], self.offsets[1:], strict=True), strict=True):
+            mm[s:e] = a
+        mm.flush()
+        os.unlink(name)  # the mapping stays valid; the space is freed when it is dropped
+        return mm
+
+
+def _as_rows(latents: Any) -> ShardedLatents:
+    if isinstance(latents, ShardedLatents):
+        return latents
+    if hasattr(latents, "detach"):  # torch tensor
+        latents = latents.detach().cpu().numpy()
+    if isinstance(latents, (list, tuple)) and latents and isinstance(latents[0], (str, os.PathLike, np.ndarray)):
+        return ShardedLatents(latents)
+    arr = latents if isinstance(latents, np.ndarray) else np.asarray(latents)
+    if arr.ndim < 2:
+        raise ValueError(f"latents must have shape (N, D) or (N, ...), got shape {arr.shape}")
+    return ShardedLatents([arr])
+
+
+# --------------------------------------------------------------------------------------------------------
+# reports and sizing
+
+
+@dataclass
+class IndexReport:
+    """What a search did and what it traded.
+
+    Attributes
+    ----------
+    kind : exact, flat, ivf or hnsw.
+    metric, k : the search.
+    n, dim : vectors searched (queries) and their width.
+    encoding : how the index stores vectors (``flat``, ``sq8``, ``pq<m>``; ``exact`` for exact kinds).
+    params : index parameters (nlist, nprobe, hnsw_m, ef_search, ef_construction, candidates).
+    memory_bytes : estimated memory of the index structures (summed over groups).
+    memory_budget_bytes : the budget it had to fit.
+    build_seconds, search_seconds : wall-clock times (all groups).
+    recall : recall@k on the sample (None for exact kinds).
+    recall_k, recall_sample : k and the number of sampled queries.
+    rel_error_mean, rel_error_max : relative error of the distinctiveness values on the sample.
+    exact_seconds : time of the brute-force reference on the sample.
+    seed : seed of the sample (and of the training subsample).
+    """
+
+    kind: str
+    metric: str
+    k: int
+    n: int
+    dim: int
+    encoding: str = "exact"
+    params: dict[str, Any] = field(default_factory=dict)
+    memory_bytes: int = 0
+    memory_budget_bytes: int = 0
+    build_seconds: float = 0.0
+    search_seconds: float = 0.0
+    recall: float | None = None
+    recall_k: int = 1
+    recall_sample: int = 0
+    rel_error_mean: float | None = None
+    rel_error_max: float | None = None
+    exact_seconds: float | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _code_size(encoding: str, dim: int, pq_m: int | None) -> int:
+    if encoding == "flat":
+        return 4 * dim
+    if encoding == "sq8":
+        return dim
+    return int(pq_m or 1)
+
+
+def estimate_index_bytes(kind: str, n: int, dim: int, encoding: str = "flat", *, nlist: int | None = None,
+                         hnsw_m: int = 32, pq_m: int | None = None) -> int:
+    """Estimated memory (bytes) of a FAISS index over ``n`` vectors of width ``dim``.
+
+    ``flat``: 4*D per vector. ``ivf``: code + 8-byte id per vector, plus the ``nlist`` float32 centroids
+    (and the PQ codebooks). ``hnsw``: code + ``2*M`` int32 links on level 0 per vector (+ ~5% upper levels).
+    """
+    code = _code_size(encoding, dim, pq_m)
+    extra = 256 * dim * 4 if encoding == "pq" else (2 * dim * 4 if encoding == "sq8" else 0)
+    if kind in ("flat", "exact"):
+        return int(n) * 4 * dim
+    if kind == "ivf":
+        nl = nlist or default_nlist(n)
+        return int(n) * (code + 8) + nl * dim * 4 + extra
+    if kind == "hnsw":
+        return int(int(n) * (code + 2 * hnsw_m * 4 * 1.05 + 16)) + extra
+    raise ConfigError(f"index must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists: ``round(sqrt(n))``, at most ``n // 39`` (FAISS wants >= 39 training points per list)."""
+    return int(max(1, min(round(math.sqrt(max(n, 1))), max(1, n // 39))))
+
+
+def _pq_choices(dim: int) -> list[int]:
+    return [m for m in (128, 96, 64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim]
+
+
+def choose_encoding(kind: str, n: int, dim: int, memory_budget_mb: float, encoding: str = "auto", *,
+                    nlist: int | None = None, hnsw_m: int = 32) -> tuple[str, int | None]:
+    """The first of flat, sq8, pq<m> (largest m first) whose estimated index fits the budget.
+
+    Raises
+    ------
+    ConfigError
+        When even the smallest encoding does not fit (names the budget needed).
+    """
+    if encoding not in _ENCODINGS:
+        raise ConfigError(f"encoding must be one of {', '.join(_ENCODINGS)}, got {encoding!r}")
+    budget = float(memory_budget_mb) * 2**20
+    options: list[tuple[str, int | None]] = []
+    if encoding in ("auto", "flat"):
+        options.append(("flat", None))
+    if encoding in ("auto", "sq8"):
+        options.append(("sq8", None))
+    if encoding in ("auto", "pq"):
+        options.extend(("pq", m) for m in _pq_choices(dim))
+    smallest = None
+    for enc, m in options:
+        need = estimate_index_bytes(kind, n, dim, enc, nlist=nlist, hnsw_m=hnsw_m, pq_m=m)
+        smallest = need if smallest is None else min(smallest, need)
+        if need <= budget:
+            return enc, m
+    raise ConfigError(f"a {kind} index over {n} vectors of width {dim} needs at least "
+                      f"{(smallest or 0) / 2**20:.0f} MB with encoding {encoding!r}; the memory budget is "
+                      f"{memory_budget_mb:g} MB (raise memory_budget_mb / --index-memory-mb)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# exact distances
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def _exact_distances(src: ShardedLatents, q_idx: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 distances from each query row ``q_idx[i]`` to its candidates ``cand[i]`` (-1: inf)."""
+    nq, kk = cand.shape
+    out = np.full((nq, kk), np.inf)
+    if nq == 0 or kk == 0:
+        return out
+    step = max(1, _CHUNK_BYTES // max(1, (kk + 1) * src.shape[1] * 8))
+    for a in range(0, nq, step):
+        qs = q_idx[a:a + step]
+        cs = cand[a:a + step]
+        valid = cs >= 0
+        q = src.take(qs, np.float64)
+        c = src.take(np.where(valid, cs, 0).ravel(), np.float64).reshape(len(qs), kk, -1)
+        if metric == "cosine":
+            qn = np.linalg.norm(q, axis=1)
+            cn = np.linalg.norm(c, axis=2)
+            dot = np.einsum("qd,qkd->qk", q, c)
+            denom = qn[:, None] * cn
+            d = np.where(denom > 0, 1.0 - dot / np.where(denom > 0, denom, 1.0), 1.0)
+        else:
+            d = np.sqrt(np.square(c - q[:, None, :]).sum(axis=2))
+        out[a:a + step] = np.where(valid, d, np.inf)
+    return out
+
+
+def _finalise(src: ShardedLatents, q_idx: np.ndarray, cand: np.ndarray, k: int, metric: str,
+              exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Re-measure candidates exactly, drop self matches and duplicates, keep the k nearest (sorted)."""
+    d = _exact_distances(src, q_idx, cand, metric)
+    if exclude_self:
+        d[cand == q_idx[:, None]] = np.inf
+    # a candidate listed twice (can happen across merged chunks) counts once
+    srt = np.argsort(cand, axis=1, kind="stable")
+    cs = np.take_along_axis(cand, srt, axis=1)
+    dup = np.zeros_like(cs, dtype=bool)
+    dup[:, 1:] = (cs[:, 1:] == cs[:, :-1]) & (cs[:, 1:] >= 0)
+    d_sorted = np.take_along_axis(d, srt, axis=1)
+    d_sorted[dup] = np.inf
+    d = np.empty_like(d)
+    np.put_along_axis(d, srt, d_sorted, axis=1)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    dist = np.take_along_axis(d, order, axis=1)
+    idx = np.take_along_axis(cand, order, axis=1)
+    missing = ~np.isfinite(dist)
+    idx[missing] = -1
+    dist[missing] = np.nan
+    if dist.shape[1] < k:  # fewer candidates than k
+        pad = k - dist.shape[1]
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.nan)
+        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
+    return dist, idx
+
+
+def _vectors(src: ShardedLatents, idx: np.ndarray, metric: str) -> np.ndarray:
+    x = src.take(idx, np.float32)
+    return _normalise(x) if metric == "cosine" else x
+
+
+def exact_knn(latents: Any, k: int = 1, metric: str = "euclidean", *, queries: np.ndarray | None = None,
+              reference: np.ndarray | None = None, exclude_self: bool = True,
+              chunk_mb: float = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force neighbours of ``queries`` among ``reference`` rows with FAISS, in memory-bounded chunks.
+
+    The reference rows are streamed in chunks of ``chunk_mb``; FAISS ranks them in float32 (``k + 8``
+    candidates per query), and the candidates are re-measured in float64. Returns distances (nq, k)
+    float64 and row indices (nq, k) int64 (NaN / -1 where fewer than k candidates exist).
+    """
+    faiss = require_faiss()
+    src = _as_rows(latents)
+    n, dim = src.shape
+    q_idx = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    r_idx = np.arange(n) if reference is None else np.asarray(reference, dtype=np.int64)
+    kk = min(len(r_idx), k + int(exclude_self) + 8)
+    nq = len(q_idx)
+    best_d = np.full((nq, kk), np.inf, dtype=np.float32)
+    best_i = np.full((nq, kk), -1, dtype=np.int64)
+    if kk == 0 or nq == 0:
+        return _finalise(src, q_idx, best_i[:, :0], k, metric, exclude_self)
+    step_r = max(1, int(chunk_mb * 2**20) // (dim * 4))
+    step_q = max(1, int(chunk_mb * 2**20) // (dim * 4))
+    queries_f = [(_vectors(src, q_idx[a:a + step_q], metric), a) for a in range(0, nq, step_q)] \
+        if nq * dim * 4 <= 4 * chunk_mb * 2**20 else None
+    for b in range(0, len(r_idx), step_r):
+        rb = r_idx[b:b + step_r]
+        xb = _vectors(src, rb, metric)
+        kb = min(kk, len(rb))
+        qiter = queries_f if queries_f is not None else (
+            (_vectors(src, q_idx[a:a + step_q], metric), a) for a in range(0, nq, step_q))
+        for xq, a in qiter:
+            d, pos = faiss.knn(xq, xb, kb, metric=faiss.METRIC_L2)
+            gi = np.where(pos >= 0, rb[np.maximum(pos, 0)], -1)
+            d = np.where(pos >= 0, d, np.inf)
+            cd = np.concatenate([best_d[a:a + len(xq)], d], axis=1)
+            ci = np.concatenate([best_i[a:a + len(xq)], gi], axis=1)
+            sel = np.argsort(cd, axis=1, kind="stable")[:, :kk]
+            best_d[a:a + len(xq)] = np.take_along_axis(cd, sel, axis=1)
+            best_i[a:a + len(xq)] = np.take_along_axis(ci, sel, axis=1)
+    return _finalise(src, q_idx, best_i, k, metric, exclude_self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# approximate indexes
+
+
+def _build(faiss: Any, kind: str, encoding: str, pq_m: int | None, dim: int, n_ref: int, opts: dict[str, Any]
+           ) -> tuple[Any, dict[str, Any]]:
+    params: dict[str, Any] = {}
+    if kind == "ivf":
+        nlist = int(opts.get("nlist") or default_nlist(n_ref))
+        nlist = max(1, min(nlist, n_ref))
+        quantizer = faiss.IndexFlatL2(dim)
+        if encoding == "flat":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+        elif encoding == "sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_L2)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(pq_m), 8)
+        params["_quantizer"] = quantizer  # keeps the coarse quantizer alive as long as the index
+        nprobe = int(opts.get("nprobe") or max(1, min(nlist, max(8, nlist // 16))))
+        index.nprobe = min(nprobe, nlist)
+        params.update(nlist=nlist, nprobe=int(index.nprobe))
+    else:
+        m = int(opts.get("hnsw_m") or 32)
+        if encoding == "flat":
+            index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_L2)
+        elif encoding == "sq8":
+            index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_L2)
+        else:
+            index = faiss.IndexHNSWPQ(dim, int(pq_m), m)
+        index.hnsw.efConstruction = int(opts.get("ef_construction") or 40)
+        params.update(hnsw_m=m, ef_construction=int(index.hnsw.efConstruction))
+    return index, params
+
+
+class ApproxIndex:
+    """A FAISS ``ivf`` or ``hnsw`` index over (some rows of) a latent matrix, searched with exact re-ranking.
+
+    Parameters
+    ----------
+    latents : (N, D) array, memory map, list of ``.npy`` shards, or :class:`ShardedLatents`.
+    kind : ``"ivf"`` or ``"hnsw"``.
+    metric : ``"euclidean"`` or ``"cosine"``.
+    reference : row indices to index (default: all rows).
+    memory_budget_mb, encoding, nlist, nprobe, hnsw_m, ef_search, ef_construction, extra_candidates :
+        see :func:`nearest_index`.
+    seed : seed of the training subsample (IVF centroids, quantisers).
+
+    Attributes
+    ----------
+    encoding, pq_m, params, memory_bytes (estimated), build_seconds.
+    """
+
+    def __init__(self, latents: Any, kind: str = "ivf", metric: str = "euclidean", *, reference: Any = None,
+                 memory_budget_mb: float = 2048, encoding: str = "auto", nlist: int | None = None,
+                 nprobe: int | None = None, hnsw_m: int = 32, ef_search: int | None = None,
+                 ef_construction: int | None = None, extra_candidates: int | None = None, seed: int = 0):
+        faiss = require_faiss()
+        if kind not in ("ivf", "hnsw"):
+            raise ConfigError(f"an approximate index is ivf or hnsw, got {kind!r}")
+        if metric not in ("euclidean", "cosine"):
+            raise ConfigError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        self.src = _as_rows(latents)
+        self.kind, self.metric = kind, metric
+        self.r_idx = np.arange(self.src.shape[0]) if reference is None else np.asarray(reference, dtype=np.int64)
+        n_ref, dim = len(self.r_idx), self.src.shape[1]
+        if n_ref == 0:
+            raise DataError("no reference rows to index")
+        self.hnsw_m = int(hnsw_m or 32)
+        self.encoding, self.pq_m = choose_encoding(kind, n_ref, dim, memory_budget_mb, encoding, nlist=nlist,
+                                                   hnsw_m=self.hnsw_m)
+        opts = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": self.hnsw_m, "ef_construction": ef_construction}
+        self.ef_search, self.extra_candidates = ef_search, extra_candidates
+        t0 = time.perf_counter()
+        self.index, self.params = _build(faiss, kind, self.encoding, self.pq_m, dim, n_ref, opts)
+        self._quantizer = self.params.pop("_quantizer", None)  # keeps IVF's coarse quantizer alive
+        if not self.index.is_trained:
+            n_train = min(n_ref, max(40 * self.params.get("nlist", 1), 10_000 if self.encoding != "flat" else 0,
+                                     1000))
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(self.r_idx, size=n_train, replace=False)) if n_train < n_ref else self.r_idx
+            self.index.train(_vectors(self.src, rows, metric))
+            self.params["train_rows"] = int(len(rows))
+        step = max(1, _CHUNK_BYTES // (dim * 4))
+        for a in range(0, n_ref, step):
+            self.index.add(_vectors(self.src, self.r_idx[a:a + step], metric))
+        self.build_seconds = time.perf_counter() - t0
+        self.memory_bytes = estimate_index_bytes(kind, n_ref, dim, self.encoding, nlist=self.params.get("nlist"),
+                                                 hnsw_m=self.hnsw_m, pq_m=self.pq_m)
+
+    @property
+    def encoding_name(self) -> str:
+        return f"pq{self.pq_m}" if self.encoding == "pq" else self.encoding
+
+    def search(self, queries: Any, k: int = 1, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest indexed rows of rows ``queries``: exact distances (nq, k) float64, row indices
+        (nq, k) int64 (NaN / -1 where fewer than k are found)."""
+        q_idx = np.asarray(queries, dtype=np.int64)
+        n_ref, dim = len(self.r_idx), self.src.shape[1]
+        refine = 0 if self.encoding == "flat" else max(8, 2 * k)
+        extra = refine if self.extra_candidates is None else int(self.extra_candidates)
+        kk = min(n_ref, k + int(exclude_self) + extra)
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(self.ef_search or max(64, 2 * kk))
+            self.params["ef_search"] = int(self.index.hnsw.efSearch)
+        self.params["candidates"] = int(kk)
+        dist = np.full((len(q_idx), k), np.nan)
+        idx = np.full((len(q_idx), k), -1, dtype=np.int64)
+        step = max(1, _CHUNK_BYTES // (dim * 4))
+        for a in range(0, len(q_idx), step):
+            qb = q_idx[a:a + step]
+            _, pos = self.index.search(_vectors(self.src, qb, self.metric), kk)
+            cand = np.where(pos >= 0, self.r_idx[np.maximum(pos, 0)], -1)
+            dist[a:a + step], idx[a:a + step] = _finalise(self.src, qb, cand, k, self.metric, exclude_self)
+        return dist, idx
+
+
+def _approx_group(src: ShardedLatents, q_idx: np.ndarray, r_idx: np.ndarray, k: int, metric: str, kind: str,
+                  budget_mb: float, opts: dict[str, Any], exclude_self: bool, seed: int,
+                  report: IndexReport) -> tuple[np.ndarray, np.ndarray]:
+    if len(r_idx) == 0:
+        return np.full((len(q_idx), k), np.nan), np.full((len(q_idx), k), -1, dtype=np.int64)
+    index = ApproxIndex(src, kind, metric, reference=r_idx, memory_budget_mb=budget_mb, seed=seed, **opts)
+    t1 = time.perf_counter()
+    dist, idx = index.search(q_idx, k, exclude_self)
+    report.search_seconds += time.perf_counter() - t1
+    report.build_seconds += index.build_seconds
+    report.memory_bytes += index.memory_bytes
+    enc_name = index.encoding_name
+    if report.encoding not in ("exact", enc_name):
+        enc_name = "mixed"
+    report.encoding = enc_name
+    if not report.params:  # the first group's parameters (groups differ only in size)
+        report.params = dict(index.params)
+    return dist, idx
+
+
+def recall_at_k(found_dist: np.ndarray, true_dist: np.ndarray, rtol: float = 1e-9) -> float:
+    """Recall@k with ties: the fraction of the true k nearest found, where a found neighbour counts when its
+    exact distance is within the true k-th distance (so an equally near substitute is not a miss).
+
+    ``found_dist``/``true_dist``: (nq, k) exact distances, sorted per row, NaN where missing.
+    """
+    kth = np.nanmax(np.where(np.isfinite(true_dist), true_dist, -np.inf), axis=1)
+    n_true = np.isfinite(true_dist).sum(axis=1)
+    ok = n_true > 0
+    if not ok.any():
+        return float("nan")
+    tol = rtol * np.maximum(np.abs(kth), 1.0)
+    hits = (np.where(np.isfinite(found_dist), found_dist, np.inf) <= (kth + tol)[:, None]).sum(axis=1)
+    return float(np.mean(np.minimum(hits[ok], n_true[ok]) / n_true[ok]))
+
+
+# --------------------------------------------------------------------------------------------------------
+# public entry points
+
+
+def _groups_of(groups: Any, n: int) -> np.ndarray:
+    if groups is None:
+        return np.zeros(n, dtype=np.int64)
+    labels = np.asarray(list(groups), dtype=object)
+    if len(labels) != n:
+        raise ValueError(f"groups must have one label per row ({n}), got {len(labels)}")
+    keys = ["<nan>" if isinstance(x, float) and math.isnan(x) else x for x in labels]
+    codes: dict[Any, int] = {}
+    return np.array([codes.setdefault(key, len(codes)) for key in keys], dtype=np.int64)
+
+
+def _reference_mask(reference: Any, n: int) -> np.ndarray:
+    if reference is None:
+        return np.ones(n, dtype=bool)
+    ref = np.asarray(reference)
+    if ref.dtype == bool:
+        if ref.shape != (n,):
+            raise ValueError(f"a boolean reference mask must have shape ({n},), got {ref.shape}")
+        return ref.copy()
+    mask = np.zeros(n, dtype=bool)
+    mask[ref.astype(np.int64)] = True
+    return mask
+
+
+def nearest_index(
+    latents: Any,
+    k: int = 1,
+    metric: str = "euclidean",
+    *,
+    index: str = "ivf",
+    reference: Any = None,
+    groups: Any = None,
+    exclude_self: bool = True,
+    memory_budget_mb: float = 2048,
+    recall_sample: int = 1000,
+    seed: int = 0,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int = 32,
+    ef_search: int | None = None,
+    ef_construction: int | None = None,
+    encoding: str = "auto",
+    extra_candidates: int | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, IndexReport]:
+    """The ``k`` nearest other rows of every row with a FAISS ``ivf`` or ``hnsw`` index.
+
+    Parameters
+    ----------
+    latents : (N, D) array, memory map, list of ``.npy`` shards, or :class:`ShardedLatents`.
+    k, metric, reference, groups, exclude_self : as in :func:`memlens.neighbors.nearest_neighbors`.
+    index : ``"ivf"`` or ``"hnsw"``.
+    memory_budget_mb : memory the index may take (per group); picks the encoding (flat > sq8 > pq).
+    recall_sample : queries sampled (``seed``) to measure recall@k against brute force; 0 skips it.
+    nlist, nprobe : IVF lists and lists scanned per query (defaults ``sqrt(N)`` and ``max(8, nlist/16)``).
+    hnsw_m, ef_search, ef_construction : HNSW links per vector, search beam (default ``max(64, 2*cand)``),
+        construction beam (40).
+    encoding : ``"auto"``, ``"flat"``, ``"sq8"`` or ``"pq"``.
+    extra_candidates : candidates fetched beyond ``k`` for exact re-ranking (default 0 for flat storage,
+        ``max(8, 2k)`` for compressed).
+    threads : FAISS OpenMP threads (None: FAISS's default).
+
+    Returns
+    -------
+    distances (N, k) float64 exact, indices (N, k) int64, :class:`IndexReport`.
+    """
+    faiss = require_faiss()
+    if index not in ("ivf", "hnsw"):
+        raise ConfigError(f"nearest_index builds ivf or hnsw indexes, got {index!r}")
+    if metric not in ("euclidean", "cosine"):
+        raise ConfigError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if isinstance(k, bool) or int(k) < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = int(k)
+    src = _as_rows(latents)
+    n, dim = src.shape
+    _check_finite(src)
+    if threads:
+        faiss.omp_set_num_threads(int(threads))
+    opts = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
+            "ef_construction": ef_construction, "encoding": encoding, "extra_candidates": extra_candidates}
+    ref_mask = _reference_mask(reference, n)
+    codes = _groups_of(groups, n)
+    report = IndexReport(kind=index, metric=metric, k=k, n=n, dim=dim, memory_budget_bytes=int(memory_budget_mb * 2**20),
+                         recall_k=k, seed=int(seed))
+    dist = np.full((n, k), np.nan)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    rows = np.arange(n)
+    for g in range(int(codes.max()) + 1 if n else 0):
+        q_idx = rows[codes == g]
+        r_idx = q_idx[ref_mask[q_idx]]
+        if len(q_idx):
+            dist[q_idx], idx[q_idx] = _approx_group(src, q_idx, r_idx, k, metric, index, memory_budget_mb, opts,
+                                                    exclude_self, seed + g, report)
+
+    if recall_sample and n:
+        t0 = time.perf_counter()
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(int(recall_sample), n), replace=False))
+        true_d = np.full((len(sample), k), np.nan)
+        for g in np.unique(codes[sample]):
+            sel = codes[sample] == g
+            members = rows[codes == g]
+            true_d[sel], _ = exact_knn(src, k, metric, queries=sample[sel], reference=members[ref_mask[members]],
+                                       exclude_self=exclude_self)
+        report.exact_seconds = time.perf_counter() - t0
+        report.recall = recall_at_k(dist[sample], true_d)
+        report.recall_sample = int(len(sample))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            approx_v, exact_v = np.nanmean(dist[sample], axis=1), np.nanmean(true_d, axis=1)
+            rel = np.abs(approx_v - exact_v) / np.where(exact_v > 0, exact_v, np.nan)
+        rel = rel[np.isfinite(rel)]
+        report.rel_error_mean = float(rel.mean()) if rel.size else 0.0
+        report.rel_error_max = float(rel.max()) if rel.size else 0.0
+        log.info("%s index (%s): recall@%d = %.4f on %d sampled queries (mean relative error of the "
+                 "distinctiveness %.2e)", index, report.encoding, k, report.recall, report.recall_sample,
+                 report.rel_error_mean)
+    return dist, idx, report
+
+
+def _check_finite(src: ShardedLatents) -> None:
+    step = max(1, _CHUNK_BYTES // (src.shape[1] * 4))
+    for a in range(0, src.shape[0], step):
+        block = src.rows(a, a + step, np.float32)
+        if not np.isfinite(block).all():
+            bad = a + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise ValueError(f"latents contain NaN or infinite values (first in row {bad})")
+
+
+def distinctiveness_index(
+    latents: Any,
+    k: int = 1,
+    metric: str = "euclidean",
+    *,
+    index: str = "exact",
+    reference: Any = None,
+    groups: Any = None,
+    standardize: bool = False,
+    memory_budget_mb: float = 2048,
+    recall_sample: int = 1000,
+    seed: int = 0,
+    tmp_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> tuple[np.ndarray, IndexReport]:
+    """Distinctiveness (mean distance to the ``k`` nearest other rows) through the chosen index.
+
+    Parameters
+    ----------
+    latents : (N, D) array, memory map, list of ``.npy`` shards, or :class:`ShardedLatents`.
+    k, metric, reference, groups, standardize : as in :func:`memlens.neighbors.distinctiveness`.
+    index : ``"exact"``, ``"flat"``, ``"ivf"`` or ``"hnsw"`` (see the module docstring).
+    memory_budget_mb : memory for the index (flat: the reference vectors; ivf/hnsw: the index structures).
+    recall_sample, seed : approximate kinds: queries sampled to measure recall@k against brute force.
+    tmp_dir : where sharded latents are concatenated (memory-mapped) for the exact kinds; None: in memory.
+    options : passed to :func:`nearest_index` (``nlist``, ``nprobe``, ``hnsw_m``, ``ef_search``, ...).
+
+    Returns
+    -------
+    values (N,) float64, :class:`IndexReport`
+    """
+    if index not in INDEX_KINDS:
+        raise ConfigError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
+    src = _as_rows(latents)
+    n, dim = src.shape
+    if index in ("exact", "flat"):
+        from .neighbors import distinctiveness
+
+        arr = src.as_array(tmp_dir)
+        kind = "exact"
+        n_ref = int(_reference_mask(reference, n).sum())
+        if index == "flat":
+            require_faiss()
+            kind = "faiss-flat" if n_ref * dim * 4 <= memory_budget_mb * 2**20 else "exact"
+            if kind == "exact":
+                log.info("flat index: %d x %d float32 exceeds the %g MB budget; using the tiled exact search",
+                         n_ref, dim, memory_budget_mb)
+        if kind == "faiss-flat" and metric == "cosine":
+            # neighbors' faiss-flat path normalises the rows it reads in place, and those can be views of
+            # ``arr`` (a read-only memory map in a run): hand it a private copy (it fits the budget)
+            arr = np.array(arr, dtype=np.float32, copy=True)
+        t0 = time.perf_counter()
+        values = distinctiveness(arr, k=k, metric=metric, reference=reference, groups=groups,
+                                 standardize=standardize, index=kind)
+        report = IndexReport(kind=index, metric=metric, k=int(k), n=n, dim=dim, encoding="exact",
+                             params={"search": kind}, memory_bytes=n_ref * dim * 4 if kind == "faiss-flat" else 0,
+                             memory_budget_bytes=int(memory_budget_mb * 2**20),
+                             search_seconds=time.perf_counter() - t0, recall_k=int(k), seed=int(seed))
+        return values, report
+    dist, _, report = nearest_index(src, k, metric, index=index, reference=reference, groups=groups,
+                                    memory_budget_mb=memory_budget_mb, recall_sample=recall_sample, seed=seed,
+                                    **options)
+    with np.errstate(invalid="ignore"):
+        values = np.mean(dist, axis=1)
+    short = int(np.isnan(values).sum())
+    if short:
+        log.warning("%d of %d rows have fewer than k=%d neighbour candidates; their distinctiveness is NaN",
+                    short, n, k)
+    if standardize:
+        finite = np.isfinite(values)
+        if finite.sum() >= 2:
+            mu, sd = values[finite].mean(), values[finite].std()
+            values = (values - mu) / sd if sd > 0 else values - mu
+    return values, report
