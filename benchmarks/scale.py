@@ -22,7 +22,8 @@ faiss
     over all rows (HNSW over the first ``--hnsw-n`` rows when given: its build is the slow part on a few
     cores), searched for the same queries, and reported with build and search time, estimated index memory,
     the process's resident-memory growth, and recall@1 against exact search. From the search rate the time
-    to compute distinctiveness for every row is projected (marked as projected).
+    to compute distinctiveness for every row is projected (marked as projected). Memory growth counts
+    anonymous resident pages only (the memory-mapped latents are not counted).
 
 Every result carries the load average before and after (the machine may be shared) and the CPU count.
 """
@@ -50,10 +51,11 @@ def _load() -> list[float]:
 
 
 def _rss_mb() -> float:
-    """Resident memory of this process (MiB), from /proc (0 where unavailable)."""
+    """Anonymous resident memory of this process (MiB; pages of memory-mapped files such as the latents are not
+    counted), from /proc (0 where unavailable)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
     except OSError:  # pragma: no cover
         pass
@@ -254,7 +256,7 @@ def bench_faiss(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name:9s} over {n_index} rows: build {index.build_seconds:6.0f} s "
               f"({n_index / index.build_seconds:,.0f} vectors/s), search {len(q)} queries {search_s:6.1f} s "
               f"({rate:,.0f}/s), recall@1 {recall:.4f}, index ~{index.memory_bytes / 2**20:,.0f} MiB "
-              f"(RSS +{rss_build:,.0f} MiB), all rows ~{n_index / rate / 60:.1f} min (projected)", flush=True)
+              f"(anonymous RSS +{rss_build:,.0f} MiB), all rows ~{n_index / rate / 60:.1f} min (projected)", flush=True)
         del index
     out["machine"]["load_after"] = _load()
     print(f"load average before {out['machine']['load_before']}, after {out['machine']['load_after']}")
