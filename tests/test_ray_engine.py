@@ -179,3 +179,14 @@ def test_predict_through_ray_equals_local(cluster, demo, tmp_path):
     np.testing.assert_allclose(got.table["predicted_score"], want.table["predicted_score"], rtol=1e-5, atol=1e-6)
     assert [str(p) for p in got.problems] == [str(p) for p in want.problems]
     assert any("broken.jpg" in str(p) for p in got.problems)
+    # and through the command line
+    import pandas as pd
+
+    from memlens.cli import main
+
+    out = tmp_path / "pred.csv"
+    assert main(["predict", *sources, "--run", str(run), "--engine", "ray", "--workers", "2", "--device", "cpu",
+                 "-o", str(out)]) == 0
+    cli = pd.read_csv(out)
+    assert cli["image"].tolist() == want.table["image"].tolist()
+    np.testing.assert_allclose(cli["predicted_score"], want.table["predicted_score"], rtol=1e-5, atol=1e-5)

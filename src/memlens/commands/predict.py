@@ -18,7 +18,13 @@ from ._common import progress_enabled
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass (scores do not depend on it).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: int, device: str) -> int:
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray actor pool (pip install 'memlens[ray]').")
+@click.option("--address", default=None, help="ray: the cluster address [default: a local Ray on 127.0.0.1].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="ray: number of actors.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="ray: GPUs per actor.")
+def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: int, device: str, engine: str,
+            address: str | None, workers: int | None, gpus_per_worker: float | None) -> int:
     """Predict the memorability of IMAGES (files and/or folders, searched recursively).
 
     Files that cannot be read are listed on stderr and skipped; the rest are scored. Exit 1 when no image
@@ -35,7 +41,14 @@ def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: in
         bar = tqdm(unit="img", desc="predicting", dynamic_ncols=True, leave=False)
         update = bar.update
     try:
-        result = predict_images(images, run, batch_size=batch_size, device=device, progress=update)
+        if engine == "ray":
+            from ..engines.ray_engine import predict_images_ray
+
+            result = predict_images_ray(images, run, address=address, workers=workers,
+                                        gpus_per_worker=gpus_per_worker, batch_size=batch_size, device=device,
+                                        progress=update)
+        else:
+            result = predict_images(images, run, batch_size=batch_size, device=device, progress=update)
     finally:
         if bar is not None:
             bar.close()
