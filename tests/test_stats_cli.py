@@ -244,3 +244,28 @@ def test_analyze_nan_measures_reported(capsys, tmp_path):
     tab = pd.read_csv(run / "correlations.csv")
     assert tab[(tab.x == "recon_mse") & (tab.scope == "pooled")].n.iloc[0] == 80
     assert not math.isnan(tab.r.iloc[0])
+
+
+def test_analyze_leaves_out_the_experience_images(tmp_path):
+    """Images held out as the visual-experience corpus (RUN/experience_ids.txt) are not analysed."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from memlens.stats import analyze_run
+
+    rng = np.random.default_rng(0)
+    n = 60
+    df = pd.DataFrame({"image_id": [f"img{i:03d}.jpg" for i in range(n)], "score": rng.uniform(0.2, 0.9, n)})
+    df["recon_mse"] = df["score"] + rng.normal(0, 0.05, n)
+    df.loc[:19, "recon_mse"] = -df.loc[:19, "score"]  # the held-out images behave differently
+    df["distinctiveness"] = rng.normal(size=n)
+    run = tmp_path / "run"
+    run.mkdir()
+    df.to_csv(run / "per_image.csv", index=False)
+    (run / "experience_ids.txt").write_text("\n".join(df.image_id[:20]) + "\n")
+    table, payload = analyze_run(run, n_boot=50)
+    pooled = table[(table.x == "recon_mse") & (table.scope == "pooled")].iloc[0]
+    assert pooled["n"] == 40 and pooled["r"] > 0.9
+    assert json.loads((run / "correlations.json").read_text())["n_experience_excluded"] == 20

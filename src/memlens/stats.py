@@ -918,6 +918,17 @@ def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman
     if "score" not in df.columns:
         raise RunDirError(f"{table_path}: no 'score' column (columns: {', '.join(map(str, df.columns))}); "
                           "analysis needs memorability scores")
+    # Images held out of the collection as the visual-experience corpus were seen many times during
+    # pretraining, not once: they are not part of the single-exposure analysis.
+    n_experience = 0
+    exp_file = run / "experience_ids.txt"
+    if exp_file.is_file() and "image_id" in df.columns:
+        held = {line.strip() for line in exp_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+        keep = ~df["image_id"].astype(str).isin(held)
+        n_experience = int((~keep).sum())
+        if n_experience:
+            log.info("%d experience images (%s) left out of the exposure analysis", n_experience, exp_file.name)
+            df = df[keep].reset_index(drop=True)
     if by == _AUTO:
         by = "category" if "category" in df.columns and df["category"].nunique(dropna=True) >= 2 else None
     recon, dist = _measure_columns(df)
@@ -950,7 +961,7 @@ def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman
     payload = {
         "run": str(run), "table": table_path.name, "y": "score", "by": by, "method": method, "ci_method": ci,
         "confidence": confidence, "n_boot": n_boot, "seed": seed, "n_images": int(len(df)),
-        "ceiling": ceiling_info, "rows": table_records(table),
+        "n_experience_excluded": n_experience, "ceiling": ceiling_info, "rows": table_records(table),
     }
     with atomic_path(run / "correlations.csv") as tmp:
         table.to_csv(tmp, index=False)
