@@ -331,17 +331,26 @@ def _forward_chunk(x: torch.Tensor, dev: torch.device) -> int:
     return max(1, CPU_CHUNK_PIXELS // max(1, x.shape[-1] * x.shape[-2]))
 
 
-def _encode_decode(model: nn.Module, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(encode(x), decode(encode(x)))``, computed ``chunk`` images at a time."""
-    if chunk >= len(x):
-        z = model.encode(x)
-        return z, model.decode(z)
-    zs, xs = [], []
-    for c in x.split(chunk):
+def _encode_decode(model: nn.Module, x: torch.Tensor, chunk: int,
+                   captured: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(encode(x), decode(encode(x)), hooked)`` computed ``chunk`` images at a time.
+
+    ``captured``: the list a forward hook appends to; ``hooked`` is the first output it received in each
+    chunk, concatenated (None without a hook).
+    """
+    zs, xs, hs = [], [], []
+    for c in (x.split(chunk) if chunk < len(x) else (x,)):
+        if captured is not None:
+            captured.clear()
         zc = model.encode(c)
         zs.append(zc)
         xs.append(model.decode(zc))
-    return torch.cat(zs), torch.cat(xs)
+        if captured:
+            hs.append(captured[0])
+    hooked = (hs[0] if len(hs) == 1 else torch.cat(hs)) if hs else None
+    if len(zs) == 1:
+        return zs[0], xs[0], hooked
+    return torch.cat(zs), torch.cat(xs), hooked
 
 
 def _latent_block(z: torch.Tensor, pool: str) -> torch.Tensor:
@@ -506,12 +515,13 @@ def score_images(
                     x = x.float()
                     if channels_last and x.ndim == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    captured.clear()
                     chunk = _forward_chunk(x, dev)
                     with forward_ctx():
-                        z, x_hat = _encode_decode(model, x, chunk)
+                        z, x_hat, hooked = _encode_decode(model, x, chunk, captured if layer else None)
                     x_hat = x_hat.float()
-                    lat = (captured[0] if len(captured) == 1 else torch.cat(captured)) if layer else z
+                    if layer and hooked is None:
+                        raise ConfigError(f"layer {layer!r} was not called by the autoencoder's encode/decode")
+                    lat = hooked if layer else z
                     if not latent_shape:
                         latent_shape = tuple(lat.shape[1:])
                     lat_w.write(_latent_block(lat, pool).float().cpu().numpy())
