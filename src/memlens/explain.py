@@ -869,6 +869,10 @@ def _select_requested(requested: Sequence[str], ids: list[str], root: Any) -> li
     return [(i, e) for i, e in out if not (i in seen or seen.add(i))]
 
 
+# fields of a memlens.stats.correlate result written to descriptor_correlations.csv
+_CORR_FIELDS = ("n", "r", "ci_low", "ci_high", "p_value", "method", "ci_method", "confidence", "n_boot", "seed")
+
+
 def explain_run(
     run_dir: Any,
     *,
@@ -1206,40 +1210,10 @@ def explain_run(
                 {
                     "descriptor": dname,
                     "target": target,
-                    **{
-                        k: r[k]
-                        for k in (
-                            "n",
-                            "r",
-                            "ci_low",
-                            "ci_high",
-                            "p_value",
-                            "method",
-                            "ci_method",
-                            "confidence",
-                            "n_boot",
-                            "seed",
-                        )
-                    },
+                    **{k: r[k] for k in _CORR_FIELDS},
                 }
             )
-    corr = pd.DataFrame(
-        corr_rows,
-        columns=[
-            "descriptor",
-            "target",
-            "n",
-            "r",
-            "ci_low",
-            "ci_high",
-            "p_value",
-            "method",
-            "ci_method",
-            "confidence",
-            "n_boot",
-            "seed",
-        ],
-    )
+    corr = pd.DataFrame(corr_rows, columns=["descriptor", "target", *_CORR_FIELDS])
     with atomic_path(run / "descriptor_correlations.csv") as tmp:
         corr.to_csv(tmp, index=False)
     timings["correlations"] = time.perf_counter() - t0
