@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-large", type=int, default=20000, help="rows for memlens alone (0 to skip)")
     ap.add_argument("--k", type=int, default=1, help="neighbours (default 1)")
     ap.add_argument("--skip-sklearn", action="store_true", help="do not run the ball tree")
-    ap.add_argument("--memory-budget-mb", type=float, default=256, help="memlens tile budget (default 256)")
+    ap.add_argument("--memory-budget-mb", type=float, default=1024, help="memlens tile budget (default 1024, as the library)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 

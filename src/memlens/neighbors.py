@@ -49,7 +49,7 @@ def distinctiveness(
     reference: Any = None,
     standardize: bool = False,
     groups: Any = None,
-    memory_budget_mb: float = 256,
+    memory_budget_mb: float = 1024,
     device: str = "cpu",
     exclude_self: bool = True,
     index: str = "exact",
@@ -112,7 +112,7 @@ def nearest_neighbors(
     metric: str = "euclidean",
     reference: Any = None,
     groups: Any = None,
-    memory_budget_mb: float = 256,
+    memory_budget_mb: float = 1024,
     device: str = "cpu",
     exclude_self: bool = True,
     index: str = "exact",
@@ -245,11 +245,15 @@ def _prepare(src: _Source, metric: str, ref_mask: np.ndarray, budget: int, dtype
     sq_raw = np.empty(n)
     for a in range(0, n, step):
         block = src.rows(slice(a, a + step), work)
-        if not np.isfinite(block).all():
-            bad = a + int(np.argwhere(~np.isfinite(block))[0][0])
-            raise ValueError(f"latents contain NaN or infinite values (first in row {bad})")
-        total += block[ref_mask[a:a + step]].sum(axis=0, dtype=np.float64)
-        sq_raw[a:a + step] = np.square(block).sum(axis=1, dtype=np.float64)
+        sq = np.square(block).sum(axis=1, dtype=np.float64)
+        bad_rows = np.flatnonzero(~np.isfinite(sq))
+        for r in bad_rows:  # a NaN/inf element makes its row's norm non-finite (overflow is checked below)
+            if not np.isfinite(block[r]).all():
+                raise ValueError(f"latents contain NaN or infinite values (first in row {a + int(r)})")
+        sq_raw[a:a + step] = sq
+        in_ref = ref_mask[a:a + step]
+        # the centre only shifts every row alike (distances do not change), so float32 sums are enough
+        total += in_ref.astype(work) @ block
     if not np.isfinite(sq_raw).all():
         raise ValueError("latents are too large: squared norms overflow float32 (rescale them)")
     if metric == "cosine" or n == 0 or not ref_mask.any():
