@@ -54,9 +54,9 @@ def test_kfold_latents_end_to_end(tmp_path, capsys):
     cv = pd.read_csv(run / "predictor_cv.csv")
     assert cv.columns[:4].tolist() == ["fold", "model", "inputs", "split"]
     folds = cv[cv["fold"] != "mean"]
-    assert len(folds) == 6 and set(folds["model"]) == {"mlp", "ridge"}
-    assert folds.groupby("model")["n_test"].sum().tolist() == [149, 149]  # every scored image tested once
-    assert set(cv[cv["fold"] == "mean"]["model"]) == {"mlp", "ridge"}
+    assert len(folds) == 9 and set(folds["model"]) == {"mlp", "svr", "ridge"}
+    assert folds.groupby("model")["n_test"].sum().tolist() == [149, 149, 149]  # every scored image tested once
+    assert set(cv[cv["fold"] == "mean"]["model"]) == {"mlp", "svr", "ridge"}
     for col in ("spearman", "pearson", "mse", "auc", "human_consistency", "noise_ceiling"):
         assert cv[col].notna().all(), col
     mean = cv[cv["fold"] == "mean"].set_index("model")
@@ -64,11 +64,12 @@ def test_kfold_latents_end_to_end(tmp_path, capsys):
     # mean Spearman 0.53-0.75 for the MLP and 0.75-0.80 for ridge (0.74 and 0.80 for this seed)
     assert mean.loc["mlp", "spearman"] > 0.5
     assert mean.loc["ridge", "spearman"] > 0.65
+    assert mean.loc["svr", "spearman"] > 0.5
     assert 0.9 < mean.loc["mlp", "noise_ceiling"] <= 1  # the halves agree closely by construction
     assert mean.loc["mlp", "spearman"] == pytest.approx(folds[folds["model"] == "mlp"]["spearman"].mean())
 
     oof = pd.read_csv(run / "predictor_oof.csv")
-    assert len(oof) == 149 and oof["predicted_mlp"].notna().all()
+    assert len(oof) == 149 and oof[["predicted_mlp", "predicted_svr", "predicted_ridge"]].notna().all().all()
 
     # predictor.pt: the autoencoder's latents (flattened: pool none) -> MLP; usable on images
     from memlens.predict import load_memorability_model, read_predictor
@@ -76,6 +77,7 @@ def test_kfold_latents_end_to_end(tmp_path, capsys):
     raw = read_predictor(run / "predictor.pt")
     assert raw["recipe"][0]["kind"] == "autoencoder" and raw["recipe"][0]["pool"] == "none"
     assert raw["info"]["inputs"] == "latents" and raw["info"]["n_images"] == 149
+    assert raw["info"]["model"] == "svr" and raw["head"]["type"] == "svr"  # the default model
     model = load_memorability_model(run / "predictor.pt")
     assert model.input_size == 16
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -134,7 +136,7 @@ def test_features_from_another_network_cannot_be_loaded_as_a_model(tmp_path):
     from memlens.predict import load_memorability_model, load_regressor
 
     run, _ = make_run(tmp_path, halves=False)
-    assert main(["fit-predictor", str(run), "--cv", "2", *FAST]) == 0
+    assert main(["fit-predictor", str(run), "--cv", "2", "--features", "features", "--model", "mlp", *FAST]) == 0
     with pytest.raises(CheckpointError, match="encoders give 1280 columns but its head expects 12"):
         load_memorability_model(run / "predictor.pt")
     assert load_regressor(run / "predictor.pt").n_features_in_ == 12  # the head alone still works

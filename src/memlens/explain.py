@@ -769,6 +769,9 @@ def _input_size(model: nn.Module, run: Any) -> int:
     autoencoder's ``spec.input_size``, else ``image_size`` in ``RUN/dataset.json``."""
     import json
 
+    spec = getattr(model, "image_spec", None)  # a feature-set predictor: its decoding side (centre squares here)
+    if spec and spec[1]:
+        return int(spec[1])
     enc = getattr(model, "encoder", None)
     for obj in (model, enc, getattr(enc, "autoencoder", None)):
         if obj is None:
@@ -793,39 +796,10 @@ def _input_size(model: nn.Module, run: Any) -> int:
 
 
 def _load_run_dataset(run: Any) -> Any:
-    """Reload the run's data set from ``RUN/dataset.json`` (``source``, ``layout``, ``options``).
+    """Reload the run's data set from ``RUN/dataset.json`` (see :func:`memlens.data.load_run_dataset`)."""
+    from .data import load_run_dataset
 
-    Same reading as ``memlens score`` without DATA: a relative ``source`` is tried relative to the run too,
-    top-level ``image_col``/``score_col``/``category_col``/``score_variant``/``splits`` are options, and a
-    ``layout`` inside ``options`` is ignored (the top-level one wins).
-    """
-    import json
-    from pathlib import Path
-
-    from .data import load_dataset
-    from .errors import RunDirError
-
-    path = run / "dataset.json"
-    if not path.is_file():
-        raise RunDirError(
-            f"{path} not found: it records where the run's images are (written by memlens train)"
-        )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        source = info.get("source") or info.get("root")
-    except (ValueError, AttributeError) as exc:
-        raise RunDirError(f"{path}: unreadable (expected JSON with 'source'; {exc})") from None
-    if not source:
-        raise RunDirError(f"{path} has no 'source': cannot find the run's images")
-    src = Path(source)
-    if not src.is_absolute() and not src.exists() and (run / src).exists():
-        src = run / src
-    options = dict(info.get("options") or {})
-    for key in ("image_col", "score_col", "category_col", "score_variant", "splits"):
-        if key in info and key not in options:
-            options[key] = info[key]
-    options.pop("layout", None)
-    return load_dataset(src, info.get("layout") or "auto", **options)
+    return load_run_dataset(run)
 
 
 def _select_requested(requested: Sequence[str], ids: list[str], root: Any) -> list[tuple[str, str | None]]:

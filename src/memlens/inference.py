@@ -86,7 +86,7 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
     import pandas as pd
     import torch
 
-    from .data.images import load_image
+    from .data.images import load_image, load_image_aspect
 
     if batch_size < 1:
         raise MemlensError(f"batch_size must be >= 1, got {batch_size}")
@@ -101,7 +101,14 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
 
         model = load_memorability_model(path, map_location=dev)
     model = model.to(dev).eval()
-    size = model.input_size or max([s for s in getattr(model, "sizes", []) if s] or [224])
+    mode, size = getattr(model, "image_spec", ("square", None))
+    if mode != "aspect":
+        size = size or model.input_size or max([s for s in getattr(model, "sizes", []) if s] or [224])
+
+    def load(path: Path) -> np.ndarray:
+        if mode == "aspect":  # shorter side = size, aspect kept: a batch holds images of one shape
+            return load_image_aspect(path, size)
+        return load_image(path, size)
 
     items, problems = collect_images(sources)
     labels: list[str] = []
@@ -124,12 +131,15 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
 
     for label, path in items:
         try:
-            batch.append(load_image(path, size))
-            batch_labels.append(label)
+            arr = load(path)
         except DataError as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             problems.append(Problem(label, reason))
             continue
+        if batch and arr.shape != batch[0].shape:
+            flush()
+        batch.append(arr)
+        batch_labels.append(label)
         if len(batch) >= batch_size:
             flush()
     flush()

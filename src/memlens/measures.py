@@ -607,28 +607,9 @@ _REFERENCES = ("all", "category", "split")
 
 def _dataset_from_run(run: Path) -> Any:
     """Reload the data described by ``RUN/dataset.json`` (``source``, ``layout``, ``options``)."""
-    import json
+    from .data import load_run_dataset
 
-    from .data import load_dataset
-    from .errors import RunDirError
-
-    spec_file = run / "dataset.json"
-    if not spec_file.is_file():
-        raise RunDirError(f"{run}: no data given and no dataset.json in the run directory (pass DATA)")
-    try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
-        source = spec["source"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunDirError(f"{spec_file}: unreadable (expected JSON with 'source'; {exc})") from None
-    src = Path(source)
-    if not src.is_absolute() and not src.exists() and (run / src).exists():
-        src = run / src
-    options = dict(spec.get("options") or {})
-    for key in ("image_col", "score_col", "category_col", "score_variant", "splits"):
-        if key in spec and key not in options:
-            options[key] = spec[key]
-    options.pop("layout", None)
-    return load_dataset(src, spec.get("layout") or "auto", **options)
+    return load_run_dataset(run)
 
 
 def _exposure_losses(run: Path) -> pd.Series | None:

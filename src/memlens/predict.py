@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
@@ -39,6 +39,7 @@ from .models.base import check_image_range
 
 __all__ = [
     "MemorabilityRegressor",
+    "MemorabilitySVR",
     "MemorabilityModel",
     "save_predictor",
     "load_memorability_model",
@@ -57,7 +58,9 @@ log = logging.getLogger(__name__)
 PREDICTOR_FORMAT = "memlens.predictor"
 PREDICTOR_VERSION = 1
 #: default inputs of ``memlens fit-predictor`` (chosen by measurement, see docs/predictor.md)
-DEFAULT_INPUTS = "features"
+DEFAULT_INPUTS = "lite01"  # a feature set of memlens.features (see docs/predictor.md)
+DEFAULT_MODEL = "svr"
+MODELS = ("svr", "mlp")
 #: ridge baseline penalties (on standardised inputs; RidgeCV picks one by efficient leave-one-out)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))
 _PRED_CHUNK = 2048
@@ -335,6 +338,161 @@ class MemorabilityRegressor(RegressorMixin, BaseEstimator):
         return est
 
 
+class MemorabilitySVR(RegressorMixin, BaseEstimator):
+    """Support-vector regressor (RBF kernel) on standardised inputs and target; optionally an ensemble.
+
+    With ``blocks`` (``[(start, stop, weight), ...]`` column ranges, which may overlap) one SVR is fitted
+    per block and the prediction is their weighted mean: a cheap ensemble over feature groups (e.g. one
+    block per pretrained network, see :meth:`memlens.features.FeatureSet.blocks`). Each block's columns are
+    z-scored with training statistics; ``gamma="scale"`` is scikit-learn's ``1 / (n_columns * var)``.
+
+    Parameters
+    ----------
+    C, epsilon : float
+        SVR penalty and tube width, in units of the standardised target.
+    gamma : "scale" or float
+    blocks : sequence of (int, int, float), optional
+        Column blocks; None: one SVR on every column.
+
+    Attributes
+    ----------
+    n_features_in_, y_mean_, y_scale_, blocks_ (list of (start, stop, weight)), x_mean_, x_scale_ (per
+    column), support_vectors_, dual_coef_, intercept_, gamma_ (one entry per block).
+    """
+
+    def __init__(self, C: float = 2.2, epsilon: float = 0.075, gamma: Any = "scale",
+                 blocks: Sequence[Sequence[float]] | None = None):
+        self.C = C
+        self.epsilon = epsilon
+        self.gamma = gamma
+        self.blocks = blocks
+
+    def fit(self, X: Any, y: Any, validation_data: Any = None) -> MemorabilitySVR:
+        """Fit on (n, d) inputs and (n,) targets (``validation_data`` is accepted and ignored)."""
+        from sklearn.svm import SVR
+
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        y = np.asarray(y, dtype=np.float64)
+        d = X.shape[1]
+        blocks = [(0, d, 1.0)] if self.blocks is None else [(int(a), int(b), float(w)) for a, b, w in self.blocks]
+        for a, b, w in blocks:
+            if not (0 <= a < b <= d) or not w > 0:
+                raise ValueError(f"block ({a}, {b}, {w}) does not fit {d} columns with a positive weight")
+        self.blocks_ = blocks
+        self.y_mean_ = float(y.mean())
+        sd = float(y.std())
+        self.y_scale_ = sd if sd > 0 else 1.0
+        yz = (y - self.y_mean_) / self.y_scale_
+        self.x_mean_ = X.mean(axis=0).astype(np.float64)
+        scale = X.std(axis=0).astype(np.float64)
+        scale[scale == 0] = 1.0
+        self.x_scale_ = scale
+        Z = ((X - self.x_mean_) / self.x_scale_).astype(np.float64)
+        self.support_vectors_, self.dual_coef_, self.intercept_, self.gamma_ = [], [], [], []
+        for a, b, _ in blocks:
+            svr = SVR(C=self.C, epsilon=self.epsilon, gamma=self.gamma).fit(Z[:, a:b], yz)
+            self.support_vectors_.append(np.asarray(svr.support_vectors_, dtype=np.float32))
+            self.dual_coef_.append(np.asarray(svr.dual_coef_[0], dtype=np.float64))
+            self.intercept_.append(float(svr.intercept_[0]))
+            self.gamma_.append(float(svr._gamma))
+        return self
+
+    def _decision(self, Z: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(Z))
+        wsum = 0.0
+        for (a, b, w), sv, dual, b0, g in zip(self.blocks_, self.support_vectors_, self.dual_coef_,
+                                               self.intercept_, self.gamma_, strict=True):
+            zb = Z[:, a:b]
+            sv64 = sv.astype(np.float64)
+            d2 = (zb * zb).sum(1)[:, None] + (sv64 * sv64).sum(1)[None, :] - 2.0 * zb @ sv64.T
+            total += w * (np.exp(-g * np.maximum(d2, 0.0)) @ dual + b0)
+            wsum += w
+        return total / wsum
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted scores (n,), float64, in the units of the training target."""
+        check_is_fitted(self, "support_vectors_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        out = np.empty(len(X))
+        for a in range(0, len(X), _PRED_CHUNK):
+            z = (np.asarray(X[a:a + _PRED_CHUNK], dtype=np.float64) - self.x_mean_) / self.x_scale_
+            out[a:a + _PRED_CHUNK] = self._decision(z) * self.y_scale_ + self.y_mean_
+        return out
+
+    def to_torch(self) -> nn.Module:
+        """The fitted predictor as a differentiable torch module: (N, d) -> (N,)."""
+        check_is_fitted(self, "support_vectors_")
+        return _KernelHead(self)
+
+    def get_state(self) -> dict[str, Any]:
+        """Parameters and fitted arrays as a ``torch.save``/``weights_only``-compatible dict."""
+        check_is_fitted(self, "support_vectors_")
+        gamma = self.gamma if isinstance(self.gamma, str) else float(self.gamma)
+        return {
+            "type": "svr",
+            "params": {"C": float(self.C), "epsilon": float(self.epsilon), "gamma": gamma,
+                       "blocks": [list(b) for b in self.blocks_] if self.blocks is not None else None},
+            "blocks": [list(b) for b in self.blocks_],
+            "x_mean": torch.from_numpy(self.x_mean_), "x_scale": torch.from_numpy(self.x_scale_),
+            "y_mean": self.y_mean_, "y_scale": self.y_scale_, "n_features_in": int(self.n_features_in_),
+            "support_vectors": [torch.from_numpy(np.ascontiguousarray(v)) for v in self.support_vectors_],
+            "dual_coef": [torch.from_numpy(v) for v in self.dual_coef_],
+            "intercept": list(self.intercept_), "gamma": list(self.gamma_),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MemorabilitySVR:
+        """Rebuild a fitted estimator from :meth:`get_state`'s dict."""
+        p = dict(state["params"])
+        est = cls(C=p["C"], epsilon=p["epsilon"], gamma=p["gamma"],
+                  blocks=[tuple(b) for b in p["blocks"]] if p.get("blocks") is not None else None)
+        est.blocks_ = [(int(a), int(b), float(w)) for a, b, w in state["blocks"]]
+        est.x_mean_ = state["x_mean"].cpu().numpy().astype(np.float64)
+        est.x_scale_ = state["x_scale"].cpu().numpy().astype(np.float64)
+        est.y_mean_, est.y_scale_ = float(state["y_mean"]), float(state["y_scale"])
+        est.n_features_in_ = int(state["n_features_in"])
+        est.support_vectors_ = [v.cpu().numpy().astype(np.float32) for v in state["support_vectors"]]
+        est.dual_coef_ = [v.cpu().numpy().astype(np.float64) for v in state["dual_coef"]]
+        est.intercept_ = [float(v) for v in state["intercept"]]
+        est.gamma_ = [float(v) for v in state["gamma"]]
+        return est
+
+
+class _KernelHead(nn.Module):
+    """Differentiable form of a fitted :class:`MemorabilitySVR` (float32)."""
+
+    def __init__(self, est: MemorabilitySVR):
+        super().__init__()
+        self.register_buffer("x_mean", torch.tensor(est.x_mean_, dtype=torch.float32))
+        self.register_buffer("x_scale", torch.tensor(est.x_scale_, dtype=torch.float32))
+        self.blocks = [(a, b, w) for a, b, w in est.blocks_]
+        self.sv = nn.ParameterList(nn.Parameter(torch.from_numpy(v.copy()), requires_grad=False)
+                                   for v in est.support_vectors_)
+        self.dual = nn.ParameterList(nn.Parameter(torch.tensor(v, dtype=torch.float32), requires_grad=False)
+                                     for v in est.dual_coef_)
+        self.intercepts = list(est.intercept_)
+        self.gammas = list(est.gamma_)
+        self.y_mean, self.y_scale = est.y_mean_, est.y_scale_
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.float() - self.x_mean) / self.x_scale
+        total = torch.zeros(len(z), dtype=z.dtype, device=z.device)
+        wsum = 0.0
+        for (a, b, w), sv, dual, b0, g in zip(self.blocks, self.sv, self.dual, self.intercepts, self.gammas,
+                                               strict=True):
+            d2 = torch.cdist(z[:, a:b], sv).pow(2)
+            total = total + w * (torch.exp(-g * d2) @ dual + b0)
+            wsum += w
+        return total / wsum * self.y_scale + self.y_mean
+
+
+def regressor_from_state(state: dict[str, Any]) -> Any:
+    """A fitted head from its saved state: :class:`MemorabilitySVR` or :class:`MemorabilityRegressor`."""
+    if state.get("type") == "svr":
+        return MemorabilitySVR.from_state(state)
+    return MemorabilityRegressor.from_state(state)
+
+
 def _torch_device(device: str) -> Any:
 
 
@@ -482,7 +640,7 @@ class MemorabilityModel(nn.Module):
         self.encoder = wrapped[0] if n == 1 else nn.ModuleList(wrapped)
         self.pools = pools
         self.sizes = [int(s) if s else None for s in _per_branch(sizes, n, "sizes")]
-        if isinstance(head, MemorabilityRegressor):
+        if isinstance(head, (MemorabilityRegressor, MemorabilitySVR)):
             self.regressor: MemorabilityRegressor | None = head
             head = head.to_torch()
         else:
@@ -491,6 +649,11 @@ class MemorabilityModel(nn.Module):
         self.recipe = recipe
         self.info: dict[str, Any] = {}
         self.input_size = self.sizes[0]
+        fs = getattr(wrapped[0], "feature_set", None)
+        #: how ``memlens predict`` decodes files: ("square", side) or ("aspect", shorter side) for feature
+        #: sets that keep the aspect ratio (images of different shapes then go one shape at a time)
+        self.image_spec = ("aspect", fs.load_size) if (fs is not None and fs.aspect == "keep") else \
+            ("square", self.input_size or (fs.load_size if fs is not None else None))
         self.eval()
 
     def _encoders(self) -> list[nn.Module]:
@@ -504,7 +667,11 @@ class MemorabilityModel(nn.Module):
         for enc, pool, size in zip(self._encoders(), self.pools, self.sizes, strict=True):
             xi = x
             if size and tuple(x.shape[-2:]) != (size, size):
-                xi = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                h, w = x.shape[-2:]
+                if h != w:  # the centre square, as the data pipeline crops
+                    m = min(h, w)
+                    xi = x[..., (h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
+                xi = F.interpolate(xi, size=(size, size), mode="bilinear", align_corners=False,
                                    antialias=True).clamp(0, 1)
             z = enc(xi)
             if isinstance(z, (list, tuple)):
@@ -553,14 +720,15 @@ class MemorabilityModel(nn.Module):
 # ==========================================================================================================
 # predictor.pt
 # ==========================================================================================================
-def save_predictor(path: str | os.PathLike, regressor: MemorabilityRegressor, recipe: list[dict[str, Any]],
+def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[str, Any]],
                    info: dict[str, Any] | None = None) -> Path:
     """Write ``predictor.pt`` atomically: the head's state plus the encoder recipe (no pickled objects).
 
     ``recipe`` lists one dict per encoder, in the order of the head's input columns:
     ``{"kind": "autoencoder", "checkpoint": <path, relative to the file's folder>, "sha256": ..., "pool":
     "none"|"avg", "layer": None|name, "size": int, "dim": int}`` or ``{"kind": "pretrained", "name":
-    "efficientnet_lite0", "pool": "none", "size": 224, "dim": 1280}``.
+    "efficientnet_lite0", "pool": "none", "size": 224, "dim": 1280}`` or ``{"kind": "featureset", "name":
+    <a feature set of memlens.features>, "pool": "none", "size": None, "dim": int}``.
     """
     from ._io import atomic_path
     from ._version import __version__
@@ -642,6 +810,10 @@ def _build_encoder(r: dict[str, Any], folder: Path, map_location: Any) -> Any:
         from .models.efficientnet import pooled_feature_extractor
 
         return pooled_feature_extractor(r.get("name", "efficientnet_lite0"))
+    if kind == "featureset":
+        from .features import FeatureSetExtractor, get_feature_set
+
+        return FeatureSetExtractor(get_feature_set(r["name"]))
     raise CheckpointError(f"unknown encoder kind {kind!r} in the predictor recipe")
 
 
@@ -655,14 +827,14 @@ def load_memorability_model(path: str | os.PathLike, map_location: Any = "cpu") 
     folder = Path(path).resolve().parent
     recipe = obj["recipe"]
     encoders = [_build_encoder(r, folder, map_location) for r in recipe]
-    head = MemorabilityRegressor.from_state(obj["head"])
+    head = regressor_from_state(obj["head"])
     model = MemorabilityModel(encoders, head, pool=[r.get("pool", "none") for r in recipe],
                               sizes=[r.get("size") for r in recipe], layer=[r.get("layer") for r in recipe],
                               recipe=recipe)
     model.info = obj.get("info", {})
     # pretrained features are pooled head activations (1280 for EfficientNet-Lite); autoencoder widths were
     # measured at fit time on the very checkpoint whose SHA-256 was just verified
-    width = sum(_PRETRAINED_WIDTH if r.get("kind") == "pretrained" else int(r.get("dim", 0)) for r in recipe)
+    width = sum(_recipe_width(r) for r in recipe)
     if width != head.n_features_in_:
         from .errors import CheckpointError
 
@@ -671,9 +843,19 @@ def load_memorability_model(path: str | os.PathLike, map_location: Any = "cpu") 
     return model.to(map_location).eval()
 
 
-def load_regressor(path: str | os.PathLike) -> MemorabilityRegressor:
+def _recipe_width(r: dict[str, Any]) -> int:
+    if r.get("kind") == "pretrained":
+        return _PRETRAINED_WIDTH
+    if r.get("kind") == "featureset":
+        from .features import get_feature_set
+
+        return get_feature_set(r["name"]).n_features
+    return int(r.get("dim", 0))
+
+
+def load_regressor(path: str | os.PathLike) -> Any:
     """Only the fitted head of ``predictor.pt`` (numpy inputs, no encoder needed)."""
-    return MemorabilityRegressor.from_state(read_predictor(path)["head"])
+    return regressor_from_state(read_predictor(path)["head"])
 
 
 # ==========================================================================================================
@@ -784,9 +966,11 @@ class CVResult:
 
 def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
                    regressor: MemorabilityRegressor | None = None, ridge: bool = True,
+                   svr: MemorabilitySVR | None = None, mlp: bool = True,
                    ceiling: Callable[[np.ndarray], dict[str, float]] | None = None,
                    progress: Callable[[str], Any] | None = None, return_estimators: bool = False) -> CVResult:
-    """Fit the MLP (and the ridge baseline) on each split's training rows; score its test rows.
+    """Fit the MLP, the kernel model (``svr``) and the ridge baseline on each split's training rows; score
+    its test rows (``mlp=False`` skips the MLP).
 
     The MLP stops early on the split's ``val`` rows when there are any, else on its own inner split of the
     training rows (nested: test rows never influence training). Ridge fits on train + val (its penalty is
@@ -796,31 +980,46 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     ``return_estimators`` keeps the fitted models (``CVResult.estimators``).
     """
     import pandas as pd
-    from sklearn.base import clone
 
     y = np.asarray(y, dtype=float)
     base = regressor if regressor is not None else MemorabilityRegressor()
     rows: list[dict[str, Any]] = []
-    oof = {"mlp": np.full(len(y), np.nan)}
+    oof = {"mlp": np.full(len(y), np.nan)} if mlp else {}
+    if svr is not None:
+        oof["svr"] = np.full(len(y), np.nan)
     if ridge:
         oof["ridge"] = np.full(len(y), np.nan)
     fitted: list[dict[str, Any]] = []
     for j, sp in enumerate(splits):
         tr, va, te = sp["train"], sp["val"], sp["test"]
         extra = ceiling(te) if ceiling is not None else {}
-        t0 = time.perf_counter()
-        est = clone(base)
-        if base.random_state is not None:
-            est.set_params(random_state=int(base.random_state) + j)
-        vd = (X[va], y[va]) if len(va) else None
-        est.fit(X[tr], y[tr], validation_data=vd)
-        pred = est.predict(X[te])
-        oof["mlp"][te] = pred
-        metrics = prediction_metrics(y[te], pred)
-        metrics.pop("n")
-        rows.append({"fold": j, "model": "mlp", "n_train": len(tr), "n_val": len(va), "n_test": len(te),
-                     **metrics, **extra, "epochs": est.best_epoch_,
-                     "seconds": time.perf_counter() - t0})
+        fold_fits: dict[str, Any] = {}
+        if mlp:
+            t0 = time.perf_counter()
+            est = clone(base)
+            if base.random_state is not None:
+                est.set_params(random_state=int(base.random_state) + j)
+            vd = (X[va], y[va]) if len(va) else None
+            est.fit(X[tr], y[tr], validation_data=vd)
+            pred = est.predict(X[te])
+            oof["mlp"][te] = pred
+            metrics = prediction_metrics(y[te], pred)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": "mlp", "n_train": len(tr), "n_val": len(va), "n_test": len(te),
+                         **metrics, **extra, "epochs": est.best_epoch_,
+                         "seconds": time.perf_counter() - t0})
+            fold_fits["mlp"] = est
+        if svr is not None:
+            t0 = time.perf_counter()
+            fit_rows = np.concatenate([tr, va])
+            sv = clone(svr).fit(X[fit_rows], y[fit_rows])
+            pred_s = sv.predict(X[te])
+            oof["svr"][te] = pred_s
+            metrics = prediction_metrics(y[te], pred_s)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": "svr", "n_train": len(fit_rows), "n_val": 0, "n_test": len(te),
+                         **metrics, **extra, "seconds": time.perf_counter() - t0})
+            fold_fits["svr"] = sv
         if ridge:
             t0 = time.perf_counter()
             fit_rows = np.concatenate([tr, va])
@@ -833,8 +1032,10 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
             rows.append({"fold": j, "model": "ridge", "n_train": len(fit_rows), "n_val": 0, "n_test": len(te),
                          **metrics, **extra,
                          "alpha": float(rg[-1].alpha_), "seconds": time.perf_counter() - t0})
+        if ridge:
+            fold_fits["ridge"] = rg
         if return_estimators:
-            fitted.append({"mlp": est, **({"ridge": rg} if ridge else {})})
+            fitted.append(fold_fits)
         if progress is not None:
             last = [r for r in rows if r["fold"] == j]
             progress(f"fold {j + 1}/{len(splits)}: " + ", ".join(
@@ -918,6 +1119,48 @@ def _latent_recipe(run: Path, dim: int) -> dict[str, Any]:
             "layer": layer, "size": size, "dim": dim, "name": ae.spec.name}
 
 
+def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str], *,
+                    progress: Callable[[str], Any] | None = None) -> np.ndarray:
+    """Feature-set columns of a run's images (rows in ``image_ids`` order), cached in the run directory.
+
+    The images are found through ``RUN/dataset.json``. The cache is ``RUN/featureset_<name>.npy`` with
+    ``RUN/featureset_<name>_ids.txt``; it is reused when it holds every requested id.
+    """
+    from ._io import atomic_path, atomic_write_text
+    from .data import load_run_dataset
+    from .errors import DataError
+    from .features import extract_feature_set, get_feature_set
+
+    run = Path(run)
+    fs = get_feature_set(name)
+    cache, cache_ids = run / f"featureset_{fs.name}.npy", run / f"featureset_{fs.name}_ids.txt"
+    if cache.is_file() and cache_ids.is_file():
+        ids = _read_ids(cache_ids)
+        pos = {i: k for k, i in enumerate(ids)}
+        try:
+            mat = np.load(cache, mmap_mode="r")
+        except (ValueError, OSError):
+            mat = None
+        if mat is not None and mat.shape == (len(ids), fs.n_features) and all(i in pos for i in image_ids):
+            log.info("feature set %s: read from %s", fs.name, cache)
+            return np.asarray(mat[[pos[i] for i in image_ids]], dtype=np.float32)
+    table = load_run_dataset(run).table
+    paths = dict(zip(table["image_id"].astype(str), table["path"], strict=True))
+    missing = [i for i in image_ids if i not in paths]
+    if missing:
+        raise DataError(f"{len(missing)} images of the run are not in its data set (e.g. {missing[0]!r})")
+    t0 = time.perf_counter()
+    if progress is not None:
+        progress(f"extracting {fs.name} features of {len(image_ids)} images")
+    X = extract_feature_set([paths[i] for i in image_ids], fs)
+    log.info("feature set %s: %d images in %.1f s", fs.name, len(image_ids), time.perf_counter() - t0)
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, X)
+    atomic_write_text(cache_ids, "".join(f"{i}\n" for i in image_ids))
+    return X
+
+
 def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
                     need_recipe: bool = True) -> RunInputs:
     """Read ``per_image.csv`` and ``latents.npy``/``features.npy`` (+ ``latent_ids.txt``), aligned by id.
@@ -928,9 +1171,11 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
     import pandas as pd
 
     from .errors import DataError, RunDirError
+    from .features import FEATURE_SETS
 
-    if inputs not in ("latents", "features", "both"):
-        raise ValueError(f"inputs must be latents, features or both, got {inputs!r}")
+    if inputs not in ("latents", "features", "both") and inputs not in FEATURE_SETS:
+        raise ValueError(f"inputs must be latents, features, both or a feature set "
+                         f"({', '.join(sorted(FEATURE_SETS))}), got {inputs!r}")
     run = Path(run)
     table_path = run / "per_image.csv"
     if not table_path.is_file():
@@ -950,6 +1195,13 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
     if df["image_id"].duplicated().any():
         raise DataError(f"{table_path}: image_id {df['image_id'][df['image_id'].duplicated()].iloc[0]!r} "
                         "appears twice")
+    if inputs in FEATURE_SETS:
+        X = run_feature_set(run, inputs, df["image_id"].tolist())
+        cats = df["category"].astype(str).tolist() if "category" in df.columns and df["category"].notna().any() \
+            else None
+        recipe = [{"kind": "featureset", "name": inputs, "pool": "none", "layer": None, "size": None,
+                   "dim": int(X.shape[1])}]
+        return RunInputs(df["image_id"].tolist(), X, df["score"].to_numpy(dtype=float), cats, recipe, inputs)
     ids_path = run / "latent_ids.txt"
     if not ids_path.is_file():
         raise RunDirError(f"{ids_path} not found (memlens score writes it with latents.npy)")
@@ -1024,7 +1276,7 @@ def _ceiling_fn(run: Path, image_ids: list[str]) -> tuple[Callable[[np.ndarray],
 def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: str = "kfold", seed: int = 0,
                       inputs: str = DEFAULT_INPUTS, hidden: Sequence[int] = (256,), max_epochs: int = 200,
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
-                      progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                      model: str = DEFAULT_MODEL, progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Cross-validate the MLP and the ridge baseline on a run, then fit the final MLP on every image.
 
     Writes ``RUN/predictor_cv.csv`` (one row per fold and model, then one ``fold="mean"`` row per model;
@@ -1037,7 +1289,13 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     ----------
     cv : number of folds (``kfold``, default 5) or of repeated random 60/10/30 splits (``paper``, default 1).
     split : ``kfold`` or ``paper`` (stratified by category x above/below-median score).
-    inputs : ``latents``, ``features`` (pretrained, the default) or ``both`` (concatenated).
+    inputs : a feature set of :mod:`memlens.features` (default ``lite01``: pretrained multi-stage features of
+        two ImageNet networks, extracted from the run's images and cached in the run), ``latents`` (the
+        autoencoder's), ``features`` (``features.npy``: pooled Lite0 head features from ``memlens score``)
+        or ``both`` (latents and features.npy, concatenated).
+    model : the model saved in ``predictor.pt``: ``svr`` (support-vector regression; with a feature set,
+        one per feature block, averaged) or ``mlp`` (:class:`MemorabilityRegressor`). Both are
+        cross-validated, with the ridge baseline, whichever is saved.
 
     Returns
     -------
@@ -1053,8 +1311,13 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     n_splits = int(cv) if cv is not None else (5 if split == "kfold" else 1)
     if split == "kfold" and n_splits < 2:
         raise ConfigError(f"--cv {n_splits}: k-fold cross-validation needs at least 2 folds")
+    if model not in MODELS:
+        raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     _torch_device(device)  # fail early on a bad device
     data = load_run_inputs(run, inputs)
+    from .features import FEATURE_SETS
+
+    svr_base = MemorabilitySVR(blocks=FEATURE_SETS[inputs].blocks() if inputs in FEATURE_SETS else None)
     if split == "kfold" and n_splits > len(data.y) // 2:
         raise DataError(f"{len(data.y)} images are too few for {n_splits} folds")
     strata = strata_labels(data.y, data.categories)
@@ -1064,12 +1327,13 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     ceiling, overall = _ceiling_fn(run, data.image_ids)
     log.info("fit-predictor: %d images, %d columns (%s), %s x%d", len(data.y), data.X.shape[1], inputs, split,
              n_splits)
-    res = cross_validate(data.X, data.y, splits, regressor=base, ceiling=ceiling, progress=progress)
+    res = cross_validate(data.X, data.y, splits, regressor=base, svr=svr_base, ceiling=ceiling, progress=progress)
     table = summarize_cv(res.table)
     for k, v in overall.items():  # the mean row: the ceiling of all images
         table.loc[table["fold"] == "mean", k] = v
     table.insert(2, "inputs", inputs)
     table.insert(3, "split", split)
+    table["saved"] = table["model"] == model  # the model kept in predictor.pt
     with atomic_path(run / "predictor_cv.csv") as tmp:
         table.to_csv(tmp, index=False)
     import pandas as pd
@@ -1081,15 +1345,17 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
 
     if progress is not None:
         progress("fitting the final model on every image")
-    final = MemorabilityRegressor(random_state=seed, **params).fit(data.X, data.y)
+    final = (clone(svr_base) if model == "svr" else MemorabilityRegressor(random_state=seed, **params)
+             ).fit(data.X, data.y)
     mean_rows = table[table["fold"] == "mean"].set_index("model")
     summary = {m: {c: _num(mean_rows.loc[m, c]) for c in ("spearman", "pearson", "mse", "auc")
                    if c in mean_rows.columns} for m in mean_rows.index}
-    info = {"inputs": inputs, "split": split, "n_splits": n_splits, "seed": seed, "n_images": len(data.y),
-            "cv": summary, "ceiling": overall, "final_epochs": final.best_epoch_}
+    info = {"inputs": inputs, "model": model, "split": split, "n_splits": n_splits, "seed": seed,
+            "n_images": len(data.y), "cv": summary, "ceiling": overall,
+            "final_epochs": getattr(final, "best_epoch_", None)}
     save_predictor(run / "predictor.pt", final, data.recipe, info=info)
     seconds = time.perf_counter() - t0
-    return {"table": table, "summary": summary, "ceiling": overall, "n_images": len(data.y),
+    return {"table": table, "summary": summary, "ceiling": overall, "n_images": len(data.y), "model": model,
             "n_features": int(data.X.shape[1]), "seconds": seconds,
             "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt"]}
 

@@ -33,15 +33,22 @@ def _fmt(v: float, digits: int = 3) -> str:
               help="kfold: K stratified folds (early stopping inside the training folds); paper: 60/10/30 "
                    "train/val/test stratified by category x above/below-median score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the splits and the MLP.")
-@click.option("--features", "features", type=click.Choice(["latents", "features", "both"]), default="features",
-              show_default=True, help="Inputs: the autoencoder's latents, pretrained ImageNet features, or both.")
+@click.option("--features", "features",
+              type=click.Choice(["lite01", "lite01-flip", "lite0-crop", "latents", "features", "both"]),
+              default="lite01", show_default=True,
+              help="Inputs: a pretrained feature set (lite01: EfficientNet-Lite0 + Lite1, multi-stage, aspect kept; "
+                   "extracted from the run's images and cached there), the autoencoder's latents, "
+                   "features.npy from memlens score, or latents + features.npy (both).")
+@click.option("--model", type=click.Choice(["svr", "mlp"]), default="svr", show_default=True,
+              help="Model saved in predictor.pt: support-vector regression (per feature block, averaged) or the MLP. "
+                   "Both are cross-validated, with a ridge baseline.")
 @click.option("--hidden", callback=_hidden, default="256", show_default=True,
               help="Hidden layer widths, comma-separated (e.g. 512,128).")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Upper bound on training epochs (early stopping usually ends sooner).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (training the MLP).")
-def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, hidden: tuple[int, ...],
-                  max_epochs: int, device: str) -> None:
+def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, model: str,
+                  hidden: tuple[int, ...], max_epochs: int, device: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.
 
     Reads RUN/per_image.csv (image_id, score, category), RUN/latent_ids.txt and RUN/features.npy and/or
@@ -59,18 +66,18 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
             click.echo(f"  {msg}", err=True)
 
     res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=features, hidden=hidden,
-                            max_epochs=max_epochs, device=device, progress=progress)
+                            max_epochs=max_epochs, device=device, model=model, progress=progress)
     table = res["table"]
     folds = table[table["fold"] != "mean"]
     n_folds = folds["fold"].nunique()
     click.echo(f"{res['n_images']} images, {res['n_features']} inputs ({features}), {split} split x{n_folds}, "
                f"seed {seed}")
     click.echo(f"{'model':<8}{'spearman':>16}{'pearson':>10}{'mse':>10}{'auc':>8}")
-    for model, g in folds.groupby("model", sort=False):
+    for name, g in folds.groupby("model", sort=False):
         rho = g["spearman"].astype(float)
         sd = rho.std(ddof=1) if len(rho) > 1 else float("nan")
         sd_txt = f" ± {sd:.3f}" if math.isfinite(sd) else ""
-        click.echo(f"{model:<8}{_fmt(rho.mean()) + sd_txt:>16}{_fmt(g['pearson'].astype(float).mean()):>10}"
+        click.echo(f"{name:<8}{_fmt(rho.mean()) + sd_txt:>16}{_fmt(g['pearson'].astype(float).mean()):>10}"
                    f"{_fmt(g['mse'].astype(float).mean(), 4):>10}{_fmt(g['auc'].astype(float).mean()):>8}")
     ceil = res.get("ceiling") or {}
     if ceil:
@@ -78,4 +85,5 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
                    f"Spearman-Brown {_fmt(ceil['noise_ceiling'])}")
     else:
         click.echo("noise ceiling: n/a (no split_halves.npz in the run)")
+    click.echo(f"predictor.pt holds the {model} model")
     click.echo(f"wrote {', '.join(str(p) for p in res['paths'])} ({time.perf_counter() - t0:.1f} s)")

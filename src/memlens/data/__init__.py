@@ -14,6 +14,7 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "Dataset": "memlens.data.layouts",
     "load_dataset": "memlens.data.layouts",
+    "load_run_dataset": "memlens.data.layouts",
     "detect_layout": "memlens.data.layouts",
     "LAYOUTS": "memlens.data.layouts",
     "validate_dataset": "memlens.data.validate",
@@ -21,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "read_image": "memlens.data.images",
     "prepare_image": "memlens.data.images",
     "load_image": "memlens.data.images",
+    "load_image_aspect": "memlens.data.images",
     "ImageCache": "memlens.data.cache",
     "ImageDataset": "memlens.data.images",
     "make_loader": "memlens.data.images",

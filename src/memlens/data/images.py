@@ -307,6 +307,31 @@ def load_image(path: str | os.PathLike, size: int, cache: ImageCache | None = No
     return arr
 
 
+def load_image_aspect(path: str | os.PathLike, short_side: int, max_aspect: float = 3.0,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image keeping its aspect ratio: ``uint8`` array (H, W, 3) with ``min(H, W) == short_side``.
+
+    One Lanczos resampling. An image more elongated than ``max_aspect`` keeps its centre
+    ``max_aspect`` x ``short_side`` part (panoramas would otherwise cost many times a normal image).
+    """
+    path = os.fspath(path)
+    if short_side < 1:
+        raise ValueError(f"short_side must be >= 1, got {short_side}")
+    if not max_aspect >= 1:
+        raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image, _, orientation, content = _decode(path, max_pixels, min_side=short_side)
+    cw, ch = content  # in the stored orientation; a centred box commutes with the EXIF flips/rotations
+    m = min(cw, ch)
+    keep_w, keep_h = min(cw, m * max_aspect), min(ch, m * max_aspect)
+    box = ((cw - keep_w) / 2.0, (ch - keep_h) / 2.0, (cw + keep_w) / 2.0, (ch + keep_h) / 2.0)
+    scale = short_side / m
+    size = (max(short_side, round(keep_w * scale)), max(short_side, round(keep_h * scale)))
+    out = _upright(image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0), orientation)
+    return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+
+
 def image_notes(path: str, tags: Sequence[str]) -> list[str]:
     """Conversion tags plus file-name remarks (upper-case extension, non-ASCII name) for one image."""
     out = list(tags)

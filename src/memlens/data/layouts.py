@@ -947,3 +947,38 @@ def _finalize(source: Path, layout: str, raw: _Raw, options: dict[str, Any],
         halves = SplitHalves(tuple(table["image_id"]), halves.half1[:, keep], halves.half2[:, keep])
     return _Collected(source=Path(os.path.abspath(source)), root=Path(root_abs), layout=layout, table=table, bad=bad, notes=notes,
                       halves=halves, options=options)
+
+
+def load_run_dataset(run: str | os.PathLike) -> Dataset:
+    """Reload the data set a run was made from, as ``RUN/dataset.json`` records it.
+
+    ``source`` (or ``root``) is the folder or table given to ``memlens train``; a relative one is tried
+    relative to the run too. Top-level ``image_col``/``score_col``/``category_col``/``score_variant``/
+    ``splits`` are reading options, and a ``layout`` inside ``options`` is ignored (the top-level one wins).
+    """
+    import json
+
+    from ..errors import RunDirError
+
+    run = Path(run)
+    path = run / "dataset.json"
+    if not path.is_file():
+        raise RunDirError(f"{path} not found: it records where the run's images are (written by memlens train); "
+                          "pass DATA")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        source = info.get("source") or info.get("root")
+    except (ValueError, AttributeError) as exc:
+        raise RunDirError(f"{path}: unreadable (expected JSON with 'source'; {exc})") from None
+    if not source:
+        raise RunDirError(f"{path} has no 'source': cannot find the run's images")
+    src = Path(source)
+    if not src.is_absolute() and not src.exists() and (run / src).exists():
+        src = run / src
+    options = dict(info.get("options") or {})
+    for key in ("image_col", "score_col", "category_col", "score_variant", "splits"):
+        if key in info and key not in options:
+            options[key] = info[key]
+    options.pop("layout", None)
+    return load_dataset(src, info.get("layout") or "auto", **options)
+

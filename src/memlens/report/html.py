@@ -906,6 +906,19 @@ def _oof_predictions(run: _Run) -> tuple[pd.DataFrame | None, str | None]:
     return oof, "predictor_oof.csv"
 
 
+_MODEL_NAMES = {"svr": "support-vector regression", "mlp": "MLP", "ridge": "ridge regression"}
+
+
+def _saved_model(run: _Run) -> str:
+    """The model kept in predictor.pt: predictor_cv.csv's ``saved`` column, else the MLP (older runs)."""
+    cv = run.csv("predictor_cv.csv")
+    if cv is not None and {"saved", "model"} <= set(cv.columns):
+        saved = cv[cv["saved"].astype(str).str.lower().isin(["true", "1"])]["model"]
+        if len(saved):
+            return str(saved.iloc[0])
+    return "mlp"
+
+
 def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
     cv = ctx.run.csv("predictor_cv.csv")
     if cv is None or cv.empty:
@@ -966,10 +979,14 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
             oof_rows.append((c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
                              fmt_p(st["p_value"])))
     inputs = {"features": "pretrained ImageNet features (EfficientNet-Lite0)", "latents": "the autoencoder's latent code",
-              "both": "the autoencoder's latent code and pretrained ImageNet features"}.get(res.get("inputs", ""),
-                                                                                             res.get("inputs"))
-    lead = ("Held-out accuracy of the memorability predictor (an MLP" + (f" on {esc(inputs)}" if inputs else "") +
-            ") next to a ridge-regression baseline, against the human noise ceiling"
+              "both": "the autoencoder's latent code and pretrained ImageNet features",
+              "lite01": "pretrained multi-stage features of EfficientNet-Lite0 and Lite1 (feature set lite01)",
+              }.get(res.get("inputs", ""), res.get("inputs"))
+    main = _saved_model(ctx.run)
+    res["saved_model"] = main
+    lead = (f"Held-out accuracy of the memorability predictor ({esc(_MODEL_NAMES.get(main, main))}, the model "
+            "saved for memlens predict" + (f", on {esc(inputs)}" if inputs else "") +
+            ") next to the other models and a ridge-regression baseline, against the human noise ceiling"
             + (f"; {esc(res['split'])} cross-validation" if res.get("split") else "") +
             ". Bars: mean over folds ± SD; dots: single folds.")
     parts = [f'<p class="lead">{lead}</p>']
@@ -977,17 +994,19 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
     if metric:
         figs.append(_figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency, ceiling=ceiling),
                                  "cross-validated prediction accuracy per model"))
-        best = res["models"].get("mlp", {}).get(f"{metric}_mean")
+        best = res["models"].get(main, {}).get(f"{metric}_mean")
         if best is None:
             best = max((e.get(f"{metric}_mean") for e in res["models"].values()
                         if e.get(f"{metric}_mean") is not None), default=None)
         if best is not None:
             ctx.headline["predictor"] = best
-    if oof is not None and "predicted_mlp" in oof.columns and "score" in oof.columns and res["oof"]["mlp"]["r"] is not None:
-        st = res["oof"]["mlp"]
+    col = f"predicted_{main}"
+    if oof is not None and col in oof.columns and "score" in oof.columns and res["oof"][main]["r"] is not None:
+        st = res["oof"][main]
+        label = _MODEL_NAMES.get(main, main)
         figs.append(_figure_html(
-            F.measure_scatter(pd.to_numeric(oof["predicted_mlp"], errors="coerce"), pd.to_numeric(oof["score"], errors="coerce"),
-                              xlabel="predicted memorability (MLP, out-of-fold)", r=st["r"], ci=(st["ci_low"], st["ci_high"]),
+            F.measure_scatter(pd.to_numeric(oof[col], errors="coerce"), pd.to_numeric(oof["score"], errors="coerce"),
+                              xlabel=f"predicted memorability ({label}, out-of-fold)", r=st["r"], ci=(st["ci_low"], st["ci_high"]),
                               n=st["n"], title="Out-of-fold prediction vs human score"),
             "out-of-fold predicted memorability against the human score",
             "Every image predicted by the model that did not see it in training."))
@@ -1078,10 +1097,11 @@ def _predicted_scores(ctx: _Ctx) -> tuple[pd.Series | None, str | None]:
             return v, "per_image.csv (predicted_score)"
     ids = df["image_id"].astype(str)
     oof, _ = _oof_predictions(ctx.run)
-    if oof is not None and "predicted_mlp" in oof.columns:
-        v = ids.map(dict(zip(oof["image_id"], pd.to_numeric(oof["predicted_mlp"], errors="coerce"), strict=True)))
+    main = _saved_model(ctx.run)
+    if oof is not None and f"predicted_{main}" in oof.columns:
+        v = ids.map(dict(zip(oof["image_id"], pd.to_numeric(oof[f"predicted_{main}"], errors="coerce"), strict=True)))
         if v.notna().any():
-            return v.astype(float), "predictor_oof.csv (MLP, out-of-fold)"
+            return v.astype(float), f"predictor_oof.csv ({_MODEL_NAMES.get(main, main)}, out-of-fold)"
     desc = ctx.run.csv("descriptors.csv")
     if desc is not None and {"image_id", "predicted_score"} <= set(desc.columns):
         m = dict(zip(desc["image_id"].astype(str), pd.to_numeric(desc["predicted_score"], errors="coerce"), strict=True))
