@@ -160,6 +160,25 @@ def test_score_layer_option(demo, tmp_path, capsys):
     assert rc == 1 and "layer 'nope' not found" in capsys.readouterr().err
 
 
+def test_score_precision_option(demo, tmp_path, capsys):
+    """--precision bfloat16 runs the autoencoder in bf16: float32 outputs, numbers close to float32's."""
+    import pandas as pd
+
+    runs = {}
+    for prec in ("float32", "bfloat16"):
+        run = _make_run(tmp_path / prec)
+        rc = main(["score", str(demo), "--run", str(run), "--metrics", "mse", "--feature-size", "32",
+                   "--precision", prec])
+        assert rc == 0, capsys.readouterr().err
+        runs[prec] = (pd.read_csv(run / "per_image.csv"), np.load(run / "latents.npy"))
+    a, b = runs["float32"], runs["bfloat16"]
+    assert b[1].dtype == np.float32
+    rel = np.abs(a[0]["recon_mse"] - b[0]["recon_mse"]) / a[0]["recon_mse"]
+    assert 0 < rel.max() < 0.1  # different arithmetic, same measurements within bf16's ~3 digits
+    assert np.corrcoef(a[0]["recon_mse"], b[0]["recon_mse"])[0, 1] > 0.99
+    assert main(["score", str(demo), "--run", str(tmp_path / "float32"), "--precision", "half"]) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
