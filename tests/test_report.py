@@ -491,8 +491,8 @@ def test_real_run_results_match_the_stage_files(real):
     cv = pd.read_csv(run / "predictor_cv.csv")
     folds, means = cv[cv.fold.astype(str) != "mean"], cv[cv.fold.astype(str) == "mean"]
     pred = results["predictor"]
-    assert pred["inputs"] == "latents"
-    for model in ("mlp", "ridge"):
+    assert pred["inputs"] == "latents" and pred["saved_model"] == "svr"  # fit-predictor's default model
+    for model in ("mlp", "svr", "ridge"):
         f = folds[folds.model == model]
         assert pred["models"][model]["n_folds"] == 3
         assert pred["models"][model]["spearman_mean"] == pytest.approx(f.spearman.astype(float).mean())
@@ -502,11 +502,11 @@ def test_real_run_results_match_the_stage_files(real):
     oof = pd.read_csv(run / "predictor_oof.csv")
     assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
 
-    # galleries: thumbnails of the real images, predicted = out-of-fold MLP predictions
+    # galleries: thumbnails of the real images, predicted = out-of-fold predictions of the saved model
     g = results["galleries"]
-    assert g["predicted_source"].startswith("predictor_oof.csv")
+    assert g["predicted_source"].startswith("predictor_oof.csv (support-vector regression")
     assert [t["image_id"] for t in g["human_top"]] == list(per_image.nlargest(len(g["human_top"]), "score").image_id)
-    top_pred = oof.nlargest(len(g["predicted_top"]), "predicted_mlp")
+    top_pred = oof.nlargest(len(g["predicted_top"]), "predicted_svr")
     assert [t["image_id"] for t in g["predicted_top"]] == list(top_pred.image_id)
     n_thumbs = sum(len(v) for v in g.values() if isinstance(v, list))
     assert _section(page, "galleries").count('src="data:image/jpeg;base64,') == n_thumbs == 4 * 8
