@@ -70,6 +70,18 @@ _PRETRAINED_WIDTH = 1280  # pooled EfficientNet-Lite head features
 # ==========================================================================================================
 # the estimator
 # ==========================================================================================================
+def _standardised_chunks(est: Any, X: Any) -> Any:
+    """Validate ``X`` for a fitted estimator and yield ``(rows, z-scored float64 rows, output array)`` in
+    chunks of :data:`_PRED_CHUNK` (a row's prediction never depends on the other rows)."""
+    X = validate_data(est, X, dtype=[np.float64, np.float32], reset=False)
+    out = np.empty(len(X))
+    if len(X) == 0:
+        yield slice(0, 0), np.empty((0, X.shape[1])), out
+    for a in range(0, len(X), _PRED_CHUNK):
+        sl = slice(a, a + _PRED_CHUNK)
+        yield sl, (np.asarray(X[sl], dtype=np.float64) - est.x_mean_) / est.x_scale_, out
+
+
 class MemorabilityRegressor(RegressorMixin, BaseEstimator):
     """Multi-layer perceptron regressor with early stopping (scikit-learn API, torch training).
 
@@ -279,15 +291,13 @@ class MemorabilityRegressor(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Predicted scores (n,), float64, in the units of the training target."""
         check_is_fitted(self, "coefs_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        out = np.empty(len(X))
-        for a in range(0, len(X), _PRED_CHUNK):
-            h = (np.asarray(X[a:a + _PRED_CHUNK], dtype=np.float64) - self.x_mean_) / self.x_scale_
+        out = np.empty(0)
+        for sl, h, out in _standardised_chunks(self, X):
             for i, (w, b) in enumerate(zip(self.coefs_, self.intercepts_, strict=True)):
                 h = h @ w.astype(np.float64) + b.astype(np.float64)
                 if i < len(self.coefs_) - 1:
                     np.maximum(h, 0, out=h)
-            out[a:a + _PRED_CHUNK] = h[:, 0] * self.y_scale_ + self.y_mean_
+            out[sl] = h[:, 0] * self.y_scale_ + self.y_mean_
         return out
 
     # -- torch / serialisation -----------------------------------------------------------------------
@@ -412,11 +422,9 @@ class MemorabilitySVR(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Predicted scores (n,), float64, in the units of the training target."""
         check_is_fitted(self, "support_vectors_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        out = np.empty(len(X))
-        for a in range(0, len(X), _PRED_CHUNK):
-            z = (np.asarray(X[a:a + _PRED_CHUNK], dtype=np.float64) - self.x_mean_) / self.x_scale_
-            out[a:a + _PRED_CHUNK] = self._decision(z) * self.y_scale_ + self.y_mean_
+        out = np.empty(0)
+        for sl, z, out in _standardised_chunks(self, X):
+            out[sl] = self._decision(z) * self.y_scale_ + self.y_mean_
         return out
 
     def to_torch(self) -> nn.Module:
