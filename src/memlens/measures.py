@@ -719,91 +719,12 @@ def score_run(
     DataFrame
         The per-image table as written to ``RUN/per_image.csv``.
     """
-    from ._io import atomic_write_bytes, atomic_write_text
-    from .data import load_dataset
-    from .errors import RunDirError
-    from .models import load_autoencoder
-    from .neighbors import distinctiveness
+    from .engines import _score_local
 
-    run = Path(run)
-    ckpt = run / "autoencoder.pt"
-    if not ckpt.is_file():
-        raise RunDirError(f"{run}: no autoencoder.pt (train first: memlens train DATA --out {run})")
-    if distinct_reference not in _REFERENCES:
-        raise ConfigError(f"distinctiveness reference must be one of {', '.join(_REFERENCES)}, "
-                          f"got {distinct_reference!r}")
-    if data is None:
-        ds = _dataset_from_run(run)
-    elif hasattr(data, "table"):
-        ds = data
-    else:
-        ds = load_dataset(data)
-    table = ds.table.reset_index(drop=True)
-    if len(table) == 0:
-        raise DataError(f"{getattr(ds, 'root', data)}: no images to score")
-    ref_args = _reference_args(table, distinct_reference)
-
-    dev = resolve_device(device)
-    model = load_autoencoder(ckpt)
-    before_file = run / "autoencoder_before.pt"
-    before = load_autoencoder(before_file) if before_file.is_file() else None
-
-    explicit = metrics is not None
-    names = [get_metric(m).name for m in (metrics if explicit else default_metrics())]
-    if not explicit and "lpips" in names:
-        try:
-            from .metrics import _lpips_model
-
-            _lpips_model(dev)
-        except Exception as exc:  # optional and not asked for: skip rather than fail the run
-            log.warning("lpips skipped: %s", exc)
-            names.remove("lpips")
-
-    result = score_images(
-        model, ds, metrics=names, before_model=before, batch_size=batch_size, device=dev, pool=pool,
-        latent_dtype=latent_dtype, latents_path=run / "latents.npy", features=True,
-        features_path=run / "features.npy", feature_size=feature_size, layer=layer, num_workers=num_workers,
-        cache=cache, progress=progress, precision=precision,
-    )
-    ids = result.table["image_id"].tolist()
-    if any("\n" in i for i in ids):  # pragma: no cover - ids are file paths
-        raise DataError("an image id contains a line break; latent_ids.txt cannot hold it")
-    atomic_write_text(run / "latent_ids.txt", "".join(f"{i}\n" for i in ids))
-
-    out = pd.DataFrame({c: table[c] for c in _LEADING if c in table.columns})
-    for col in result.table.columns[1:]:
-        out[col] = result.table[col].to_numpy()
-    exposure = _exposure_losses(run)
-    if exposure is not None:
-        out["recon_exposure"] = table["image_id"].map(exposure).astype(float).to_numpy()
-    dist_kw = {"k": distinct_k, "metric": distinct_metric, **ref_args}
-    out["distinctiveness"] = distinctiveness(result.latents, **dist_kw)
-    out["distinctiveness_features"] = distinctiveness(result.features, **dist_kw)
-    passthrough = [c for c in table.columns if c not in out.columns]
-    clashes = [c for c in table.columns if c in out.columns and c not in _LEADING]
-    if clashes:
-        log.warning("source columns replaced by computed ones: %s", ", ".join(clashes))
-    for c in passthrough:
-        out[c] = table[c].to_numpy()
-    with atomic_path(run / "per_image.csv") as tmp:
-        out.to_csv(tmp, index=False)
-
-    halves = getattr(ds, "halves", None)
-    root_halves = Path(getattr(ds, "root", "")) / "split_halves.npz" if getattr(ds, "root", None) else None
-    if halves is not None:
-        _write_npz(run / "split_halves.npz", {"image": np.array(halves.image_ids, dtype=str),
-                                               "half1": np.asarray(halves.half1), "half2": np.asarray(halves.half2)})
-    elif root_halves is not None and root_halves.is_file():
-        atomic_write_bytes(run / "split_halves.npz", root_halves.read_bytes())
-    _record_settings(run, {
-        "data": str(getattr(ds, "source", None) or getattr(ds, "root", "")), "metrics": names,
-        "layer": layer, "pool": pool, "latent_dtype": latent_dtype, "latent_shape": list(result.latent_shape),
-        "latent_dim": int(result.latents.shape[1]), "image_size": result.info["image_size"],
-        "feature_size": feature_size, "features": "efficientnet_lite0 head, average-pooled",
-        "distinct_k": int(distinct_k), "distinct_metric": distinct_metric, "distinct_reference": distinct_reference,
-        "batch_size": int(batch_size), "before": before is not None, "exposure": exposure is not None,
-        "precision": result.info["precision"],
-    })
-    log.info("wrote %s (%d images, %d columns)", run / "per_image.csv", len(out), out.shape[1])
-    out.attrs["info"] = result.info
-    return out
+    # one implementation of "score the images, then write the run files": the engines' local path with the
+    # exact neighbour search (memlens.neighbors.distinctiveness)
+    return _score_local(run, data, index="exact", index_options=None, metrics=metrics, batch_size=batch_size,
+                        layer=layer, pool=pool, latent_dtype=latent_dtype, distinct_k=distinct_k,
+                        distinct_metric=distinct_metric, distinct_reference=distinct_reference,
+                        feature_size=feature_size, progress=progress, precision=precision,
+                        num_workers=num_workers, device=device, cache=cache)

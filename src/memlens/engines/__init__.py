@@ -10,9 +10,9 @@
   (FAISS approximate; their recall against exact search is measured on a random sample and recorded in
   ``RUN/index.json`` and ``RUN/config.json``). See :mod:`memlens.index`.
 
-``engine="local", index="exact"`` is exactly :func:`memlens.measures.score_run`. The other combinations run
-the same scoring code (:func:`memlens.measures.score_images`) and write the same files through
-:func:`finish_run`, which mirrors the second half of :func:`memlens.measures.score_run`.
+``engine="local", index="exact"`` is exactly :func:`memlens.measures.score_run`, which is implemented here
+(:func:`prepare_run` + :func:`memlens.measures.score_images` + :func:`finish_run`); the Ray engine runs the
+same scoring code on shards and writes the same files through :func:`finish_run`.
 """
 
 from __future__ import annotations
@@ -260,10 +260,6 @@ def score_run(
                              cpus_per_worker=cpus_per_worker, shard_size=shard_size, keep_shards=keep_shards,
                              index=index, index_options=index_options, device=device, decode_workers=num_workers,
                              _inject=_inject, **common)
-    if index == "exact" and not index_options:
-        from ..measures import score_run as local_score_run
-
-        return local_score_run(run, data, num_workers=num_workers, device=device, cache=cache, **common)
     return _score_local(run, data, index=index, index_options=index_options, num_workers=num_workers,
                         device=device, cache=cache, **common)
 
@@ -272,7 +268,7 @@ def _score_local(run: Any, data: Any, *, index: str, index_options: dict[str, An
                  batch_size: int, layer: str | None, pool: str, latent_dtype: str, distinct_k: int,
                  distinct_metric: str, distinct_reference: str, feature_size: int | None, progress: Any,
                  precision: str, num_workers: int, device: str, cache: Any) -> Any:
-    """The local engine with a FAISS index: :func:`memlens.measures.score_images` + :func:`finish_run`."""
+    """The local engine: :func:`prepare_run` + :func:`memlens.measures.score_images` + :func:`finish_run`."""
     from ..measures import score_images
     from ..models import load_autoencoder
 
