@@ -90,7 +90,8 @@ def _assert_same_run(run, ref):
     ca = json.loads((ref / "config.json").read_text())["score"]
     cb = json.loads((run / "config.json").read_text())["score"]
     assert ca.pop("engine") == "local" and cb.pop("engine") == "ray"
-    assert cb == ca  # the same settings otherwise
+    assert {k: v for k, v in cb.items() if k in ca} == ca  # the same settings, plus the Ray ones
+    assert set(cb) - set(ca) <= {"shard_size", "workers", "address", "gpus_per_worker"}
 
 
 def test_cli_ray_engine_matches_single_process(cluster, demo, reference, tmp_path, capsys):
