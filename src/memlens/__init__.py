@@ -42,7 +42,10 @@ _EXPORTS: dict[str, str] = {
     "split_half_reliability": "memlens.stats",
     # prediction and explanation
     "MemorabilityRegressor": "memlens.predict",
+    "MemorabilitySVR": "memlens.predict",
     "MemorabilityModel": "memlens.predict",
+    "extract_feature_set": "memlens.features",
+    "list_feature_sets": "memlens.features",
     "integrated_gradients": "memlens.explain",
     "visual_descriptors": "memlens.explain",
 }
