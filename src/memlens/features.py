@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["FeatureSet", "FEATURE_SETS", "DEFAULT_FEATURE_SET", "get_feature_set", "list_feature_sets",
            "FeatureSetExtractor", "extract_feature_set"]
@@ -52,7 +55,6 @@ class FeatureSet:
     flip: bool = False
     max_aspect: float = 3.0
     description: str = ""
-    widths: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def load_size(self) -> int:
@@ -121,13 +123,7 @@ def get_feature_set(name: str | FeatureSet) -> FeatureSet:
     return FEATURE_SETS[name]
 
 
-def _torch_module_base() -> type:
-    import torch.nn as nn
-
-    return nn.Module
-
-
-class FeatureSetExtractor(_torch_module_base()):  # type: ignore[misc]
+class FeatureSetExtractor(nn.Module):
     """Frozen module: images in [0, 1] (N, 3, H, W) -> feature-set columns (N, F) float32.
 
     Images of any size are resized so that their shorter side is each network's resolution (aspect kept),
@@ -136,8 +132,6 @@ class FeatureSetExtractor(_torch_module_base()):  # type: ignore[misc]
     """
 
     def __init__(self, feature_set: str | FeatureSet = DEFAULT_FEATURE_SET, weights: dict[str, str] | None = None):
-        import torch.nn as nn
-
         from .models.efficientnet import efficientnet_lite, fuse_batchnorm
 
         super().__init__()
@@ -153,9 +147,7 @@ class FeatureSetExtractor(_torch_module_base()):  # type: ignore[misc]
     def train(self, mode: bool = True) -> FeatureSetExtractor:  # noqa: D102 - always frozen
         return super().train(False)
 
-    def _resize(self, x: Any, side: int) -> Any:
-        import torch.nn.functional as F
-
+    def _resize(self, x: torch.Tensor, side: int) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.feature_set.aspect == "crop" and h != w:
             m = min(h, w)
@@ -169,9 +161,7 @@ class FeatureSetExtractor(_torch_module_base()):  # type: ignore[misc]
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
     @staticmethod
-    def _pool(net: Any, x: Any) -> Any:
-        import torch
-
+    def _pool(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         from .models.efficientnet import normalize_lite
 
         st = net.forward_stages(normalize_lite(x))
@@ -179,9 +169,7 @@ class FeatureSetExtractor(_torch_module_base()):  # type: ignore[misc]
         parts += [st[j].flatten(2).std(dim=2) for j in STD_STAGES]
         return torch.cat(parts, dim=1)
 
-    def forward(self, x: Any, check: bool = True) -> Any:
-        import torch
-
+    def forward(self, x: torch.Tensor, check: bool = True) -> torch.Tensor:
         if check:
             from .models.base import check_image_range
 
@@ -204,8 +192,6 @@ def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DE
     Images of one shape are batched (``batch_size``); the result does not depend on the batching.
     Raises :class:`memlens.errors.ImageReadError` for an unreadable file.
     """
-    import torch
-
     from .data.images import load_image, load_image_aspect
 
     fs = get_feature_set(feature_set)
