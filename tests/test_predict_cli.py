@@ -91,7 +91,7 @@ def test_feature_set_predictor_scores_new_files_as_it_was_fitted(run, tmp_path):
     assert raw["recipe"] == [{"kind": "featureset", "name": "lite01", "pool": "none", "layer": None, "size": None,
                               "dim": 4336}]
     assert raw["head"]["type"] == "svr" and len(raw["head"]["blocks"]) == 4
-    ids = (r / "featureset_lite01_ids.txt").read_text().split()
+    ids = [line.split("\t")[0] for line in (r / "featureset_lite01_ids.txt").read_text().splitlines()]
     X = np.load(r / "featureset_lite01.npy")
     assert X.shape == (len(ids), 4336)
     files = [run.data / i for i in ids[:6]]
@@ -102,6 +102,18 @@ def test_feature_set_predictor_scores_new_files_as_it_was_fitted(run, tmp_path):
     mtime = (r / "featureset_lite01.npy").stat().st_mtime_ns
     assert main(["fit-predictor", str(r), "--features", "lite01", "--cv", "2", "--max-epochs", "5"]) == 0
     assert (r / "featureset_lite01.npy").stat().st_mtime_ns == mtime
+    # an image file that changed since invalidates the cache: features are extracted again
+    from PIL import Image
+
+    changed = run.data / ids[0]
+    backup = changed.read_bytes()
+    try:
+        Image.new("RGB", (32, 32), (250, 10, 10)).save(changed, format="JPEG")
+        assert main(["fit-predictor", str(r), "--features", "lite01", "--cv", "2", "--max-epochs", "5"]) == 0
+        X2 = np.load(r / "featureset_lite01.npy")
+        assert not np.allclose(X2[0], X[0]) and np.allclose(X2[1:], X[1:], atol=1e-5)
+    finally:
+        changed.write_bytes(backup)
 
 
 def test_explain_runs_on_a_feature_set_predictor(run, tmp_path):

@@ -1132,7 +1132,8 @@ def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str],
     """Feature-set columns of a run's images (rows in ``image_ids`` order), cached in the run directory.
 
     The images are found through ``RUN/dataset.json``. The cache is ``RUN/featureset_<name>.npy`` with
-    ``RUN/featureset_<name>_ids.txt``; it is reused when it holds every requested id.
+    ``RUN/featureset_<name>_ids.txt`` (one ``id<TAB>size<TAB>mtime_ns`` line per row); it is reused when it
+    holds every requested id with its file unchanged (same size and modification time), else rebuilt.
     """
     from ._io import atomic_path, atomic_write_text
     from .data import load_run_dataset
@@ -1142,21 +1143,33 @@ def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str],
     run = Path(run)
     fs = get_feature_set(name)
     cache, cache_ids = run / f"featureset_{fs.name}.npy", run / f"featureset_{fs.name}_ids.txt"
-    if cache.is_file() and cache_ids.is_file():
-        ids = _read_ids(cache_ids)
-        pos = {i: k for k, i in enumerate(ids)}
-        try:
-            mat = np.load(cache, mmap_mode="r")
-        except (ValueError, OSError):
-            mat = None
-        if mat is not None and mat.shape == (len(ids), fs.n_features) and all(i in pos for i in image_ids):
-            log.info("feature set %s: read from %s", fs.name, cache)
-            return np.asarray(mat[[pos[i] for i in image_ids]], dtype=np.float32)
     table = load_run_dataset(run).table
     paths = dict(zip(table["image_id"].astype(str), table["path"], strict=True))
     missing = [i for i in image_ids if i not in paths]
     if missing:
         raise DataError(f"{len(missing)} images of the run are not in its data set (e.g. {missing[0]!r})")
+
+    def stamp(i: str) -> str:
+        try:
+            st = os.stat(paths[i])
+        except OSError:
+            return "missing"
+        return f"{st.st_size}\t{st.st_mtime_ns}"
+
+    stamps = {i: stamp(i) for i in image_ids}
+    if cache.is_file() and cache_ids.is_file():
+        rows = [line.split("\t", 1) for line in _read_ids(cache_ids)]
+        pos = {r[0]: k for k, r in enumerate(rows)}
+        old = {r[0]: (r[1] if len(r) > 1 else "") for r in rows}
+        try:
+            mat = np.load(cache, mmap_mode="r")
+        except (ValueError, OSError):
+            mat = None
+        if (mat is not None and mat.shape == (len(rows), fs.n_features)
+                and all(i in pos and old[i] == stamps[i] for i in image_ids)):
+            log.info("feature set %s: read from %s", fs.name, cache)
+            return np.asarray(mat[[pos[i] for i in image_ids]], dtype=np.float32)
+        log.info("feature set %s: %s is stale or incomplete; extracting again", fs.name, cache)
     t0 = time.perf_counter()
     if progress is not None:
         progress(f"extracting {fs.name} features of {len(image_ids)} images")
@@ -1165,7 +1178,7 @@ def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str],
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, X)
-    atomic_write_text(cache_ids, "".join(f"{i}\n" for i in image_ids))
+    atomic_write_text(cache_ids, "".join(f"{i}\t{stamps[i]}\n" for i in image_ids))
     return X
 
 
