@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .neighbors import _group_codes as _groups_of
+from .neighbors import _reference_mask
 
 __all__ = ["INDEX_KINDS", "ApproxIndex", "IndexReport", "ShardedLatents", "distinctiveness_index", "nearest_index",
            "exact_knn", "estimate_index_bytes", "choose_encoding", "recall_at_k", "require_faiss"]
@@ -568,28 +570,7 @@ def recall_at_k(found_dist: np.ndarray, true_dist: np.ndarray, rtol: float = 1e-
 # public entry points
 
 
-def _groups_of(groups: Any, n: int) -> np.ndarray:
-    if groups is None:
-        return np.zeros(n, dtype=np.int64)
-    labels = np.asarray(list(groups), dtype=object)
-    if len(labels) != n:
-        raise ValueError(f"groups must have one label per row ({n}), got {len(labels)}")
-    keys = ["<nan>" if isinstance(x, float) and math.isnan(x) else x for x in labels]
-    codes: dict[Any, int] = {}
-    return np.array([codes.setdefault(key, len(codes)) for key in keys], dtype=np.int64)
 
-
-def _reference_mask(reference: Any, n: int) -> np.ndarray:
-    if reference is None:
-        return np.ones(n, dtype=bool)
-    ref = np.asarray(reference)
-    if ref.dtype == bool:
-        if ref.shape != (n,):
-            raise ValueError(f"a boolean reference mask must have shape ({n},), got {ref.shape}")
-        return ref.copy()
-    mask = np.zeros(n, dtype=bool)
-    mask[ref.astype(np.int64)] = True
-    return mask
 
 
 def nearest_index(
