@@ -17,8 +17,10 @@ The reference approach, re-implemented plainly as the published scripts work:
 
 memlens's path: ``memlens.measures.score_images`` (batched, ``torch.inference_mode``, channels-last, a cold
 decode cache, the latent rows streamed into one memory-mapped ``.npy`` matrix) then
-``memlens.neighbors.distinctiveness(k=1)`` on that matrix; once per ``--precision`` (float32, and bfloat16
-autocast where the hardware runs it natively).
+``memlens.neighbors.distinctiveness(k=1)`` on that matrix; once per ``--precision`` (float32, bfloat16
+autocast where the hardware runs it natively, and int8 on the CPU: an int8 copy of the model made by
+``memlens.quantize.quantize_autoencoder`` from the 8 images ``memlens score`` would pick (spread over the
+collection), once per run, inside the timed score stage).
 
 The paths run interleaved, block by block (``--block`` images, default 50; each block one ``score_images``
 call), in rotating order, so that on a shared machine every path sees the same load; ``--block 0`` runs
@@ -26,7 +28,8 @@ each path over all images in one go. Each stage's wall time and CPU (process) ti
 
 Both paths decode with the same pixel pipeline (``memlens.data`` read/resize/crop), so their per-image
 numbers can be compared exactly: the float32 path must agree with the reference within ``--rtol`` (MSE and
-1-NN distance), the bf16 path within ``--rtol-bf16``; the exit status is 1 when a check fails.
+1-NN distance), the bf16 path within ``--rtol-bf16``, the int8 path within ``--rtol-int8``; the exit status
+is 1 when a check fails.
 
 The model: ``--checkpoint`` (a memlens ``autoencoder.pt``), else ``create_autoencoder(backbone, init,
 seed)``; a model built from scratch gets its batch-norm statistics set from ``--calibrate`` of the images
@@ -197,7 +200,7 @@ class MemlensPath:
     """
 
     def __init__(self, model, n: int, size: int, device, workdir: Path, batch_size: int, num_workers: int,
-                 precision: str):
+                 precision: str, calibration: list[str] | None = None):
         import torch
 
         from memlens.data import ImageCache
@@ -214,11 +217,19 @@ class MemlensPath:
         self.rows = 0
         self.mse: list[np.ndarray] = []
         self.info: dict = {}
+        self.calibration = calibration
 
     def run_block(self, paths: list[str]) -> None:
         from memlens.measures import score_images
+        from memlens.quantize import Int8Autoencoder, quantize_autoencoder
 
         with self.timer(SCORE):
+            if self.precision == "int8" and not isinstance(self.model, Int8Autoencoder):
+                # one int8 copy for the whole run (as one `memlens score` call makes), its cost timed here
+                from memlens.data import load_image
+
+                cal = [torch_image(load_image(p, self.size)) for p in self.calibration]
+                self.model = quantize_autoencoder(self.model, cal)
             res = score_images(self.model, paths, metrics=("mse",), features=False, batch_size=self.batch_size,
                                device=self.device, cache=self.cache, image_size=self.size,
                                num_workers=self.num_workers, precision=self.precision)
@@ -239,6 +250,27 @@ class MemlensPath:
             d = distinctiveness(np.load(self.latents_path, mmap_mode="r"), k=1,
                                 device="cuda" if self.device.type == "cuda" else "cpu")
         return np.concatenate(self.mse), d
+
+
+def torch_image(arr: np.ndarray):
+    """A prepared uint8 (H, W, 3) image as a float (1, 3, H, W) tensor in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255.0).unsqueeze(0)
+
+
+def int8_available(model, size: int) -> str | None:
+    """None when an int8 copy of ``model`` can be made here, else the reason (one line)."""
+    import torch
+
+    from memlens.errors import ConfigError
+    from memlens.quantize import quantize_autoencoder
+
+    try:
+        quantize_autoencoder(model, torch.rand(1, 3, size, size))
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 def decode_side_measurement(paths: list[str], size: int, workdir: Path) -> dict[str, float]:
@@ -303,7 +335,7 @@ def warm_up(model, size: int, device, batch_size: int, precision: str) -> None:
         model(torch.rand(1, 3, size, size, device=device))
         x = torch.rand(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
         model.to(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision != "float32"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             model(x)
         model.to(memory_format=torch.contiguous_format)
 
@@ -336,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
     ap.add_argument("--batch-size", type=int, default=16, help="memlens batch size (default 16)")
     ap.add_argument("--num-workers", type=int, default=0, help="memlens DataLoader workers (default 0)")
-    ap.add_argument("--precision", choices=("auto", "float32", "bfloat16", "both"), default="auto",
+    ap.add_argument("--precision", choices=("auto", "float32", "bfloat16", "int8", "both", "all"), default="auto",
                     help="memlens path(s): auto = float32, plus bfloat16 where the hardware has native bf16 "
-                         "(CUDA, or a CPU with AVX512-BF16/AMX)")
+                         "(CUDA, or a CPU with AVX512-BF16/AMX), plus int8 on the CPU where the backbone can be "
+                         "quantized; both = float32 and bfloat16; all = the three")
     ap.add_argument("--reference-passes", type=int, choices=(1, 2), default=1,
                     help="1: one loop computes MSE and saves latents (default, the cheaper reference); "
                          "2: separate loops (scoring script, then latent script)")
@@ -349,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="images used to set a scratch model's batch-norm statistics (default 32; 0: none)")
     ap.add_argument("--rtol", type=float, default=1e-4, help="float32 agreement tolerance (default 1e-4)")
     ap.add_argument("--rtol-bf16", type=float, default=2e-2, help="bf16 agreement tolerance (default 2e-2)")
+    ap.add_argument("--rtol-int8", type=float, default=5e-2, help="int8 agreement tolerance (default 5e-2)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -359,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from memlens.measures import resolve_device
     from memlens.models import get_spec
+    from memlens.quantize import calibration_indices
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -371,8 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision == "auto":
         native_bf16 = device.type == "cuda" or bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
         precisions = ["float32", "bfloat16"] if native_bf16 else ["float32"]
+        if device.type == "cpu":
+            precisions.append("int8")
     elif args.precision == "both":
         precisions = ["float32", "bfloat16"]
+    elif args.precision == "all":
+        precisions = ["float32", "bfloat16", "int8"]
     else:
         precisions = [args.precision]
 
@@ -396,6 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, how = build_model(args, paths, size, device)
         print(f"data: {len(paths)} images from {args.data}, {size} px; model: {how}")
+        if "int8" in precisions:
+            why = "int8 runs on the CPU only" if device.type != "cpu" else int8_available(model, size)
+            if why is not None:
+                if args.precision != "auto":
+                    print(f"reference_vs_memlens.py: {why}", file=sys.stderr)
+                    return 2
+                print(f"int8 left out: {why}")
+                precisions.remove("int8")
         print(f"reference: batch 1, {args.reference_passes} pass(es); memlens: batch {args.batch_size}, "
               f"workers {args.num_workers}, precision {', '.join(precisions)}; interleaved in blocks of "
               f"{args.block or len(paths)} images")
@@ -403,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(model, size, device, args.batch_size, p)
 
         ref = ReferencePath(model, size, device, workdir, args.reference_passes)
-        mls = {p: MemlensPath(model, len(paths), size, device, workdir, args.batch_size, args.num_workers, p)
+        mls = {p: MemlensPath(model, len(paths), size, device, workdir, args.batch_size, args.num_workers, p,
+                              calibration=[paths[i] for i in calibration_indices(len(paths))])
                for p in precisions}
         runners = {"reference": ref, **mls}
         names = list(runners)
@@ -474,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         total_line += f"{tot:22.2f}{fmt_ratio(ref_total, tot):>9}"
         cpu_line += f"{tot_cpu:22.2f}{fmt_ratio(ref_total_cpu, tot_cpu):>9}"
         a_mse, a_nn = agreement(ref_mse, mse), agreement(ref_nn, nn_d)
-        tol = args.rtol if p == "float32" else args.rtol_bf16
+        tol = {"float32": args.rtol, "bfloat16": args.rtol_bf16, "int8": args.rtol_int8}[p]
         passed = a_mse["max_rel_diff"] <= tol and a_nn["max_rel_diff"] <= tol
         ok &= passed
         results[p] = {

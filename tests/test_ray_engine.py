@@ -143,6 +143,27 @@ def test_dead_worker_is_retried_and_rerun_skips_complete_shards(cluster, demo, r
     np.testing.assert_allclose(table["recon_mse"], pd.read_csv(reference / "per_image.csv")["recon_mse"], rtol=1e-4)
 
 
+def test_int8_shards_share_one_calibration(cluster, demo, tmp_path):
+    """precision int8 through Ray: every shard calibrates on the collection's images, as the local run does."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = local_score_run(_make_run(tmp_path / "local"), demo, metrics=["mse"], feature_size=FEATURE_SIZE,
+                                device="cpu", precision="int8")
+    finally:
+        torch.set_num_threads(n)
+    table = score_run(_make_run(tmp_path / "ray"), demo, engine="ray", workers=2, shard_size=8, metrics=["mse"],
+                      feature_size=FEATURE_SIZE, precision="int8")
+    assert table.attrs["info"]["shards"] == 5
+    for col in ("recon_mse", "recon_mse_before", "distinctiveness"):
+        np.testing.assert_allclose(table[col], local[col], rtol=1e-5, atol=1e-8, err_msg=col)
+    np.testing.assert_allclose(np.load(tmp_path / "ray" / "latents.npy"), np.load(tmp_path / "local" / "latents.npy"),
+                               rtol=1e-5, atol=1e-6)
+    ca = json.loads((tmp_path / "local" / "config.json").read_text())["score"]
+    cb = json.loads((tmp_path / "ray" / "config.json").read_text())["score"]
+    assert ca["precision"] == cb["precision"] == "int8" and ca["int8"] == cb["int8"]
+
+
 def test_missing_extra_and_bad_settings_are_clear(demo, tmp_path, monkeypatch, capsys):
     import sys
 

@@ -56,9 +56,12 @@ def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None
               "hnsw (approximate; recall written to RUN/index.json; needs memlens[faiss]).")
 @click.option("--index-memory-mb", type=click.FloatRange(min=1), default=2048, show_default=True,
               help="Memory budget of the FAISS index (ivf/hnsw pick a compressed encoding to fit it).")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Autocast dtype of the autoencoder passes: bfloat16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX "
-                   "and on GPUs; the stored numbers stay float32 (docs/benchmarks.md shows the differences).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32",
+              show_default=True,
+              help="Arithmetic of the autoencoder passes: bfloat16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX "
+                   "and on GPUs; int8 (CPU only; vgg16 and small) runs quantized copies calibrated on the first 8 "
+                   "images, about 4x float32 on CPUs with AVX512-VNNI. The stored numbers stay float32; "
+                   "docs/benchmarks.md shows how far they move.")
 def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] | None, layer: str | None,
           pool: str, latent_dtype: str, distinct_k: int, distinct_metric: str, distinct_reference: str,
           feature_size: int, workers: int, device: str, engine: str, address: str | None,
@@ -109,6 +112,9 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
     click.echo(f"columns: {', '.join(recon + ['distinctiveness', 'distinctiveness_features'])}")
     click.echo(f"wrote {run_dir / 'per_image.csv'}, {run_dir / 'latents.npy'} (+ latent_ids.txt), "
                f"{run_dir / 'features.npy'}")
+    if info.get("precision") == "int8" and "int8_calibration_max_rel_mse" in info:
+        click.echo(f"int8: activation ranges from {info.get('int8_calibration_images')} images; on them the "
+                   f"per-image MSE moved by at most {100 * info['int8_calibration_max_rel_mse']:.2f} % from float32")
     for col, rep in (info.get("index_reports") or {}).items():
         if rep.get("recall") is not None:
             click.echo(f"{col}: {index} index ({rep['encoding']}), recall@{rep['recall_k']} = {rep['recall']:.4f} "

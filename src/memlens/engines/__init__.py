@@ -182,6 +182,9 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         "batch_size": int(batch_size), "before": job.before_checkpoint is not None,
         "exposure": exposure is not None, "precision": info.get("precision", "float32"), "index": index,
     }
+    if record["precision"] == "int8":
+        record["int8"] = {k[5:]: info[k] for k in ("int8_calibration_images", "int8_engine", "int8_activation_bits",
+                                                   "int8_calibration_max_rel_mse") if k in info}
     if index != "exact":
         record["index_recall"] = {c: r.get("recall") for c, r in reports.items()}
         atomic_write_json(run / "index.json", reports)

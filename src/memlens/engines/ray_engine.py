@@ -231,6 +231,7 @@ class _ShardScorer:
             features_path=self.out_dir / f"{name}.features.npy", feature_size=opts["feature_size"],
             feature_model=self.fmodel, layer=opts["layer"], image_size=opts["image_size"],
             num_workers=opts.get("decode_workers", 0), precision=opts.get("precision", "float32"),
+            calibration=opts.get("calibration"),
         )
         table = result.table
         table.insert(0, "row", np.arange(start, start + len(table), dtype=np.int64))
@@ -242,6 +243,7 @@ class _ShardScorer:
             "latent_shape": list(result.latent_shape), "image_size": result.info["image_size"],
             "device": str(self.device), "pid": self.pid, "seconds": seconds,
             "precision": result.info.get("precision", "float32"),
+            **{k: v for k, v in result.info.items() if k.startswith("int8_")},
         })
         return {"shard": shard, "n": len(table), "seconds": seconds, "pid": self.pid, "device": str(self.device)}
 
@@ -289,6 +291,7 @@ def _merge(folder: Path, run: Path, plan: list[tuple[int, int]], ids: list[str],
     features = np.load(run / "features.npy", mmap_mode="r")
     info = {"image_size": metas[0].get("image_size"), "latent_dtype": latent_dtype,
             "precision": metas[0].get("precision", "float32"),
+            **{k: v for k, v in metas[0].items() if k.startswith("int8_")},
             "devices": sorted({m.get("device") for m in metas}), "worker_pids": sorted({m.get("pid") for m in metas})}
     return ScoreResult(table, latents, run / "latents.npy", tuple(metas[0]["latent_shape"]), features,
                        run / "features.npy", info)
@@ -362,8 +365,8 @@ def score_run_ray(
     keep_shards : keep ``RUN/shards/`` after the merge (default: removed once the run files are written).
     index, index_options : neighbour index for distinctiveness (:func:`memlens.index.distinctiveness_index`).
     device : ``"auto"`` (an actor's GPU when it has one, else CPU), ``"cpu"`` or ``"cuda"``.
-    precision : ``"float32"`` or ``"bfloat16"`` autocast of the autoencoders (see
-        :func:`memlens.measures.score_images`).
+    precision : ``"float32"``, ``"bfloat16"`` or ``"int8"`` (CPU; every actor calibrates on the collection's
+        first images, so all shards use the same int8 model); see :func:`memlens.measures.score_images`.
     decode_workers : DataLoader decode processes inside each actor.
 
     Returns
@@ -462,6 +465,10 @@ def score_run_ray(
                        "device": "cpu" if device == "cpu" else ("auto" if device == "auto" else device),
                        "decode_workers": int(decode_workers), "precision": precision}
             paths = table["path"].astype(str).tolist()
+            if precision == "int8":  # every shard's int8 model: calibrated on the images a local run would use
+                from ..quantize import calibration_indices
+
+                options["calibration"] = [paths[i] for i in calibration_indices(len(paths))]
             frames = [pd.DataFrame({"shard": [k], "start": [plan[k][0]], "image_id": [ids[plan[k][0]:plan[k][1]]],
                                     "path": [paths[plan[k][0]:plan[k][1]]]}) for k in pending]
             t0 = time.perf_counter()
