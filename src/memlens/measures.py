@@ -25,8 +25,8 @@ equal the contiguous-format ones up to float rounding. On the CPU the autoencode
 forward passes under bf16 autocast (the fast path on GPUs and on CPUs with AVX512-BF16/AMX, about 2x on
 the CPU measured); metrics are then still computed in float32, on the bf16 reconstruction, and per-image
 numbers move by about 1e-3 relative, so float32 stays the default. ``precision="int8"`` (CPU only) runs
-int8 copies of the autoencoders (:mod:`memlens.quantize`), calibrated on the first images scored: about 4x
-float32 for vgg16 on CPUs with AVX512-VNNI, per-image numbers within about 1-2 % of float32.
+int8 copies of the autoencoders (:mod:`memlens.quantize`), calibrated on 8 of the images: about 4x float32
+for vgg16 on CPUs with AVX512-VNNI, per-image numbers within a few percent of float32 (median about 0.1-0.5 %).
 """
 
 from __future__ import annotations
@@ -493,7 +493,7 @@ def score_images(
     precision : ``"float32"`` (default), ``"bfloat16"`` (``"bf16"``): autocast dtype of the autoencoder
         forward passes, or ``"int8"`` (CPU only): the autoencoders run as int8 copies made by
         :func:`memlens.quantize.quantize_autoencoder` (about 2x bf16 and 4x float32 for vgg16 on a CPU with
-        AVX512-VNNI; reconstruction errors within about 1-2 % of float32). Metrics, latents and features
+        AVX512-VNNI; reconstruction errors within a few percent of float32). Metrics, latents and features
         are float32 either way.
     channels_last : run the autoencoders in the channels-last memory format (faster convolutions; the
         models' memory format is restored afterwards).

@@ -59,7 +59,7 @@ def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32",
               show_default=True,
               help="Arithmetic of the autoencoder passes: bfloat16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX "
-                   "and on GPUs; int8 (CPU only; vgg16 and small) runs quantized copies calibrated on the first 8 "
+                   "and on GPUs; int8 (CPU only; vgg16 and small) runs quantized copies calibrated on 8 of the "
                    "images, about 4x float32 on CPUs with AVX512-VNNI. The stored numbers stay float32; "
                    "docs/benchmarks.md shows how far they move.")
 def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] | None, layer: str | None,
