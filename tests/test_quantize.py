@@ -91,10 +91,11 @@ def test_int8_is_close_to_float32_but_not_equal(scored):
 def test_int8_model_runs_quantized_kernels(trained, images):
     q = quantize_autoencoder(trained, images[:4])
     assert isinstance(q, Int8Autoencoder) and q.calibration_images == 4
-    kinds = {type(m).__module__ for m in q.modules()}
-    assert any(k.startswith("torch.ao.nn.quantized") or k.startswith("torch.ao.nn.intrinsic.quantized")
-               for k in kinds), kinds
-    assert not any(p.is_floating_point() for p in q.parameters())  # no float weights left to run
+    convs = [m for m in q.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
+    n_float_convs = sum(isinstance(m, torch.nn.Conv2d) for m in trained.modules())
+    assert len(convs) == n_float_convs  # every convolution runs as an int8 kernel
+    assert all(c.weight().dtype == torch.qint8 for c in convs)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in q.modules())
     with torch.inference_mode():
         z, x = q.encode(images[:2]), q(images[:2])
     assert z.dtype == torch.float32 and z.shape == trained.encode(images[:2]).shape
@@ -122,6 +123,9 @@ def test_calibration_indices():
     assert calibration_indices(24) == [0, 3, 7, 10, 13, 16, 20, 23]
     idx = calibration_indices(1974)
     assert len(idx) == INT8_CALIBRATION_IMAGES and idx[0] == 0 and idx[-1] == 1973
+    assert calibration_indices(5, 1) == [0]
+    with pytest.raises(ValueError, match="at least 1"):
+        calibration_indices(5, 0)
 
 
 def test_int8_calibration_choices(trained, paths, images, scored):
@@ -155,6 +159,26 @@ def test_int8_calibration_choices(trained, paths, images, scored):
         score_images(q, paths, metrics=("mse",), features=False, precision="float32")
     with pytest.raises(ConfigError, match="non-empty"):
         score_images(trained, paths, metrics=("mse",), features=False, precision="int8", calibration=[])
+    with pytest.raises(ConfigError, match="has no effect"):
+        score_images(q, paths, metrics=("mse",), features=False, precision="int8", calibration=paths[:2])
+    with pytest.raises(ConfigError, match="for precision int8 only"):
+        score_images(trained, paths, metrics=("mse",), features=False, calibration=paths[:2])
+    with pytest.raises(ConfigError, match="calibrate at the size you score"):
+        score_images(trained, paths, metrics=("mse",), features=False, precision="int8",
+                     calibration=torch.rand(2, 3, 64, 64))
+    with pytest.raises(ConfigError, match="not a mix"):
+        score_images(trained, paths, metrics=("mse",), features=False, precision="int8",
+                     calibration=[paths[0], images[0]])
+    # a list of image tensors, as a source and as a calibration set (an array of paths works too)
+    listed = score_images(trained, list(images), metrics=("mse",), features=False, precision="int8",
+                          calibration=list(images[idx]))
+    np.testing.assert_array_equal(listed.table["recon_mse"], given.table["recon_mse"])
+    streamed = score_images(trained, list(images), metrics=("mse",), features=False, precision="int8")
+    assert streamed.info["int8_calibration"] == "first images scored"
+    np.testing.assert_array_equal(streamed.table["recon_mse"], first.table["recon_mse"])
+    arr = score_images(trained, paths, metrics=("mse",), features=False, precision="int8",
+                       calibration=np.array([paths[i] for i in idx]))
+    np.testing.assert_array_equal(arr.table["recon_mse"], given.table["recon_mse"])
 
 
 def test_int8_leaves_the_float_model_alone(images, paths):
@@ -167,12 +191,39 @@ def test_int8_leaves_the_float_model_alone(images, paths):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+def test_quantized_engine_setting_is_restored(trained, images):
+    before = torch.backends.quantized.engine
+    other = "qnnpack" if before != "qnnpack" else "x86"
+    if other not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"this torch has no {other} engine")
+    q = quantize_autoencoder(trained, images[:2], engine=other)
+    assert torch.backends.quantized.engine == before
+    with torch.inference_mode():
+        q(images[:2])
+    assert torch.backends.quantized.engine == before and q.engine == other
+
+
+def test_int8_needs_the_standard_autoencoder(images):
+    class Custom(type(models.create_autoencoder("small", input_size=SIZE))):
+        def decode(self, z):  # noqa: ANN001, ANN201
+            return super().decode(z) * 0.5
+
+    small = models.create_autoencoder("small", input_size=SIZE, width=4, latent_channels=4)
+    custom = Custom(small.spec, small.config, width=4, latent_channels=4)
+    with pytest.raises(ConfigError, match="standard encode/decode"):
+        quantize_autoencoder(custom, images[:2])
+
+
 def test_int8_errors(trained, paths, monkeypatch):
     effnet = models.create_autoencoder("efficientnet_lite0", input_size=SIZE, seed=0)
     with pytest.raises(ConfigError, match="not available for backbone 'efficientnet_lite0'.*bfloat16"):
         score_images(effnet, paths[:4], metrics=("mse",), features=False, precision="int8")
     with pytest.raises(ConfigError, match="layer= is not available with precision int8"):
         score_images(trained, paths[:4], metrics=("mse",), features=False, precision="int8", layer="encoder.0")
+    # device "auto" on a machine with a GPU: int8 runs on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    auto = score_images(trained, paths[:4], metrics=("mse",), features=False, precision="int8", device="auto")
+    assert auto.info["device"] == "cpu"
     monkeypatch.setattr(measures, "resolve_device", lambda _d: torch.device("cuda"))
     with pytest.raises(ConfigError, match="CPU only"):
         score_images(trained, paths[:4], metrics=("mse",), features=False, precision="int8", device="cuda")

@@ -21,7 +21,7 @@ from memlens import models  # noqa: E402
 from memlens.cli import main  # noqa: E402
 from memlens.data import make_demo_set  # noqa: E402
 from memlens.engines import score_run  # noqa: E402
-from memlens.errors import DataError  # noqa: E402
+from memlens.errors import ConfigError, DataError  # noqa: E402
 from memlens.measures import score_run as local_score_run  # noqa: E402
 
 N = 40
@@ -172,6 +172,11 @@ def test_missing_extra_and_bad_settings_are_clear(demo, tmp_path, monkeypatch, c
     assert "engine" in capsys.readouterr().err
     with pytest.raises(Exception, match="workers must be at least 1"):
         score_run(run, demo, engine="ray", workers=0)
+    # int8 settings the actors could not run fail on the driver, before Ray starts
+    with pytest.raises(ConfigError, match="layer= is not available with precision int8"):
+        score_run(run, demo, engine="ray", precision="int8", layer="encoder.0")
+    with pytest.raises(ConfigError, match="CPU only"):
+        score_run(run, demo, engine="ray", precision="int8", device="cuda")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     assert main(["score", str(demo), "--run", str(run), "--engine", "ray"]) == 1
     assert "memlens[ray]" in capsys.readouterr().err

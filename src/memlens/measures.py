@@ -335,11 +335,13 @@ def _forward_chunk(x: torch.Tensor, dev: torch.device) -> int:
 
 
 def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iterator, calibration: Any,
-                 size: int | None, source: Any) -> tuple[nn.Module, nn.Module | None, Iterator, dict[str, Any]]:
-    """Int8 copies of the autoencoders, calibrated on ``calibration`` or by default on images of ``source``.
+                 size: int | None, paths: list[str] | None,
+                 tensor: Any) -> tuple[nn.Module, nn.Module | None, Iterator, dict[str, Any]]:
+    """Int8 copies of the autoencoders, calibrated on ``calibration`` or by default on the scored images.
 
-    The default: for a list of paths or a tensor ``source``, :func:`memlens.quantize.calibration_indices`
-    (8 images spread over the collection); for any other iterable, the stream's first 8 images.
+    The default: :func:`memlens.quantize.calibration_indices` (8 images spread over the collection) of
+    ``paths`` (a path source) or of ``tensor`` (an image tensor source); for any other source, the stream's
+    first 8 images.
 
     Returns ``(model, before_model, batches, info)``; ``batches`` still yields every image (the ones
     peeked at for calibration are put back in front). Models that are int8 copies already are used as they
@@ -351,17 +353,24 @@ def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iter
 
     todo = [m for m in (model, before_model) if m is not None and not isinstance(m, Int8Autoencoder)]
     if not todo:  # quantized already (a caller reusing one int8 copy across calls)
+        if calibration is not None:
+            raise ConfigError("calibration= has no effect on a model that is an int8 copy already")
         return model, before_model, batches, {
             "int8_calibration_images": model.calibration_images, "int8_calibration": "given int8 model",
             "int8_engine": model.engine, "int8_activation_bits": model.activation_bits,
-            "int8_calibration_max_rel_mse": model.calibration_error.get("max_rel_mse", float("nan"))}
+            "int8_calibration_max_rel_mse": model.calibration_error.get("max_rel_mse", float("nan")),
+            "int8_calibration_median_rel_mse": model.calibration_error.get("median_rel_mse", float("nan"))}
+    expected = (size, size) if paths is not None and size else \
+        tuple(tensor.shape[-2:]) if tensor is not None else None
     how = "given"
-    if calibration is None and isinstance(source, list):
-        calibration = [source[i] for i in calibration_indices(len(source))]
+    if calibration is None and paths is not None:
+        calibration = [paths[i] for i in calibration_indices(len(paths))]
         how = "spread over the collection"
-    elif calibration is None and isinstance(source, (torch.Tensor, np.ndarray)):
-        calibration = source[calibration_indices(len(source))]
+    elif calibration is None and tensor is not None:
+        calibration = tensor[calibration_indices(len(tensor))]
         how = "spread over the collection"
+    if isinstance(calibration, np.ndarray) and calibration.dtype.kind in "USO":
+        calibration = calibration.tolist()  # an array of paths
     if calibration is None:
         peeked: list[Any] = []
         images: list[torch.Tensor] = []
@@ -378,23 +387,35 @@ def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iter
         cal = torch.cat(images).float()
         how = "first images scored"
     elif isinstance(calibration, (torch.Tensor, np.ndarray)):
-        cal = torch.as_tensor(np.asarray(calibration) if isinstance(calibration, np.ndarray) else calibration).float()
+        cal = torch.as_tensor(calibration).float()
         how += " images" if how == "given" else ""
-    else:
+    elif isinstance(calibration, (str, os.PathLike)) or not isinstance(calibration, Sequence) or not calibration:
+        raise ConfigError("int8 calibration must be a non-empty list of image paths, a list of image tensors or "
+                          "an image tensor (N, 3, H, W)")
+    elif all(isinstance(c, torch.Tensor) for c in calibration):
+        try:
+            cal = torch.cat([c if c.ndim == 4 else c.unsqueeze(0) for c in calibration]).float()
+        except RuntimeError as e:
+            raise ConfigError(f"int8 calibration tensors do not stack into one batch: {e}") from None
+        how += " images"
+    elif all(isinstance(c, (str, os.PathLike)) for c in calibration):
         from .data import load_image
 
         if size is None:
             raise ConfigError("image_size is needed to decode the int8 calibration images")
-        if isinstance(calibration, (str, os.PathLike)) or not len(calibration):
-            raise ConfigError("int8 calibration must be a non-empty list of image paths or an image tensor")
         try:
             cal = torch.stack([torch.from_numpy(load_image(p, size).transpose(2, 0, 1).copy())
                                for p in calibration]).float() / 255.0
         except OSError as e:
             raise DataError(f"int8 calibration image: {e}") from None
         how += " paths" if how == "given" else ""
-    if cal.ndim != 4 or len(cal) == 0:
+    else:
+        raise ConfigError("int8 calibration must be all image paths or all image tensors, not a mix")
+    if cal.ndim != 4 or len(cal) == 0 or cal.shape[1] != 3:
         raise ConfigError(f"int8 calibration images must be a non-empty (N, 3, H, W) batch, got {tuple(cal.shape)}")
+    if expected is not None and tuple(cal.shape[-2:]) != expected:
+        raise ConfigError(f"int8 calibration images are {tuple(cal.shape[-2:])} pixels but the scored images are "
+                          f"{expected}: calibrate at the size you score")
 
     def q(m: nn.Module | None) -> nn.Module | None:
         return m if m is None or isinstance(m, Int8Autoencoder) else quantize_autoencoder(m, cal)
@@ -402,7 +423,8 @@ def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iter
     qmodel, qbefore = q(model), q(before_model)
     info = {"int8_calibration_images": qmodel.calibration_images, "int8_calibration": how,
             "int8_engine": qmodel.engine, "int8_activation_bits": qmodel.activation_bits,
-            "int8_calibration_max_rel_mse": qmodel.calibration_error["max_rel_mse"]}
+            "int8_calibration_max_rel_mse": qmodel.calibration_error["max_rel_mse"],
+            "int8_calibration_median_rel_mse": qmodel.calibration_error["median_rel_mse"]}
     return qmodel, qbefore, batches, info
 
 
@@ -521,6 +543,8 @@ def score_images(
     if not int8 and any(type(m).__name__ == "Int8Autoencoder" for m in (model, before_model)):
         raise ConfigError(f"the model is an int8 copy (memlens.quantize); score it with precision='int8', not "
                           f"{precision!r}")
+    if calibration is not None and not int8:
+        raise ConfigError(f"calibration= is for precision int8 only (precision is {precision!r})")
     if int8 and layer:
         raise ConfigError("layer= is not available with precision int8 (the quantized graph has no hooks); "
                           "use float32 or bfloat16")
@@ -528,7 +552,7 @@ def score_images(
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names):
         raise ConfigError(f"metrics listed twice: {', '.join(names)}")
-    dev = resolve_device(device)
+    dev = resolve_device("cpu" if int8 and device in (None, "auto") else device)  # int8 kernels: CPU
 
     # the image stream
     size = image_size or _model_input_size(model)
@@ -559,10 +583,9 @@ def score_images(
     qinfo: dict[str, Any] = {}
     run_model, run_before = model, before_model
     if int8:  # before the models are touched: a backbone int8 cannot trace leaves them as they were
-        source = as_paths[1] if as_paths is not None else dataset_or_paths
+        tensor = dataset_or_paths if isinstance(dataset_or_paths, (torch.Tensor, np.ndarray)) else None
         run_model, run_before, batches, qinfo = _int8_models(model, before_model, batches, calibration, size,
-                                                             source if isinstance(source, list) or
-                                                             isinstance(source, (torch.Tensor, np.ndarray)) else None)
+                                                             as_paths[1] if as_paths is not None else None, tensor)
 
     # models: eval mode on the device, restored afterwards
     models = [run_model] + ([run_before] if run_before is not None else [])  # int8: the quantized copies
@@ -689,7 +712,7 @@ def score_images(
         "feature_size": feature_size if features else None,
         "precision": "int8" if int8 else "bfloat16" if amp_dtype is not None else "float32",
         **qinfo,
-        "channels_last": bool(channels_last),
+        "channels_last": bool(channels_last) and not int8,
         "batch_size": batch_size,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
     }

@@ -56,8 +56,12 @@ def calibration_indices(n: int, k: int = INT8_CALIBRATION_IMAGES) -> list[int]:
     Spread rather than the first ``k``: collections are often ordered by category, and ranges observed on one
     category clip the activations of another.
     """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     if n <= k:
         return list(range(n))
+    if k == 1:
+        return [0]
     return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
 
 
@@ -206,7 +210,11 @@ class Int8Autoencoder(nn.Module):
             return self.encoder(self._prepare(x, check))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (N, C, h, w) -> reconstructed images (N, 3, H, W) in [0, 1], float32."""
+        """Latent (N, C, h, w) -> reconstructed images (N, 3, H, W) in [0, 1], float32.
+
+        ``encode``/``decode`` switch ``torch.backends.quantized.engine`` (a process-wide setting) for the
+        call and restore it: do not run int8 models of different engines in threads of one process.
+        """
         with _engine(self.engine):
             return torch.sigmoid(self.decoder(z.float()))
 
@@ -221,7 +229,8 @@ class Int8Autoencoder(nn.Module):
 
 
 def quantize_autoencoder(model: nn.Module, calibration: torch.Tensor | Sequence[torch.Tensor], *,
-                         engine: str | None = None, anchors: bool = True) -> Int8Autoencoder:
+                         engine: str | None = None, anchors: bool = True,
+                         bits: int | None = None) -> Int8Autoencoder:
     """An int8 copy of ``model`` (an :class:`~memlens.models.Autoencoder`) for CPU inference.
 
     Parameters
@@ -232,6 +241,8 @@ def quantize_autoencoder(model: nn.Module, calibration: torch.Tensor | Sequence[
         observed ranges do not depend on any batch size. :data:`INT8_CALIBRATION_IMAGES` (8) images spread
         over the collection (:func:`calibration_indices`) are enough for vgg16 (docs/benchmarks.md).
     engine : torch's quantized engine; default :func:`int8_engine`.
+    bits : activation bits, 8 or 7; default :func:`activation_bits` for this CPU (a Ray driver decides once
+        for all its actors).
     anchors : also observe an all-black and an all-white image (default True): flat, saturated images drive
         activations to extremes that a few natural images may not reach. On the test suite's small demo
         model the largest change of a per-image MSE went from 2.0-2.3 % to 1.1 % with them for two of three
@@ -243,12 +254,21 @@ def quantize_autoencoder(model: nn.Module, calibration: torch.Tensor | Sequence[
     ConfigError
         when the backbone cannot be traced, no calibration image is given, or torch lacks int8 kernels.
     """
-    if not hasattr(model, "encoder") or not hasattr(model, "decoder"):
-        raise ConfigError("precision int8 needs an autoencoder with .encoder and .decoder modules")
-    images = [x if x.ndim == 4 else x.unsqueeze(0) for x in
-              (list(calibration.split(1)) if isinstance(calibration, torch.Tensor) else list(calibration))]
+    from .models.base import Autoencoder
+
+    cls = type(model)
+    if not isinstance(model, Autoencoder) or cls.encode is not Autoencoder.encode \
+            or cls.decode is not Autoencoder.decode:
+        raise ConfigError(f"precision int8 needs a memlens Autoencoder with the standard encode/decode "
+                          f"(encoder, decoder, sigmoid); got {cls.__name__}")
+    items = list(calibration.split(1)) if isinstance(calibration, torch.Tensor) else list(calibration)
+    if not all(isinstance(x, torch.Tensor) and x.ndim in (3, 4) for x in items):
+        raise ConfigError("int8 calibration images must be float tensors (N, 3, H, W) or (3, H, W) in [0, 1]")
+    images = [one for x in items for one in (x if x.ndim == 4 else x.unsqueeze(0)).split(1)]
     if not images:
         raise ConfigError("precision int8 needs at least one calibration image")
+    if bits not in (None, 7, 8):
+        raise ConfigError(f"int8 activation bits must be 7 or 8, got {bits}")
     engine = engine or int8_engine()
     name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
     prepare = getattr(model, "_prepare", None)
@@ -265,7 +285,7 @@ def quantize_autoencoder(model: nn.Module, calibration: torch.Tensor | Sequence[
                 x = prepare(x.to(dev), True).float().cpu()
             xs.append(x)
     with _engine(engine):
-        bits = activation_bits(engine)
+        bits = bits or activation_bits(engine)
         qenc, zs = _quantize_module(model.encoder, xs, engine, "encoder", name, bits)
         qdec, logits = _quantize_module(model.decoder, [z.float() for z in zs], engine, "decoder", name, bits)
     qmodel = Int8Autoencoder(model, qenc, qdec, engine, n_real)

@@ -184,7 +184,8 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
     }
     if record["precision"] == "int8":
         record["int8"] = {k[5:]: info[k] for k in ("int8_calibration_images", "int8_engine", "int8_activation_bits",
-                                                   "int8_calibration_max_rel_mse") if k in info}
+                                                   "int8_calibration_max_rel_mse", "int8_calibration_median_rel_mse")
+                          if k in info}
     if index != "exact":
         record["index_recall"] = {c: r.get("recall") for c, r in reports.items()}
         atomic_write_json(run / "index.json", reports)

@@ -192,6 +192,25 @@ class _ShardScorer:
         self.fingerprint = fingerprint
         self.inject = [inject] if isinstance(inject, dict) else list(inject or [])
         self.pid = os.getpid()
+        self._int8: tuple[Any, Any] | None = None
+
+    def _int8_models(self, opts: dict[str, Any]) -> tuple[Any, Any]:
+        """The int8 copies of the models, made on this actor's first shard and kept for the others."""
+        if self._int8 is None:
+            import torch
+
+            from ..data import load_image
+            from ..measures import _model_input_size
+            from ..quantize import quantize_autoencoder
+
+            spec = opts["int8"]
+            size = opts.get("image_size") or _model_input_size(self.model)
+            cal = torch.stack([torch.from_numpy(load_image(p, size).transpose(2, 0, 1).copy())
+                               for p in spec["calibration"]]).float() / 255.0
+            self._int8 = tuple(None if m is None else quantize_autoencoder(m, cal, engine=spec["engine"],
+                                                                           bits=spec["bits"])
+                               for m in (self.model, self.before))
+        return self._int8
 
     def _maybe_fail(self, shard: int) -> None:
         """Test hook: for each ``{"shard", "kind", "marker"}`` of ``inject`` matching ``shard``, fail once (the
@@ -224,14 +243,16 @@ class _ShardScorer:
         name = _shard_name(shard)
         opts = self.options
         frame = pd.DataFrame({"image_id": [str(i) for i in image_ids], "path": [str(p) for p in paths]})
+        model, before = self.model, self.before
+        if opts.get("int8"):
+            model, before = self._int8_models(opts)
         result = score_images(
-            self.model, frame, metrics=self.metrics, before_model=self.before, batch_size=opts["batch_size"],
+            model, frame, metrics=self.metrics, before_model=before, batch_size=opts["batch_size"],
             device=self.device, pool=opts["pool"], latent_dtype=opts["latent_dtype"],
             latents_path=self.out_dir / f"{name}.latents.npy", features=True,
             features_path=self.out_dir / f"{name}.features.npy", feature_size=opts["feature_size"],
             feature_model=self.fmodel, layer=opts["layer"], image_size=opts["image_size"],
             num_workers=opts.get("decode_workers", 0), precision=opts.get("precision", "float32"),
-            calibration=opts.get("calibration"),
         )
         table = result.table
         table.insert(0, "row", np.arange(start, start + len(table), dtype=np.int64))
@@ -365,8 +386,9 @@ def score_run_ray(
     keep_shards : keep ``RUN/shards/`` after the merge (default: removed once the run files are written).
     index, index_options : neighbour index for distinctiveness (:func:`memlens.index.distinctiveness_index`).
     device : ``"auto"`` (an actor's GPU when it has one, else CPU), ``"cpu"`` or ``"cuda"``.
-    precision : ``"float32"``, ``"bfloat16"`` or ``"int8"`` (CPU; every actor calibrates on the collection's
-        first images, so all shards use the same int8 model); see :func:`memlens.measures.score_images`.
+    precision : ``"float32"``, ``"bfloat16"`` or ``"int8"`` (CPU; the driver picks the calibration images, spread
+        over the collection as in a local run, and the kernel engine and activation bits; each actor makes its
+        int8 copy once, so all shards use the same int8 model); see :func:`memlens.measures.score_images`.
     decode_workers : DataLoader decode processes inside each actor.
 
     Returns
@@ -410,6 +432,20 @@ def score_run_ray(
     image_size = _model_input_size(model)
     if image_size is None:
         raise ConfigError("the model declares no input size")
+    int8: dict[str, Any] | None = None
+    if precision == "int8":  # decided here once: every actor makes the same int8 model
+        from ..quantize import activation_bits, calibration_indices, int8_engine
+
+        if layer:
+            raise ConfigError("layer= is not available with precision int8 (the quantized graph has no hooks); "
+                              "use float32 or bfloat16")
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"precision int8 runs on the CPU only (device {device}); on a GPU use bfloat16")
+        engine = int8_engine()
+        paths_all = job.table["path"].astype(str).tolist()
+        int8 = {"calibration": [paths_all[i] for i in calibration_indices(len(paths_all))], "engine": engine,
+                "bits": activation_bits(engine)}
+        device = "cpu"
     del model
 
     run_dir = job.run
@@ -421,6 +457,8 @@ def score_run_ray(
     settings = {"metrics": names, "layer": layer, "pool": pool, "latent_dtype": latent_dtype,
                 "feature_size": feature_size, "image_size": image_size, "shard_size": shard_size,
                 "precision": precision}
+    if int8 is not None:
+        settings["int8"] = {"engine": int8["engine"], "bits": int8["bits"]}
     fingerprint = _fingerprint(job, settings)
     plan_file = folder / "plan.json"
     old = None
@@ -464,11 +502,9 @@ def score_run_ray(
                        "feature_size": feature_size, "layer": layer, "image_size": image_size,
                        "device": "cpu" if device == "cpu" else ("auto" if device == "auto" else device),
                        "decode_workers": int(decode_workers), "precision": precision}
+            if int8 is not None:  # calibrated on the images a local run would use, with the driver's engine/bits
+                options["int8"] = int8
             paths = table["path"].astype(str).tolist()
-            if precision == "int8":  # every shard's int8 model: calibrated on the images a local run would use
-                from ..quantize import calibration_indices
-
-                options["calibration"] = [paths[i] for i in calibration_indices(len(paths))]
             frames = [pd.DataFrame({"shard": [k], "start": [plan[k][0]], "image_id": [ids[plan[k][0]:plan[k][1]]],
                                     "path": [paths[plan[k][0]:plan[k][1]]]}) for k in pending]
             t0 = time.perf_counter()
