@@ -341,6 +341,20 @@ def test_simulated_banner(tmp_path):
     assert "Simulated scores" not in build_report(run).read_text()
 
 
+def test_approximate_scoring_arithmetic_is_stated(tmp_path):
+    fake = make_fake_run(tmp_path, n=12)
+    config = json.loads((fake.run / "config.json").read_text())
+    build_report(fake.run)
+    assert "scoring arithmetic" not in json.loads((fake.run / "results.json").read_text())["training"]["settings"]
+    config.setdefault("score", {}).update(precision="int8", int8={"calibration_images": 8,
+                                                                  "calibration_max_rel_mse": 0.0123})
+    (fake.run / "config.json").write_text(json.dumps(config))
+    page = build_report(fake.run).read_text()
+    row = json.loads((fake.run / "results.json").read_text())["training"]["settings"]["scoring arithmetic"]
+    assert row.startswith("int8 (approximate: calibrated on 8 images") and "1.2 %" in row
+    assert "scoring arithmetic" in _section(page, "training")
+
+
 # ------------------------------------------------------------------------------------------ writing, CLI
 
 

@@ -610,6 +610,14 @@ def _training_settings(ctx: _Ctx) -> list[tuple[str, Any]]:
     add("exposure batch size", _get(man, "training", "exposure", "settings", "batch_size"))
     add("presentation order", _get(man, "training", "exposure", "order"))
     add("pretraining epochs", _get(man, "training", "pretrain", "epochs"))
+    prec = _get(cfg, "score", "precision")
+    if prec == "bfloat16":
+        add("scoring arithmetic", "bfloat16 (approximate: per-image numbers move by about 0.1 % from float32)")
+    elif prec == "int8":
+        n, moved = _get(cfg, "score", "int8", "calibration_images"), _get(cfg, "score", "int8", "calibration_max_rel_mse")
+        add("scoring arithmetic", "int8 (approximate" + (f": calibrated on {n} images, whose MSE moved by at most "
+                                                        f"{100 * moved:.1f} % from float32" if _isnum(moved) else "")
+            + "; use float32 for numbers you report)")
     return rows
 
 
