@@ -226,10 +226,9 @@ class MemlensPath:
         with self.timer(SCORE):
             if self.precision == "int8" and not isinstance(self.model, Int8Autoencoder):
                 # one int8 copy for the whole run (as one `memlens score` call makes), its cost timed here
-                from memlens.data import load_image
+                from memlens.data import image_batch
 
-                cal = [torch_image(load_image(p, self.size)) for p in self.calibration]
-                self.model = quantize_autoencoder(self.model, cal)
+                self.model = quantize_autoencoder(self.model, image_batch(self.calibration, self.size))
             res = score_images(self.model, paths, metrics=("mse",), features=False, batch_size=self.batch_size,
                                device=self.device, cache=self.cache, image_size=self.size,
                                num_workers=self.num_workers, precision=self.precision)
@@ -250,13 +249,6 @@ class MemlensPath:
             d = distinctiveness(np.load(self.latents_path, mmap_mode="r"), k=1,
                                 device="cuda" if self.device.type == "cuda" else "cpu")
         return np.concatenate(self.mse), d
-
-
-def torch_image(arr: np.ndarray):
-    """A prepared uint8 (H, W, 3) image as a float (1, 3, H, W) tensor in [0, 1]."""
-    import torch
-
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255.0).unsqueeze(0)
 
 
 def int8_available(model, size: int) -> str | None:

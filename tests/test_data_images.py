@@ -174,6 +174,15 @@ def test_image_dataset_items(collection):
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-7)
 
 
+def test_image_batch_equals_the_loader(collection):
+    from memlens.data import image_batch
+
+    batch = image_batch(collection, 16)
+    assert batch.shape == (7, 3, 16, 16) and batch.dtype == torch.float32
+    loaded = torch.cat([b[0] for b in make_loader(collection, 16, batch_size=4)])
+    assert torch.equal(batch, loaded)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_order_and_shapes(collection, workers):
     batches = list(make_loader(collection, 16, batch_size=3, num_workers=workers))

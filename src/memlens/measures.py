@@ -352,14 +352,16 @@ def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iter
     from .quantize import INT8_CALIBRATION_IMAGES, Int8Autoencoder, calibration_indices, quantize_autoencoder
 
     todo = [m for m in (model, before_model) if m is not None and not isinstance(m, Int8Autoencoder)]
+    def info(q: Any, how: str) -> dict[str, Any]:
+        return {"int8_calibration_images": q.calibration_images, "int8_calibration": how, "int8_engine": q.engine,
+                "int8_activation_bits": q.activation_bits,
+                "int8_calibration_max_rel_mse": q.calibration_error.get("max_rel_mse", float("nan")),
+                "int8_calibration_median_rel_mse": q.calibration_error.get("median_rel_mse", float("nan"))}
+
     if not todo:  # quantized already (a caller reusing one int8 copy across calls)
         if calibration is not None:
             raise ConfigError("calibration= has no effect on a model that is an int8 copy already")
-        return model, before_model, batches, {
-            "int8_calibration_images": model.calibration_images, "int8_calibration": "given int8 model",
-            "int8_engine": model.engine, "int8_activation_bits": model.activation_bits,
-            "int8_calibration_max_rel_mse": model.calibration_error.get("max_rel_mse", float("nan")),
-            "int8_calibration_median_rel_mse": model.calibration_error.get("median_rel_mse", float("nan"))}
+        return model, before_model, batches, info(model, "given int8 model")
     expected = (size, size) if paths is not None and size else \
         tuple(tensor.shape[-2:]) if tensor is not None else None
     how = "given"
@@ -399,13 +401,12 @@ def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iter
             raise ConfigError(f"int8 calibration tensors do not stack into one batch: {e}") from None
         how += " images"
     elif all(isinstance(c, (str, os.PathLike)) for c in calibration):
-        from .data import load_image
+        from .data import image_batch
 
         if size is None:
             raise ConfigError("image_size is needed to decode the int8 calibration images")
         try:
-            cal = torch.stack([torch.from_numpy(load_image(p, size).transpose(2, 0, 1).copy())
-                               for p in calibration]).float() / 255.0
+            cal = image_batch(calibration, size)
         except OSError as e:
             raise DataError(f"int8 calibration image: {e}") from None
         how += " paths" if how == "given" else ""
@@ -421,11 +422,7 @@ def _int8_models(model: nn.Module, before_model: nn.Module | None, batches: Iter
         return m if m is None or isinstance(m, Int8Autoencoder) else quantize_autoencoder(m, cal)
 
     qmodel, qbefore = q(model), q(before_model)
-    info = {"int8_calibration_images": qmodel.calibration_images, "int8_calibration": how,
-            "int8_engine": qmodel.engine, "int8_activation_bits": qmodel.activation_bits,
-            "int8_calibration_max_rel_mse": qmodel.calibration_error["max_rel_mse"],
-            "int8_calibration_median_rel_mse": qmodel.calibration_error["median_rel_mse"]}
-    return qmodel, qbefore, batches, info
+    return qmodel, qbefore, batches, info(qmodel, how)
 
 
 def _encode_decode(model: nn.Module, x: torch.Tensor, chunk: int,
@@ -540,7 +537,9 @@ def score_images(
         raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     amp_dtype = _PRECISIONS[precision]
     int8 = precision == "int8"
-    if not int8 and any(type(m).__name__ == "Int8Autoencoder" for m in (model, before_model)):
+    from .quantize import Int8Autoencoder
+
+    if not int8 and any(isinstance(m, Int8Autoencoder) for m in (model, before_model)):
         raise ConfigError(f"the model is an int8 copy (memlens.quantize); score it with precision='int8', not "
                           f"{precision!r}")
     if calibration is not None and not int8:

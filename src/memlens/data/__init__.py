@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "prepare_image": "memlens.data.images",
     "load_image": "memlens.data.images",
     "load_image_aspect": "memlens.data.images",
+    "image_batch": "memlens.data.images",
     "ImageCache": "memlens.data.cache",
     "ImageDataset": "memlens.data.images",
     "make_loader": "memlens.data.images",

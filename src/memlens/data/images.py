@@ -307,6 +307,21 @@ def load_image(path: str | os.PathLike, size: int, cache: ImageCache | None = No
     return arr
 
 
+def image_batch(paths: Sequence[str | os.PathLike], size: int, cache: ImageCache | None = None) -> Any:
+    """Images as one float32 tensor (N, 3, size, size) in [0, 1], each as :func:`load_image` prepares it
+    (the pixels a :class:`ImageDataset` / :func:`make_loader` batch holds)."""
+    import torch
+
+    return torch.stack([_as_tensor(load_image(p, size, cache)) for p in paths])
+
+
+def _as_tensor(arr: np.ndarray) -> Any:
+    """uint8 (H, W, 3) -> float32 tensor (3, H, W) in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).to(torch.float32).div_(255.0)
+
+
 def load_image_aspect(path: str | os.PathLike, short_side: int, max_aspect: float = 3.0,
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one image keeping its aspect ratio: ``uint8`` array (H, W, 3) with ``min(H, W) == short_side``.
@@ -360,7 +375,6 @@ _WORKER_ERROR = re.compile(r"^(?:[\w.]*\.)?(?:ImageReadError|DataError): (.+)$")
 
 
 def _image_dataset_class() -> type:
-    import torch
     from torch.utils.data import Dataset as TorchDataset
 
     class ImageDataset(TorchDataset):
@@ -389,8 +403,7 @@ def _image_dataset_class() -> type:
 
         def __getitem__(self, index: int) -> tuple[Any, int]:
             arr = load_image(self.paths[index], self.size, self.cache, self.max_pixels)
-            tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).to(torch.float32).div_(255.0)
-            return tensor, int(index)
+            return _as_tensor(arr), int(index)
 
     ImageDataset.__module__ = __name__
     ImageDataset.__qualname__ = "ImageDataset"

@@ -197,16 +197,12 @@ class _ShardScorer:
     def _int8_models(self, opts: dict[str, Any]) -> tuple[Any, Any]:
         """The int8 copies of the models, made on this actor's first shard and kept for the others."""
         if self._int8 is None:
-            import torch
-
-            from ..data import load_image
+            from ..data import image_batch
             from ..measures import _model_input_size
             from ..quantize import quantize_autoencoder
 
             spec = opts["int8"]
-            size = opts.get("image_size") or _model_input_size(self.model)
-            cal = torch.stack([torch.from_numpy(load_image(p, size).transpose(2, 0, 1).copy())
-                               for p in spec["calibration"]]).float() / 255.0
+            cal = image_batch(spec["calibration"], opts.get("image_size") or _model_input_size(self.model))
             self._int8 = tuple(None if m is None else quantize_autoencoder(m, cal, engine=spec["engine"],
                                                                            bits=spec["bits"])
                                for m in (self.model, self.before))
