@@ -114,7 +114,7 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
                f"{run_dir / 'features.npy'}")
     if info.get("precision") == "int8" and "int8_calibration_max_rel_mse" in info:
         click.echo(f"int8: activation ranges from {info.get('int8_calibration_images')} images; on them the "
-                   f"per-image MSE moved by at most {100 * info['int8_calibration_max_rel_mse']:.2f} % from float32")
+                   f"per-image MSE moved by at most {100 * info['int8_calibration_max_rel_mse']:.2g} % from float32")
     for col, rep in (info.get("index_reports") or {}).items():
         if rep.get("recall") is not None:
             click.echo(f"{col}: {index} index ({rep['encoding']}), recall@{rep['recall_k']} = {rep['recall']:.4f} "

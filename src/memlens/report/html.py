@@ -616,7 +616,7 @@ def _training_settings(ctx: _Ctx) -> list[tuple[str, Any]]:
     elif prec == "int8":
         n, moved = _get(cfg, "score", "int8", "calibration_images"), _get(cfg, "score", "int8", "calibration_max_rel_mse")
         add("scoring arithmetic", "int8 (approximate" + (f": calibrated on {n} images, whose MSE moved by at most "
-                                                        f"{100 * moved:.1f} % from float32" if _isnum(moved) else "")
+                                                        f"{100 * moved:.2g} % from float32" if _isnum(moved) else "")
             + "; use float32 for numbers you report)")
     return rows
 
