@@ -537,16 +537,15 @@ def score_images(
         raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     amp_dtype = _PRECISIONS[precision]
     int8 = precision == "int8"
-    from .quantize import Int8Autoencoder
+    from .quantize import Int8Autoencoder, check_int8_settings
 
     if not int8 and any(isinstance(m, Int8Autoencoder) for m in (model, before_model)):
         raise ConfigError(f"the model is an int8 copy (memlens.quantize); score it with precision='int8', not "
                           f"{precision!r}")
     if calibration is not None and not int8:
         raise ConfigError(f"calibration= is for precision int8 only (precision is {precision!r})")
-    if int8 and layer:
-        raise ConfigError("layer= is not available with precision int8 (the quantized graph has no hooks); "
-                          "use float32 or bfloat16")
+    if int8:
+        check_int8_settings(layer=layer)
     metric_objs = [get_metric(m) for m in metrics]
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names):
@@ -577,8 +576,8 @@ def score_images(
         resize_features = True
     if n_total == 0:
         raise DataError("no images to score")
-    if int8 and dev.type != "cpu":
-        raise ConfigError(f"precision int8 runs on the CPU only (device {dev}); on a GPU use bfloat16")
+    if int8:
+        check_int8_settings(device=dev)
     qinfo: dict[str, Any] = {}
     run_model, run_before = model, before_model
     if int8:  # before the models are touched: a backbone int8 cannot trace leaves them as they were

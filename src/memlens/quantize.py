@@ -38,7 +38,8 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INT8_CALIBRATION_IMAGES", "Int8Autoencoder", "calibration_indices", "int8_engine", "quantize_autoencoder"]
+__all__ = ["INT8_CALIBRATION_IMAGES", "Int8Autoencoder", "calibration_indices", "check_int8_settings", "int8_engine",
+           "quantize_autoencoder"]
 
 #: images the activation ranges are observed on when no calibration set is given
 INT8_CALIBRATION_IMAGES = 8
@@ -63,6 +64,16 @@ def calibration_indices(n: int, k: int = INT8_CALIBRATION_IMAGES) -> list[int]:
     if k == 1:
         return [0]
     return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
+
+
+def check_int8_settings(layer: str | None = None, device: str | torch.device | None = None) -> None:
+    """ConfigError for settings int8 scoring cannot run with: a hooked ``layer``, a device other than the CPU."""
+    if layer:
+        raise ConfigError("layer= is not available with precision int8 (the quantized graph has no hooks); "
+                          "use float32 or bfloat16")
+    kind = device.type if isinstance(device, torch.device) else str(device or "cpu").split(":")[0]
+    if kind not in ("auto", "cpu"):
+        raise ConfigError(f"precision int8 runs on the CPU only (device {device}); on a GPU use bfloat16")
 
 
 def int8_engine() -> str:

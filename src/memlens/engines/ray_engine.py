@@ -430,13 +430,9 @@ def score_run_ray(
         raise ConfigError("the model declares no input size")
     int8: dict[str, Any] | None = None
     if precision == "int8":  # decided here once: every actor makes the same int8 model
-        from ..quantize import activation_bits, calibration_indices, int8_engine
+        from ..quantize import activation_bits, calibration_indices, check_int8_settings, int8_engine
 
-        if layer:
-            raise ConfigError("layer= is not available with precision int8 (the quantized graph has no hooks); "
-                              "use float32 or bfloat16")
-        if device not in ("auto", "cpu"):
-            raise ConfigError(f"precision int8 runs on the CPU only (device {device}); on a GPU use bfloat16")
+        check_int8_settings(layer=layer, device=device)
         engine = int8_engine()
         paths_all = job.table["path"].astype(str).tolist()
         int8 = {"calibration": [paths_all[i] for i in calibration_indices(len(paths_all))], "engine": engine,
