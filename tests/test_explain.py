@@ -248,6 +248,14 @@ def test_randomize_weights_resets_only_the_head():
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="no sub-module 'decoder'.*encoder, head"):
         randomize_weights(model, "decoder")
+    # a head built under torch.manual_seed(s) is not re-initialised to its own weights by seed=s
+    for s in (0, 7):
+        fresh = nn.Module()
+        torch.manual_seed(s)
+        fresh.head = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 1))
+        rnd = randomize_weights(fresh, "head", seed=s)
+        for p, q in zip(fresh.head.parameters(), rnd.head.parameters(), strict=True):
+            assert not torch.equal(p, q)
 
 
 def test_randomization_check(images):
@@ -416,6 +424,15 @@ def test_explain_run_uses_stored_predictions_and_rejects_unknown_images(tmp_path
     assert summary["predicted_score_source"].startswith("predictor_oof.csv")
     desc = pd.read_csv(run / "descriptors.csv")
     np.testing.assert_allclose(desc["predicted_score"], oof["predicted_mlp"].to_numpy()[::-1])
+    # the out-of-fold predictions of the model predictor.pt holds (predictor_cv.csv's saved row), not the MLP's
+    oof["predicted_svr"] = np.linspace(0.9, 0.2, len(ids))
+    oof.to_csv(run / "predictor_oof.csv", index=False)
+    pd.DataFrame({"fold": ["mean", "mean"], "model": ["mlp", "svr"], "saved": [False, True]}).to_csv(
+        run / "predictor_cv.csv", index=False)
+    summary = explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1)
+    assert summary["predicted_score_source"] == "predictor_oof.csv (predicted_svr, out-of-fold)"
+    desc = pd.read_csv(run / "descriptors.csv")
+    np.testing.assert_allclose(desc["predicted_score"], oof["predicted_svr"].to_numpy()[::-1])
     with pytest.raises(DataError, match="--images nope.png: neither an image id"):
         explain_run(run, images=["nope.png"], n_steps=2)
     (run / "predictor.pt").unlink()

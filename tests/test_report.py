@@ -107,7 +107,9 @@ def test_correlations_come_from_the_analyze_table(full):
     assert [p["r"] for p in dist["partial"]] == pytest.approx(list(part.r))
     # the table section holds every row of the file
     assert len(results["correlations"]["rows"]) == len(corr)
-    assert _section(page, "correlations").count("<tr") == len(corr) + 1
+    sec = _section(page, "correlations")
+    assert sec.count("<tr") == len(corr) + 1
+    assert "p (FDR)" in sec and f"testing all {len(corr)} rows" in sec
 
 
 def test_binned_means_match_the_data(full):
@@ -135,7 +137,9 @@ def test_predictor_section_reads_fit_predictor_files(full):
         assert got["spearman_sd"] == pytest.approx(f.spearman.std(ddof=1))
         assert got["auc_mean"] == pytest.approx(f.auc.mean())
         assert "epochs_mean" not in got and "seconds_mean" not in got  # settings are not metrics
-    assert pred["ceiling"] == pytest.approx(0.765) and pred["consistency"] == pytest.approx(0.62)
+    assert pred["ceiling"] == pred["consistency"] == pytest.approx(0.62)
+    assert pred["spearman_brown"] == pytest.approx(0.765)
+    assert pred["models"]["ridge"]["spearman_over_ceiling"] == pytest.approx(pred["models"]["ridge"]["spearman_mean"] / 0.62)
     oof = pd.read_csv(fake.run / "predictor_oof.csv")
     assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
     sec = _section(page, "predictor")
@@ -241,6 +245,16 @@ def test_self_contained(full):
 
 
 # ------------------------------------------------------------------------------------------ degraded inputs
+
+
+def test_predictor_ceiling_of_older_runs(tmp_path):
+    """predictor_cv.csv files written before the rename call the Spearman-Brown column noise_ceiling."""
+    fake = make_fake_run(tmp_path, n=20)
+    cv = pd.read_csv(fake.run / "predictor_cv.csv").rename(columns={"spearman_brown": "noise_ceiling"})
+    cv.to_csv(fake.run / "predictor_cv.csv", index=False)
+    build_report(fake.run)
+    pred = json.loads((fake.run / "results.json").read_text())["predictor"]
+    assert pred["consistency"] == pytest.approx(0.62) and pred["spearman_brown"] == pytest.approx(0.765)
 
 
 def test_missing_files_degrade_gracefully(tmp_path):
@@ -420,7 +434,7 @@ def test_figures_use_agg_and_no_pyplot():
         F.measure_scatter(rng.random(30), rng.random(30), xlabel="a $weird$ label", r=0.1, ci=(0.0, 0.2)),
         F.category_scatter([{"name": "a", "x": rng.random(9), "y": rng.random(9)}], xlabel="x"),
         F.binned_means_plot(F.binned_means(rng.random(30), rng.random(30)), xlabel="x"),
-        F.predictor_bars({"mlp": [0.5, 0.6], "ridge": [0.4]}, consistency=0.6, ceiling=0.75),
+        F.predictor_bars({"mlp": [0.5, 0.6], "ridge": [0.4]}, consistency=0.6, reliability=0.75),
         F.correlation_forest(["a", "b"], [0.2, -0.1], [0.1, -0.2], [0.3, 0.0], ceiling=0.7),
     ]
     for fig in figs:
@@ -511,8 +525,11 @@ def test_real_run_results_match_the_stage_files(real):
         assert pred["models"][model]["n_folds"] == 3
         assert pred["models"][model]["spearman_mean"] == pytest.approx(f.spearman.astype(float).mean())
         assert pred["models"][model]["spearman_mean"] == pytest.approx(float(means[means.model == model].spearman.iloc[0]))
-    assert pred["ceiling"] == pytest.approx(float(means.noise_ceiling.iloc[0]))
-    assert pred["consistency"] == pytest.approx(float(means.human_consistency.iloc[0]))
+    # one ceiling throughout the report: the human split-half consistency, as in the correlation table
+    assert pred["ceiling"] == pred["consistency"] == pytest.approx(float(means.human_consistency.iloc[0]))
+    assert pred["spearman_brown"] == pytest.approx(float(means.spearman_brown.iloc[0]))
+    svr = pred["models"]["svr"]
+    assert svr["spearman_over_ceiling"] == pytest.approx(svr["spearman_mean"] / pred["consistency"])
     oof = pd.read_csv(run / "predictor_oof.csv")
     assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
 

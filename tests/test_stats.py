@@ -305,10 +305,29 @@ def test_correlation_table_rows_partial_and_ceiling():
     assert list(tab.scope) == ["pooled", "group", "group", "within", "partial"] * 2
     part = tab[tab.scope == "partial"]
     assert list(part.control) == ["d", "x"]
-    np.testing.assert_allclose(tab.r_over_ceiling, tab.r / 0.8)
+    full = tab[tab.scope != "partial"]
+    np.testing.assert_allclose(full.r_over_ceiling, full.r / 0.8)
+    assert part.ceiling.isna().all() and part.r_over_ceiling.isna().all()  # no ceiling for a partial r
+    # one family: Benjamini-Hochberg over all ten rows
+    assert list(tab.columns[tab.columns.get_loc("p_value"):][:2]) == ["p_value", "p_fdr"]
+    np.testing.assert_allclose(tab.p_fdr, sps.false_discovery_control(tab.p_value, method="bh"), rtol=1e-12)
+    assert (tab.p_fdr >= tab.p_value).all()
     one = correlate(df.x, df.score, control=df[["d"]], n_boot=100)
     row = part.iloc[0]
     assert (row.r, row.ci_low, row.ci_high, row.n) == (one.r, one.ci_low, one.ci_high, one.n)
+
+
+def test_fdr_bh_against_scipy_and_nan():
+    from memlens.stats import fdr_bh
+
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.random(40), rng.random(10) * 1e-3, [0.0, 1.0, 0.02, 0.02]])
+    rng.shuffle(p)
+    np.testing.assert_allclose(fdr_bh(p), sps.false_discovery_control(p, method="bh"), rtol=1e-12)
+    # by hand: m = 4, sorted 0.01 0.02 0.03 0.5 -> 0.04, 0.04, 0.04, 0.5 (monotone from the top)
+    got = fdr_bh([0.5, np.nan, 0.03, 0.01, 0.02])
+    np.testing.assert_allclose(got, [0.5, np.nan, 0.04, 0.04, 0.04])
+    assert np.isnan(fdr_bh([np.nan, np.nan])).all() and fdr_bh([]).shape == (0,)
 
 
 def test_correlation_table_ceiling_from_split_halves():

@@ -197,8 +197,9 @@ def test_analyze_writes_tables(capsys, tmp_path):
     assert set(part[part.x == "recon_mse"].control) == {"distinctiveness", "distinctiveness_features"}
     assert set(part[part.x == "distinctiveness"].control) == {"recon_mse", "recon_mse_before"}
     assert (tab.n_boot == 100).all() and (tab.seed == 2).all()
-    assert tab.ceiling.notna().all()
+    assert tab[tab.scope != "partial"].ceiling.notna().all() and tab[tab.scope == "partial"].ceiling.isna().all()
     np.testing.assert_allclose(tab.r_over_ceiling, tab.r / tab.ceiling)
+    assert tab.p_fdr.notna().all() and (tab.p_fdr >= tab.p_value).all()
     data = json.loads((run / "correlations.json").read_text())
     assert data["by"] == "category" and data["ceiling"]["n_splits"] == 4 and data["ceiling"]["n_images"] == 90
     assert len(data["rows"]) == len(tab)

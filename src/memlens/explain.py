@@ -605,7 +605,9 @@ def randomize_weights(model: nn.Module, module: str | None = "head", seed: int =
 
     Every sub-module with a ``reset_parameters()`` method (Linear, Conv, norm layers, ...) is reset to its
     initial distribution; parameters of sub-modules without one are randomly permuted (same values, learned
-    structure destroyed). Seeded with ``seed``; the global RNG state is left untouched.
+    structure destroyed). Seeded with a stream derived from ``seed`` (not ``seed`` itself: a head initialised
+    under ``torch.manual_seed(seed)`` must not be "re-initialised" to its own starting weights); the global RNG
+    state is left untouched.
     """
     clone = copy.deepcopy(model)
     target: nn.Module = clone
@@ -615,9 +617,11 @@ def randomize_weights(model: nn.Module, module: str | None = "head", seed: int =
                 names = ", ".join(n for n, _ in target.named_children()) or "none"
                 raise ValueError(f"model has no sub-module {module!r} to randomise (children: {names})")
             target = getattr(target, part)
+    # "randomise" in ASCII as the second entropy word: a stream no plain torch.manual_seed(seed) shares
+    init_seed, perm_seed = (int(v) for v in np.random.SeedSequence([int(seed), 0x72616E646F6D]).generate_state(2))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        gen = torch.Generator().manual_seed(int(seed) + 1)
+        torch.manual_seed(init_seed)
+        gen = torch.Generator().manual_seed(perm_seed)
         with torch.no_grad():
             for sub in target.modules():
                 own = list(sub.parameters(recurse=False))
@@ -1243,8 +1247,11 @@ def explain_run(
 
 def _stored_predictions(run: Any, table: Any) -> tuple[np.ndarray | None, str | None]:
     """Predicted scores already in the run: ``per_image.csv`` ``predicted_score``, else the out-of-fold
-    ``predicted_mlp`` of ``predictor_oof.csv`` (``memlens fit-predictor``); (None, None) when neither."""
+    predictions of the model saved in ``predictor.pt`` (``predictor_oof.csv`` column ``predicted_<model>``,
+    the model named by ``predictor_cv.csv``; ``memlens fit-predictor``); (None, None) when neither."""
     import pandas as pd
+
+    from .predict import saved_model
 
     if "predicted_score" in table.columns:
         v = pd.to_numeric(table["predicted_score"], errors="coerce").to_numpy(float)
@@ -1252,19 +1259,21 @@ def _stored_predictions(run: Any, table: Any) -> tuple[np.ndarray | None, str | 
             return v, "per_image.csv (predicted_score)"
     oof_path = run / "predictor_oof.csv"
     if oof_path.is_file():
+        cv_path = run / "predictor_cv.csv"
+        col = f"predicted_{saved_model(pd.read_csv(cv_path) if cv_path.is_file() else None)}"
         oof = pd.read_csv(oof_path)
-        if {"image_id", "predicted_mlp"} <= set(oof.columns):
+        if {"image_id", col} <= set(oof.columns):
             by_id = dict(
                 zip(
                     oof["image_id"].astype(str),
-                    pd.to_numeric(oof["predicted_mlp"], errors="coerce"),
+                    pd.to_numeric(oof[col], errors="coerce"),
                     strict=True,
                 )
             )
             v = np.array([by_id.get(i, np.nan) for i in table["image_id"]], dtype=float)
             if np.isfinite(v).any():
-                return v, "predictor_oof.csv (predicted_mlp, out-of-fold)"
-        log.warning("%s has no usable predicted_mlp column; predicting in-sample with predictor.pt", oof_path)
+                return v, f"predictor_oof.csv ({col}, out-of-fold)"
+        log.warning("%s has no usable %s column; predicting in-sample with predictor.pt", oof_path, col)
     return None, None
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "CVResult",
     "fit_predictor_run",
     "load_run_inputs",
+    "saved_model",
     "PREDICTOR_FORMAT",
     "DEFAULT_INPUTS",
 ]
@@ -984,7 +985,7 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     training rows (nested: test rows never influence training). Ridge fits on train + val (its penalty is
     chosen by leave-one-out inside them; BLAS threads follow the regressor's ``num_threads``). Every scaler
     is fitted inside the training rows.
-    ``ceiling(test_index)`` may return ``{"human_consistency": ..., "noise_ceiling": ...}`` for the fold.
+    ``ceiling(test_index)`` may return ``{"human_consistency": ..., "spearman_brown": ...}`` for the fold.
     ``return_estimators`` keeps the fitted models (``CVResult.estimators``).
     """
     import pandas as pd
@@ -1289,7 +1290,7 @@ def _ceiling_fn(run: Path, image_ids: list[str]) -> tuple[Callable[[np.ndarray],
     def one(idx: np.ndarray) -> dict[str, float]:
         sub = halves.subset([image_ids[i] for i in idx])
         rel = split_half_reliability(sub)
-        return {"human_consistency": float(rel["spearman_mean"]), "noise_ceiling": float(rel["spearman_brown"])}
+        return {"human_consistency": float(rel["spearman_mean"]), "spearman_brown": float(rel["spearman_brown"])}
 
     return one, one(np.arange(len(image_ids)))
 
@@ -1298,13 +1299,15 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       inputs: str = DEFAULT_INPUTS, hidden: Sequence[int] = (256,), max_epochs: int = 200,
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
-    """Cross-validate the MLP and the ridge baseline on a run, then fit the final MLP on every image.
+    """Cross-validate the SVR, the MLP and the ridge baseline on a run, then fit ``model`` on every image.
 
     Writes ``RUN/predictor_cv.csv`` (one row per fold and model, then one ``fold="mean"`` row per model;
-    columns ``fold, model, n_train, n_val, n_test, n, spearman, pearson, mse, auc``, the noise ceiling of the
-    test images ``human_consistency`` and ``noise_ceiling`` when ``RUN/split_halves.npz`` exists, ``epochs``
-    (MLP), ``alpha`` (ridge), ``seconds``), ``RUN/predictor_oof.csv`` (out-of-fold predictions) and
-    ``RUN/predictor.pt`` (see :func:`save_predictor`), all atomically.
+    columns ``fold, model, n_train, n_val, n_test, n, spearman, pearson, mse, auc``, when
+    ``RUN/split_halves.npz`` exists the test images' ``human_consistency`` (mean split-half Spearman: the
+    noise ceiling memlens compares with, as ``memlens analyze`` does) and ``spearman_brown`` (its
+    Spearman-Brown value, the reliability of the full-group score), ``epochs`` (MLP), ``alpha`` (ridge),
+    ``seconds``, ``saved``), ``RUN/predictor_oof.csv`` (out-of-fold predictions) and ``RUN/predictor.pt``
+    (see :func:`save_predictor`), all atomically.
 
     Parameters
     ----------
@@ -1379,6 +1382,17 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     return {"table": table, "summary": summary, "ceiling": overall, "n_images": len(data.y), "model": model,
             "n_features": int(data.X.shape[1]), "seconds": seconds,
             "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt"]}
+
+
+def saved_model(cv_table: Any) -> str:
+    """The model kept in ``predictor.pt``, from ``predictor_cv.csv`` (a DataFrame, or None): the ``model`` of the
+    rows whose ``saved`` column is true; ``"mlp"`` for tables without that column (runs before it existed, when
+    the MLP was always the one saved)."""
+    if cv_table is not None and {"saved", "model"} <= set(cv_table.columns):
+        saved = cv_table[cv_table["saved"].astype(str).str.lower().isin(["true", "1"])]["model"]
+        if len(saved):
+            return str(saved.iloc[0])
+    return "mlp"
 
 
 def _num(v: Any) -> float:

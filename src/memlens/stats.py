@@ -50,6 +50,7 @@ __all__ = [
     "correlation_table",
     "split_half_reliability",
     "spearman_brown",
+    "fdr_bh",
     "analyze_per_image",
     "analyze_run",
     "format_correlations",
@@ -637,6 +638,29 @@ def split_half_reliability(halves: Any, method: str = "spearman") -> dict[str, A
     return out
 
 
+def fdr_bh(p_values: Any) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false-discovery rate), in the input order.
+
+    NaN p-values stay NaN and do not count among the tests. A row is significant at FDR level ``q`` when its
+    adjusted p-value is at most ``q``. Equals ``scipy.stats.false_discovery_control(p, method="bh")`` on the
+    finite values.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    q = p[ok]
+    order = np.argsort(q, kind="stable")
+    scaled = q[order] * m / np.arange(1, m + 1)
+    scaled = np.minimum.accumulate(scaled[::-1])[::-1]  # monotone: p_(i) adj = min over j >= i
+    adj = np.empty(m)
+    adj[order] = np.minimum(scaled, 1.0)
+    out[ok] = adj
+    return out
+
+
 def _within_ceiling(h1: np.ndarray, h2: np.ndarray, groups: np.ndarray, method: str) -> float:
     rs = _split_rs(h1, h2, method, groups=groups)
     ok = rs[np.isfinite(rs)]
@@ -734,8 +758,8 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
     ceiling : float or SplitHalves, optional
         Noise ceiling of ``y``. A number is used for every row. A :class:`~memlens.data.halves.SplitHalves`
         is restricted to the ids in ``df[id_col]`` and gives scope-specific ceilings: the split-half
-        correlation (``method``) over all images for pooled and partial rows, over the group's images for a
-        group row, and the within-group split-half correlation for the within row.
+        correlation (``method``) over all images for pooled rows, over the group's images for a group row,
+        and the within-group split-half correlation for the within row. Partial rows get none.
     id_col : str
         Image-id column used to match ``ceiling`` split halves.
     name : str
@@ -744,8 +768,10 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
     Returns
     -------
     DataFrame
-        Columns ``x, y, scope, group, control, n, r, ci_low, ci_high, p_value, p_perm, method, ci_method,
-        confidence, n_boot, seed, n_groups`` (+ ``ceiling, r_over_ceiling`` when ``ceiling`` is given).
+        Columns ``x, y, scope, group, control, n, r, ci_low, ci_high, p_value, p_fdr, p_perm, method,
+        ci_method, confidence, n_boot, seed, n_groups`` (+ ``ceiling, r_over_ceiling`` when ``ceiling`` is
+        given; NaN for partial rows). ``p_fdr``: ``p_value`` adjusted for the false-discovery rate
+        (Benjamini-Hochberg, :func:`fdr_bh`) over every row of the table.
     """
     import pandas as pd
 
@@ -770,7 +796,9 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
                "method": res.method, "ci_method": res.ci_method, "confidence": res.confidence,
                "n_boot": res.n_boot, "seed": res.seed, "n_groups": res.n_groups}
         if ceilings is not None:
-            c = ceilings.get((scope, None if group is None else str(group)), ceilings[("pooled", None)])
+            # the split-half consistency bounds a correlation with the score, not a partial correlation
+            c = math.nan if scope == "partial" else ceilings.get((scope, None if group is None else str(group)),
+                                                                 ceilings[("pooled", None)])
             row["ceiling"] = c
             row["r_over_ceiling"] = res.r / c if c and math.isfinite(c) and c > 0 else math.nan
         rows.append(row)
@@ -791,6 +819,8 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
     out = pd.DataFrame(rows)
     if not permutation:
         out["p_perm"] = out["p_perm"].astype(float)
+    # every row of one table is one family of tests: Benjamini-Hochberg over all of them
+    out.insert(out.columns.get_loc("p_value") + 1, "p_fdr", fdr_bh(out["p_value"]))
     return out
 
 
@@ -828,13 +858,17 @@ def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
     def fp(v: Any) -> str:
         return "nan" if v is None or not math.isfinite(v) else f"{v:.2g}"
 
-    header = ["x", "scope", "group/control", "n", "r", pct, "p"] + (["r/ceil"] if has_ceiling else [])
+    has_fdr = "p_fdr" in table.columns
+    header = ["x", "scope", "group/control", "n", "r", pct, "p"] + (["p_fdr"] if has_fdr else []) + (
+        ["r/ceil"] if has_ceiling else [])
     lines = [header]
     for row in table.to_dict("records"):
         which = row["group"] if row["scope"] == "group" else (
             f"| {row['control']}" if row["scope"] == "partial" else "")
         cells = [str(row["x"]), row["scope"], str(which or ""), str(row["n"]), f(row["r"]),
                  f"[{f(row['ci_low'])}, {f(row['ci_high'])}]", fp(row["p_value"])]
+        if has_fdr:
+            cells.append(fp(row["p_fdr"]))
         if has_ceiling:
             cells.append(f(row["r_over_ceiling"], 2))
         lines.append(cells)

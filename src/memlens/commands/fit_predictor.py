@@ -81,8 +81,8 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
                    f"{_fmt(g['mse'].astype(float).mean(), 4):>10}{_fmt(g['auc'].astype(float).mean()):>8}")
     ceil = res.get("ceiling") or {}
     if ceil:
-        click.echo(f"noise ceiling: human consistency (split-half Spearman) {_fmt(ceil['human_consistency'])}, "
-                   f"Spearman-Brown {_fmt(ceil['noise_ceiling'])}")
+        click.echo(f"noise ceiling: human consistency (split-half Spearman) {_fmt(ceil['human_consistency'])}; "
+                   f"reliability of the full-group score (Spearman-Brown) {_fmt(ceil['spearman_brown'])}")
     else:
         click.echo("noise ceiling: n/a (no split_halves.npz in the run)")
     click.echo(f"predictor.pt holds the {model} model")

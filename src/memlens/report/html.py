@@ -517,8 +517,8 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         tiles.append(("mean score (SD)", f"{finite.mean():.3f} ({fmt(res['score']['sd'], 3)})"))
     if ctx.ceiling:
         res["noise_ceiling"] = ctx.ceiling
-        tiles.append(("human split-half ρ", fmt(ctx.ceiling["split_half_spearman"], 3)))
-        tiles.append(("noise ceiling (Spearman-Brown)", fmt(ctx.ceiling["spearman_brown"], 3)))
+        tiles.append(("human split-half ρ (noise ceiling)", fmt(ctx.ceiling["split_half_spearman"], 3)))
+        tiles.append(("reliability (Spearman-Brown)", fmt(ctx.ceiling["spearman_brown"], 3)))
     for key in ("reconstruction", "distinctiveness"):
         if key in ctx.headline:
             col, r = ctx.headline[key]
@@ -864,6 +864,9 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
     show_y = ctx.corr.y.nunique() > 1
     headers = ["measure", *(["vs"] if show_y else []), "scope", "group", "controlling for", "n", "ρ", "95% CI", "p"]
     numeric = [False, *([False] if show_y else []), False, False, False, True, True, True, True]
+    if "p_fdr" in has:
+        headers.append("p (FDR)")
+        numeric.append(True)
     if "r_over_ceiling" in has:
         headers.append("ρ / split-half ρ")
         numeric.append(True)
@@ -874,6 +877,8 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
         row = [x, *([str(r.get("y") or "score")] if show_y else []), ctx.corr.scope.iloc[i] or "pooled",
                r.get("group") or "–", r.get("control") or "–", r.get("n"), _num(r.get("r")),
                fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt_p(r.get("p_value"))]
+        if "p_fdr" in has:
+            row.append(fmt_p(r.get("p_fdr")))
         if "r_over_ceiling" in has:
             row.append(_num(r.get("r_over_ceiling")))
         rows.append(row)
@@ -887,9 +892,13 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
                 if ctx.corr.meta.get(k) is not None]
     if settings:
         parts.append(_note(" · ".join(f"{esc(k.replace('_', ' '))}: {esc(fmt(v, 3))}" for k, v in settings)))
+    if "p_fdr" in has:
+        parts.append(_note(f"p (FDR): the p-value adjusted for testing all {len(recs)} rows of the table "
+                           "(Benjamini-Hochberg); a row with p (FDR) &lt; 0.05 holds at a 5 % false-discovery rate."))
     if "r_over_ceiling" in has:
         parts.append(_note("ρ / split-half ρ: the correlation divided by the human split-half consistency of the same "
-                           "images (the ceiling <code>memlens analyze</code> uses; not Spearman-Brown corrected)."))
+                           "images (the ceiling <code>memlens analyze</code> uses; not Spearman-Brown corrected). "
+                           "Partial rows have none: the ceiling does not bound a partial correlation."))
     parts.append(_table(headers, rows, numeric, row_classes=classes))
     if len(recs) > len(shown):
         parts.append(_note(f"{len(recs) - len(shown)} more rows are in results.json and {esc(ctx.corr.source)}."))
@@ -918,13 +927,10 @@ _MODEL_NAMES = {"svr": "support-vector regression", "mlp": "MLP", "ridge": "ridg
 
 
 def _saved_model(run: _Run) -> str:
-    """The model kept in predictor.pt: predictor_cv.csv's ``saved`` column, else the MLP (older runs)."""
-    cv = run.csv("predictor_cv.csv")
-    if cv is not None and {"saved", "model"} <= set(cv.columns):
-        saved = cv[cv["saved"].astype(str).str.lower().isin(["true", "1"])]["model"]
-        if len(saved):
-            return str(saved.iloc[0])
-    return "mlp"
+    """The model kept in predictor.pt (:func:`memlens.predict.saved_model` of predictor_cv.csv)."""
+    from ..predict import saved_model
+
+    return saved_model(run.csv("predictor_cv.csv"))
 
 
 def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
@@ -960,22 +966,26 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
         rows.append([str(name), entry["n_folds"]] + [
             f"{fmt(entry[f'{c}_mean'], 3)} ± {fmt(entry[f'{c}_sd'], 3)}" if entry[f"{c}_sd"] is not None
             else fmt(entry[f"{c}_mean"], 3) for c in metrics])
-    # the noise ceiling of the predicted images: fit-predictor's mean rows, else the report's own
-    consistency = ceiling = None
+    # the noise ceiling of the predicted images: fit-predictor's mean rows, else the report's own. As in the
+    # correlation table, the ceiling divided by is the human split-half consistency; the Spearman-Brown value
+    # (the reliability of the full-group score; column "noise_ceiling" in older predictor_cv.csv files) beside it
+    consistency = reliability = None
     ceiling_source = None
-    if len(mean_rows) and {"human_consistency", "noise_ceiling"} <= set(mean_rows.columns):
+    sb_col = next((c for c in ("spearman_brown", "noise_ceiling") if c in mean_rows.columns), None)
+    if len(mean_rows) and sb_col and "human_consistency" in mean_rows.columns:
         hc = pd.to_numeric(mean_rows["human_consistency"], errors="coerce").dropna()
-        nc = pd.to_numeric(mean_rows["noise_ceiling"], errors="coerce").dropna()
-        if len(hc) and len(nc):
-            consistency, ceiling, ceiling_source = float(hc.iloc[0]), float(nc.iloc[0]), "predictor_cv.csv"
-    if ceiling is None and ctx.ceiling:
-        consistency, ceiling = ctx.ceiling["split_half_spearman"], ctx.ceiling["spearman_brown"]
+        sb = pd.to_numeric(mean_rows[sb_col], errors="coerce").dropna()
+        if len(hc) and len(sb):
+            consistency, reliability, ceiling_source = float(hc.iloc[0]), float(sb.iloc[0]), "predictor_cv.csv"
+    if consistency is None and ctx.ceiling:
+        consistency, reliability = ctx.ceiling["split_half_spearman"], ctx.ceiling["spearman_brown"]
         ceiling_source = ctx.ceiling["source"]
-    res["consistency"], res["ceiling"], res["ceiling_source"] = consistency, ceiling, ceiling_source
-    if ceiling and metric:
+    res["consistency"], res["spearman_brown"], res["ceiling_source"] = consistency, reliability, ceiling_source
+    res["ceiling"] = consistency
+    if consistency and metric:
         for entry in res["models"].values():
             m = entry.get(f"{metric}_mean")
-            entry[f"{metric}_over_ceiling"] = m / ceiling if m is not None else None
+            entry[f"{metric}_over_ceiling"] = m / consistency if m is not None else None
     # out-of-fold predictions of every image, pooled
     oof, oof_source = _oof_predictions(ctx.run)
     oof_rows = []
@@ -1000,7 +1010,8 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
     parts = [f'<p class="lead">{lead}</p>']
     figs = []
     if metric:
-        figs.append(_figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency, ceiling=ceiling),
+        figs.append(_figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency,
+                                                  reliability=reliability),
                                  "cross-validated prediction accuracy per model"))
         best = res["models"].get(main, {}).get(f"{metric}_mean")
         if best is None:
@@ -1028,10 +1039,16 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
     if oof_rows:
         parts.append(f"<h3>All out-of-fold predictions pooled (<code>{esc(oof_source)}</code>)</h3>")
         parts.append(_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
-    if ceiling and metric:
-        kv = [("human split-half consistency", consistency), ("noise ceiling (Spearman-Brown)", ceiling)]
-        kv += [(f"{name}: {metric} / noise ceiling", e.get(f"{metric}_over_ceiling")) for name, e in res["models"].items()]
+    if consistency and metric:
+        kv = [("human split-half consistency (the noise ceiling)", consistency),
+              ("reliability of the full-group score (Spearman-Brown)", reliability)]
+        kv += [(f"{name}: {metric} / human consistency", e.get(f"{metric}_over_ceiling"))
+               for name, e in res["models"].items()]
         parts.append(_kv_table(kv))
+        parts.append(_note("A model that predicts one half of the observers as well as the other half does reaches "
+                           "1. The full-group score is more reliable than a half, so the ratio can exceed 1; the "
+                           "largest correlation expected with it is about the square root of the Spearman-Brown "
+                           "value."))
     else:
         parts.append(_note("No noise ceiling: the data set has no split-half scores.", True))
     return "".join(parts), res
