@@ -20,6 +20,12 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
+
+try:
+    import memlens  # noqa: F401
+except ImportError:  # a bare checkout (e.g. a lent GPU machine with its own torch): use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main(argv: list[str] | None = None) -> int:

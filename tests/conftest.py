@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Tests use tiny tensors: one intra-op thread is much faster than two on a shared 2-core machine
 # (and pytest-xdist already runs two workers).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -38,3 +40,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request, monkeypatch):
+    """Tests not marked `gpu` run on the CPU, also on a machine with a GPU: their `device="auto"` settings,
+    expected numbers and tolerances are the CPU's. Child processes (the CLI run as a subprocess, Ray workers)
+    see no GPU either. The `gpu` tests see the real device."""
+    if "gpu" in request.keywords:
+        return
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -243,3 +243,13 @@ def test_cuda_matches(data):
     for metric in ("euclidean", "cosine"):
         got = distinctiveness(data, k=3, metric=metric, device="cuda", memory_budget_mb=0.05)
         np.testing.assert_allclose(got, brute(data, 3, metric), rtol=1e-12)
+    # a caller's global TF32 setting neither breaks the certified result nor is changed by the search
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        x = np.abs(data) + 3.0  # non-negative codes with a large common offset: TF32 would mis-rank them
+        got = distinctiveness(x, k=1, device="cuda", memory_budget_mb=0.05)
+        np.testing.assert_allclose(got, brute(x, 1), rtol=1e-12)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(prev)

@@ -319,7 +319,17 @@ class _TorchOps:
         return a.cpu().numpy()
 
     def gram(self, a: Any, b: Any) -> Any:
-        return a @ b.T
+        torch = self.torch
+        prev = torch.get_float32_matmul_precision()
+        if self.device.type != "cuda" or prev == "highest":
+            return a @ b.T
+        # the rounding bound that certifies the results assumes float32 products: never TF32 or bf16, whatever
+        # the caller set globally (restored afterwards)
+        torch.set_float32_matmul_precision("highest")
+        try:
+            return a @ b.T
+        finally:
+            torch.set_float32_matmul_precision(prev)
 
     def set_inf(self, g: Any, rows: np.ndarray, cols: np.ndarray) -> None:
         g[self.to(rows.astype(np.int64)), self.to(cols.astype(np.int64))] = float("inf")

@@ -284,7 +284,8 @@ class _Images:
 def _iter_batches(images: _Images, batches: Sequence[Sequence[int]], num_workers: int) -> Iterator[torch.Tensor]:
     """Yield stacked batches in order; with workers, decode in background processes (order kept)."""
     cache = images.cache
-    if num_workers <= 0 or torch.is_tensor(images.src) or (
+    on_gpu = isinstance(images.src, (list, tuple)) and any(torch.is_tensor(t) and t.is_cuda for t in images.src)
+    if num_workers <= 0 or torch.is_tensor(images.src) or on_gpu or (
             cache is not None and all(int(i) in cache for b in batches for i in b)):
         for b in batches:
             yield images.batch(b)
@@ -661,7 +662,17 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
              dev: torch.device) -> None:
     try:
         model.load_state_dict(saved["model"], strict=True)
+        # Adam's ``capturable`` flag (on for the CUDA-graph path) travels with the optimizer state, but it
+        # belongs to the run that resumes: a fast-path checkpoint resumed on the CPU (or eagerly) must not
+        # bring it along, nor an eager one switch it off for the fast path
+        capturable = [g.get("capturable", False) for g in optimizer.param_groups]
         optimizer.load_state_dict(saved["optimizer"])
+        for g, cap in zip(optimizer.param_groups, capturable, strict=True):
+            g["capturable"] = cap
+            for prm in g["params"]:
+                st = optimizer.state.get(prm, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(device=prm.device if cap else "cpu", dtype=torch.float32)
         state.step = int(saved["state"]["step"])
         state.curve = [dict(r) for r in saved["state"]["curve"]]
         losses = saved["state"]["losses"].numpy()
