@@ -278,3 +278,19 @@ def test_real_small_autoencoder_and_features():
     pd.testing.assert_frame_equal(res1.table, res2.table, check_exact=False, atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(res1.latents, res2.latents, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(res1.features, res2.features, atol=1e-5, rtol=1e-5)
+
+
+def test_category_reference_leaves_uncategorised_images_alone(caplog):
+    """--distinct-reference category: images without a category are not one shared "nan" category."""
+    import pandas as pd
+
+    from memlens.measures import _reference_args
+    from memlens.neighbors import distinctiveness
+
+    table = pd.DataFrame({"category": ["a", "a", None, "b", "b", " ", None]})
+    with caplog.at_level("WARNING", logger="memlens.measures"):
+        args = _reference_args(table, "category")
+    assert "3 image(s) have no category" in caplog.text
+    x = np.array([[0.0], [1.0], [5.0], [10.0], [12.0], [5.5], [5.2]])
+    d = distinctiveness(x, k=1, **args)
+    np.testing.assert_allclose(d, [1.0, 1.0, np.nan, 2.0, 2.0, np.nan, np.nan])

@@ -754,7 +754,17 @@ def _reference_args(table: pd.DataFrame, reference: str) -> dict[str, Any]:
     if reference == "category":
         if "category" not in table.columns:
             raise ConfigError("distinctiveness reference 'category' needs a category column; this data has none")
-        return {"groups": table["category"].astype(str).to_numpy()}
+        cat = table["category"]
+        missing = (cat.isna() | (cat.astype(str).str.strip() == "")).to_numpy()
+        labels = cat.astype(str).to_numpy(dtype=object)
+        if missing.any():
+            # an image without a category has no category to be compared within: a group of its own (NaN),
+            # not one shared "nan" category of all unlabelled images
+            log.warning("%d image(s) have no category: their within-category distinctiveness is NaN",
+                        int(missing.sum()))
+            for j in np.flatnonzero(missing):
+                labels[j] = ("<no category>", int(j))
+        return {"groups": labels}
     if reference == "split":
         if "split" not in table.columns:
             raise ConfigError("distinctiveness reference 'split' needs a split column; this data has none")
