@@ -77,7 +77,7 @@ def test_score_writes_the_documented_files(demo, tmp_path, capsys):
         metrics.append("lpips")
     expected = (["image_id", "score", "category", "subcategory"] + [f"recon_{m}" for m in metrics]
                 + [f"recon_{m}_before" for m in metrics]
-                + ["recon_exposure", "distinctiveness", "distinctiveness_features"])
+                + ["recon_exposure", "exposure_order", "distinctiveness", "distinctiveness_features"])
     assert per.columns.tolist()[: len(expected)] == expected
     rest = per.columns.tolist()[len(expected):]
     assert "path" in rest and "memorability_w_fa_correction" in rest  # source columns pass through
@@ -90,6 +90,8 @@ def test_score_writes_the_documented_files(demo, tmp_path, capsys):
     exp = per.set_index("image_id")["recon_exposure"]
     np.testing.assert_allclose(exp[exposed], np.linspace(0.1, 0.2, len(exposed)))
     assert exp.drop(exposed).isna().all()
+    order = per.set_index("image_id")["exposure_order"]  # its position in the stream, for partialling out
+    assert order[exposed].tolist() == list(range(len(exposed))) and order.drop(exposed).isna().all()
 
     latents = np.load(run / "latents.npy")
     assert latents.shape == (N, 4 * 4 * 4) and latents.dtype == np.float32

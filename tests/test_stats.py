@@ -433,3 +433,25 @@ def test_split_half_reliability_matches_manual_and_handles_nan():
     assert via_obj == rel
     pear = split_half_reliability((h1, h2), method="pearson")
     assert pear["ceiling"] == pear["pearson_mean"] != rel["ceiling"]
+
+
+def test_analyze_partials_the_exposure_position_out_of_the_exposure_loss():
+    """recon_exposure drifts with the position in the stream (the model adapts): a partial row removes it."""
+    from memlens.stats import analyze_per_image
+
+    rng = np.random.default_rng(8)
+    n = 200
+    order = rng.permutation(n).astype(float)
+    score = rng.normal(size=n) + 0.02 * order  # later images happen to score higher
+    df = pd.DataFrame({"image_id": [f"i{j}" for j in range(n)], "score": score,
+                       "recon_exposure": 1.0 - 0.004 * order + 0.1 * rng.normal(size=n),
+                       "exposure_order": order, "distinctiveness": rng.normal(size=n)})
+    tab = analyze_per_image(df, n_boot=0)
+    assert "exposure_order" not in set(tab.x)  # not a measure
+    rows = tab[(tab.x == "recon_exposure") & (tab.scope == "partial")]
+    assert list(rows.control) == ["distinctiveness", "exposure_order"]
+    pooled = tab[(tab.x == "recon_exposure") & (tab.scope == "pooled")].r.iloc[0]
+    by_order = rows[rows.control == "exposure_order"].r.iloc[0]
+    assert pooled < -0.5 and abs(by_order) < 0.2  # the pooled association was the position's
+    ref = correlate(df.recon_exposure, df.score, control=df[["exposure_order"]], n_boot=0)
+    assert by_order == pytest.approx(ref.r)

@@ -734,7 +734,9 @@ def _dataset_from_run(run: Path) -> Any:
     return load_run_dataset(run)
 
 
-def _exposure_losses(run: Path) -> pd.Series | None:
+def _exposure_losses(run: Path) -> pd.DataFrame | None:
+    """``exposure.csv`` by image id: ``loss`` (the loss at the single exposure) and ``order`` (its position in
+    the exposure stream, when recorded); None without the file."""
     path = run / "exposure.csv"
     if not path.is_file():
         return None
@@ -744,8 +746,8 @@ def _exposure_losses(run: Path) -> pd.Series | None:
     # an image exposed more than once keeps its first exposure
     if "order" in exp.columns:
         exp = exp.sort_values("order", kind="stable")
-    exp = exp.drop_duplicates("image_id", keep="first")
-    return exp.set_index("image_id")["loss"].astype(float)
+    exp = exp.drop_duplicates("image_id", keep="first").set_index("image_id")
+    return exp[[c for c in ("loss", "order") if c in exp.columns]].astype(float)
 
 
 def _reference_args(table: pd.DataFrame, reference: str) -> dict[str, Any]:

@@ -895,8 +895,9 @@ def analyze_per_image(df: pd.DataFrame, y: str = "score", by: str | None = None,
     """Every ``recon_*`` and ``distinctiveness*`` column of a per-image table correlated with ``y``.
 
     Rows: pooled, per group and within group (when ``by`` is given), and partial rows -- each ``recon_*``
-    column given each ``distinctiveness*`` column, and each ``distinctiveness*`` column given each
-    ``recon_*`` column. With ``halves`` (split-half human scores), ceilings as in :func:`correlation_table`.
+    column given each ``distinctiveness*`` column, each ``distinctiveness*`` column given each
+    ``recon_*`` column, and ``recon_exposure`` given ``exposure_order`` (its position in the exposure stream)
+    when the table has both. With ``halves`` (split-half human scores), ceilings as in :func:`correlation_table`.
     """
     recon, dist = _measure_columns(df)
     if not recon and not dist:
@@ -905,6 +906,9 @@ def analyze_per_image(df: pd.DataFrame, y: str = "score", by: str | None = None,
     control: dict[str, list[tuple[str, ...]]] = {}
     for r in recon:
         control[r] = [(d,) for d in dist]
+    if "recon_exposure" in recon and "exposure_order" in df.columns:
+        # the loss at exposure comes from a model that has seen the earlier images: partial out the position
+        control["recon_exposure"].append(("exposure_order",))
     for d in dist:
         control[d] = [(r,) for r in recon]
     return correlation_table(df, x=[*recon, *dist], y=y, by=by, control=control, method=method,

@@ -145,7 +145,9 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         out[col] = result.table[col].to_numpy()
     exposure = measures._exposure_losses(run)
     if exposure is not None:
-        out["recon_exposure"] = table["image_id"].map(exposure).astype(float).to_numpy()
+        out["recon_exposure"] = table["image_id"].map(exposure["loss"]).astype(float).to_numpy()
+        if "order" in exposure.columns:  # the model changes along the stream: the loss depends on the position
+            out["exposure_order"] = table["image_id"].map(exposure["order"]).astype("Int64").to_numpy()
     dist_kw = {"k": distinct_k, "metric": distinct_metric, **job.ref_args}
     opts = dict(index_options or {})
     reports: dict[str, Any] = {}
