@@ -341,8 +341,13 @@ def test_perceptual_definition(pair):
     for a, b in zip(fx, fy, strict=True):
         ua = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         ub = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        expected = expected + (ua - ub).pow(2).mean(dim=(1, 2, 3)) / len(fx)
+        # the squared distance of the unit feature vectors at each position: every layer weighs alike
+        expected = expected + ((ua - ub) ** 2).sum(dim=1).mean(dim=(1, 2)) / len(fx)
     torch.testing.assert_close(M.perceptual_distance(x, y, extractor=ext), expected)
+    # opposite unit vectors at every position of every layer: the largest value, 4
+    opp = M.perceptual_from_features([torch.ones(2, 5, 3, 3), torch.ones(2, 40, 2, 2)],
+                                     [-torch.ones(2, 5, 3, 3), -torch.ones(2, 40, 2, 2)])
+    torch.testing.assert_close(opp, torch.full((2,), 4.0))
     with pytest.raises(ValueError, match="RGB"):
         M.perceptual_distance(x[:, :1], y[:, :1], extractor=ext)
 

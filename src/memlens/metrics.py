@@ -376,12 +376,14 @@ def _unit(f: Tensor, eps: float = 1e-10) -> Tensor:
 def perceptual_from_features(fx: Sequence[Tensor], fy: Sequence[Tensor]) -> Tensor:
     """Perceptual distance (N,) from two lists of feature maps (N, C_l, h_l, w_l) of the same layers.
 
-    Each map is unit-normalised across channels at every position; squared differences are averaged over
-    channels and positions, then over layers.
+    Each map is unit-normalised across channels at every position; squared differences are summed over
+    channels (the squared distance of the unit vectors, in [0, 4] at every position whatever the layer's
+    width), averaged over positions, then over layers.
     """
     if len(fx) != len(fy) or not fx:
         raise RuntimeError("perceptual distance needs the same non-empty list of layers for both images")
-    per_layer = [(_unit(a.float()) - _unit(b.float())).pow(2).mean(dim=(1, 2, 3)) for a, b in zip(fx, fy, strict=True)]
+    per_layer = [(_unit(a.float()) - _unit(b.float())).pow(2).sum(dim=1).mean(dim=(1, 2))
+                 for a, b in zip(fx, fy, strict=True)]
     return torch.stack(per_layer, dim=0).mean(0)
 
 
