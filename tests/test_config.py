@@ -82,7 +82,8 @@ def test_run_flags_map_onto_stage_options(tmp_path):
     from memlens.commands.run import SHARED, build_stage_options
 
     assert set(SHARED["seed"][1]) >= {"train", "analyze", "predictor", "explain"}
-    assert SHARED["check_split"][1:] == (["check"], "split")
+    assert SHARED["check_split"][1:] == (["check", "train"], "split")  # train loads what check validated
+    assert "train_split" not in SHARED and SHARED["score_variant"][1] == ["check", "train"]
     assert SHARED["predictor_split"][1:] == (["predictor"], "split")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("analyze: {n_boot: 10, seed: 1}\n")
@@ -91,3 +92,8 @@ def test_run_flags_map_onto_stage_options(tmp_path):
     assert opts["analyze"] == {"n_boot": "20", "seed": 5}  # flag > --set > config file
     assert opts["predictor"]["split"] == "paper" and "split" not in opts.get("check", {})
     assert opts["train"]["seed"] == 5
+    # a config file's check.split reaches train too; a different train.split is refused
+    cfg.write_text("check: {split: [train_1]}\n")
+    assert build_stage_options(cfg, (), {})["train"]["split"] == ["train_1"]
+    with pytest.raises(click.UsageError, match="check.split .* and train.split .* differ"):
+        build_stage_options(cfg, ("train.split=val_1",), {})

@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as _distributed
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, RunDirError
 from .models.base import Autoencoder, check_image_range
 from .models.checkpoint import load_train_state, save_train_state
 
@@ -948,6 +949,21 @@ def _cpu(obj: Any) -> Any:
 
 # -- a whole training run into a run directory -----------------------------------------------------
 
+#: outputs of the stages after train (score, analyze, fit-predictor, explain, report); names or globs
+LATER_OUTPUTS = ("per_image.csv", "latents.npy", "latent_ids.txt", "features.npy", "split_halves.npz", "index.json",
+                 "correlations.csv", "correlations.json", "predictor.pt", "predictor_cv.csv", "predictor_oof.csv",
+                 "featureset_*", "descriptors.csv", "descriptor_correlations.csv", "attributions", "report.html",
+                 "results.json", "shards")
+
+
+def later_outputs(run: str | Path) -> list[str]:
+    """Names of the later stages' outputs (:data:`LATER_OUTPUTS`) present in ``run``, sorted."""
+    run = Path(run)
+    if not run.is_dir():
+        return []
+    return sorted({p.name for pattern in LATER_OUTPUTS for p in run.glob(pattern)})
+
+
 RUN_FILES = ("config.json", "dataset.json", "manifest.json", "autoencoder.pt", "autoencoder_before.pt",
              "exposure.csv", "experience_order.csv", "pretrain_order.csv", "experience_ids.txt", "training_curve.csv",
              "training_curve.png")
@@ -1009,8 +1025,11 @@ def train_run(
     image_col: str | None = None,
     score_col: str | None = None,
     category_col: str | None = None,
+    score_variant: str | None = None,
+    splits: Sequence[str] | None = None,
     num_workers: int = 0,
     threads: int | str | None = "auto",
+    overwrite: bool = False,
     progress: Callable[[str, int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train an autoencoder on a data set and write the run directory (``memlens train`` calls this).
@@ -1029,7 +1048,12 @@ def train_run(
     for ``init="imagenet"`` unless ``freeze_encoder=False``) -> ``autoencoder.pt``.
 
     Also written: ``config.json``, ``dataset.json``, ``manifest.json``, ``training_curve.csv``/``.png``.
-    ``threads``: CPU threads ("auto": :func:`auto_threads`, None: torch's setting).
+    ``threads``: CPU threads ("auto": :func:`auto_threads`, None: torch's setting). ``score_variant`` and
+    ``splits`` select MemCat's score and LaMem's split files, as in :func:`memlens.data.load_dataset`.
+
+    A new training (not ``resume``) in a directory that holds the outputs of later stages of an earlier run
+    (``per_image.csv``, ``predictor.pt``, ...; :data:`LATER_OUTPUTS`) raises :class:`RunDirError`: they
+    would no longer belong to the new model. ``overwrite=True`` removes them first.
     Returns the manifest dict.
     """
 
@@ -1049,6 +1073,7 @@ def train_run(
     size = int(image_size or spec.input_size)
     dev = resolve_device(device)
     ddp = _distributed.context_for_training(mode, dev)  # torchrun: join the process group (pretrain only)
+    shared_out = Path(out)  # every rank checks the real run directory; rank 0 alone changes it
     if ddp is not None and not ddp.is_main:  # rank-0-only writes: the others write to a private scratch folder
         out, progress = _distributed.scratch_output(out), None
     if threads == "auto":
@@ -1058,25 +1083,33 @@ def train_run(
         if threads < 1:
             raise ConfigError(f"threads must be >= 1 or 'auto', got {threads}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    states = out / "checkpoints"
-    if not resume:
-        for name in ("experience.pt", "exposure.pt", "pretrain.pt"):
-            with contextlib.suppress(FileNotFoundError):
-                (states / name).unlink()
-        for name in ("autoencoder.pt", "autoencoder_before.pt", "exposure.csv", "experience_ids.txt",
-                     "experience_order.csv", "pretrain_order.csv"):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
-
-    data_opts = {k: v for k, v in {"image_col": image_col, "score_col": score_col,
-                                   "category_col": category_col}.items() if v is not None}
+    for folder in (out, *out.parents):  # the nearest existing ancestor must be a directory
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunDirError(f"--out {out}: {folder} exists and is not a directory")
+            break
+    data_opts = {k: v for k, v in {"image_col": image_col, "score_col": score_col, "category_col": category_col,
+                                   "score_variant": score_variant,
+                                   "splits": list(splits) if splits else None}.items() if v is not None}
+    # everything that can be checked before the run directory is touched: the data and the model settings
     ds = load_dataset(source, layout, **data_opts)
+    # the model and the loss too: bad settings fail before anything is written
+    t0 = time.perf_counter()
+    model = create_autoencoder(backbone, init=init, input_size=size, seed=seed, weights=weights, download=download)
+    timings: dict[str, float] = {"create_model_s": time.perf_counter() - t0}
+    from .metrics import make_loss
+
+    make_loss(loss)
+    stale = [] if resume else later_outputs(shared_out)
+    if stale and not overwrite:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        raise RunDirError(f"{out} holds results of an earlier run ({shown}); a new training would leave them "
+                          "out of date. Use another --out, or --overwrite to remove them first")
     exposed = ds
     exp_info: dict[str, Any] = {"source": "none"}
     exp_ds = None
-    timings: dict[str, float] = {}
     notes: list[str] = []
+    holdout_ids: list[str] | None = None  # written to experience_ids.txt once the directory is prepared
 
     if mode == "exposure" and int(pretrain_epochs) > 0:
         if experience is not None:
@@ -1105,7 +1138,7 @@ def train_run(
             exp_ids = [ids[i] for i in sorted(perm[:n_exp])]
             exp_ds = ds.subset(exp_ids)
             exposed = ds.subset([ids[i] for i in sorted(perm[n_exp:])])
-            atomic_write_text(out / "experience_ids.txt", "\n".join(exp_ids) + "\n")
+            holdout_ids = exp_ids
             exp_info = {"source": "holdout", "fraction": float(experience_fraction),
                         "ids_file": "experience_ids.txt",
                         "note": f"default: a seeded {experience_fraction:.0%} of the collection, held out "
@@ -1119,6 +1152,29 @@ def train_run(
 
     if mode == "exposure" and len(exposed) == 0:
         raise DataError(f"{source}: no images left to expose")
+
+    # every check passed: prepare the run directory (the earlier run's outputs go only now)
+    for name in stale if out == shared_out else []:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+    if stale:
+        log.warning("removed %d output(s) of an earlier run in %s: %s", len(stale), out, ", ".join(stale))
+    out.mkdir(parents=True, exist_ok=True)
+    states = out / "checkpoints"
+    if not resume:
+        for name in ("experience.pt", "exposure.pt", "pretrain.pt"):
+            with contextlib.suppress(FileNotFoundError):
+                (states / name).unlink()
+        for name in ("autoencoder.pt", "autoencoder_before.pt", "exposure.csv", "experience_ids.txt",
+                     "experience_order.csv", "pretrain_order.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+    if holdout_ids is not None:
+        atomic_write_text(out / "experience_ids.txt", "\n".join(holdout_ids) + "\n")
 
     # model
     before_path = out / "autoencoder_before.pt"
@@ -1140,9 +1196,6 @@ def train_run(
                     "experience": {**exp_info, **({"spec": exp_ds.spec()} if exp_ds is not None else {})}}
     atomic_write_json(out / "dataset.json", dataset_json)
 
-    t0 = time.perf_counter()
-    model = create_autoencoder(backbone, init=init, input_size=size, seed=seed, weights=weights, download=download)
-    timings["create_model_s"] = time.perf_counter() - t0
     log.info("model: %s (init=%s, input %d px, %s parameters)", backbone, model.init, size,
              f"{sum(p.numel() for p in model.parameters()):,}")
     init_report = {k: v for k, v in getattr(model, "init_report", {}).items()}

@@ -3,8 +3,10 @@
 Each stage is its ordinary CLI command, called with the argument list that its options translate to, so a
 config file, ``--set stage.key=value`` and the flags of ``memlens run`` all go through the very same
 parsing and validation as when the stage is run by hand. A stage whose outputs exist and whose arguments are
-unchanged since it last completed (``RUN/pipeline.json``) is skipped; once a stage reruns, every later stage
-reruns too.
+unchanged since it last completed (``RUN/pipeline.json``), on unchanged data, is skipped; once a stage reruns,
+every later stage reruns too. ``check`` writes nothing: it reruns only when the data or its arguments changed,
+and never forces the stages after it. The data's fingerprint (the table's bytes, or a folder's file names,
+sizes and modification times) is recorded; changed data reruns everything.
 """
 
 from __future__ import annotations
@@ -39,6 +41,37 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("report", "report", ("report.html",), lambda d, r: [r]),
 )
 STAGE_NAMES = tuple(s.name for s in STAGE_LIST)
+
+
+def data_fingerprint(data: str | os.PathLike, exclude: Path | None = None) -> str:
+    """A cheap identity of the data: sha256 of a table file's bytes, or of a folder's sorted (relative path,
+    size, modification time) entries (``exclude``: a folder inside it to leave out, e.g. the run itself)."""
+    import hashlib
+
+    src = Path(data)
+    h = hashlib.sha256()
+    if src.is_file():
+        with open(src, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return "file:" + h.hexdigest()
+    if not src.is_dir():
+        return "missing"
+    skip = exclude.resolve() if exclude is not None else None
+    entries = []
+    for folder, dirs, files in os.walk(src):
+        here = Path(folder)
+        if skip is not None:
+            dirs[:] = [d for d in dirs if (here / d).resolve() != skip]
+        for name in files:
+            try:
+                st = (here / name).stat()
+            except OSError:
+                continue
+            entries.append(f"{(here / name).relative_to(src).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
+    for e in sorted(entries):
+        h.update(e.encode("utf-8", "surrogateescape") + b"\n")
+    return "folder:" + h.hexdigest()
 
 
 def _command(name: str) -> click.Command:
@@ -94,41 +127,90 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                  *, force: bool = False, skip: tuple[str, ...] = (), obj: dict | None = None,
                  echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Run every stage on ``data`` into ``run``; returns the per-stage record (status, seconds, args)."""
+    from ..train import later_outputs
+
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
+    owned = (run / "pipeline.json").is_file()  # a directory this pipeline wrote before
+    fingerprint = data_fingerprint(data, exclude=run)
     state = {} if force else _load_state(run)
+    if state and state.get("fingerprint") != fingerprint:
+        echo("the data changed since the last run in this directory: every stage reruns")
+        state = {}
     stages_state: dict[str, Any] = dict(state.get("stages", {}))
     rerun_rest = force
+    rerun_stage: str | None = "everything (--force)" if force else None
     record: dict[str, Any] = {}
     t_all = time.perf_counter()
-    for stage in STAGE_LIST:
-        if stage.name in skip:
-            record[stage.name] = {"status": "skipped (--skip)"}
-            continue
-        cmd = _command(stage.command)
-        args = stage.positional(str(data), str(run)) + options_to_args(cmd, stage_options.get(stage.name, {}))
-        prev = stages_state.get(stage.name, {})
-        complete = (stage.outputs and all((run / f).exists() for f in stage.outputs)
-                    and prev.get("args") == args and prev.get("status") == "done")
-        if complete and not rerun_rest:
-            echo(f"[{stage.name}] up to date, skipped")
-            record[stage.name] = {"status": "up to date", "seconds": prev.get("seconds")}
-            continue
-        rerun_rest = True
-        run_args = list(args)
-        if (stage.name == "train" and not force and prev.get("args") == args and prev.get("status") == "running"
-                and any((run / "checkpoints" / f).exists() for f in ("experience.pt", "exposure.pt", "pretrain.pt"))):
-            run_args.append("--resume")  # an interrupted training with the same settings continues
-        echo(f"[{stage.name}] memlens {stage.command} {' '.join(run_args)}")
-        stages_state[stage.name] = {"status": "running", "args": args}
-        _save_state(run, {"data": str(data), "stages": stages_state})
-        t0 = time.perf_counter()
-        rv = cmd.main(args=run_args, prog_name=f"memlens {stage.command}", standalone_mode=False, obj=obj or {})
-        if isinstance(rv, int) and rv != 0:
-            raise click.exceptions.Exit(rv)
-        seconds = round(time.perf_counter() - t0, 2)
-        stages_state[stage.name] = {"status": "done", "args": args, "seconds": seconds}
-        record[stage.name] = {"status": "done", "seconds": seconds}
-        _save_state(run, {"data": str(data), "stages": stages_state})
+    current = {"stage": None}
+
+    def save() -> None:
+        _save_state(run, {"data": str(data), "fingerprint": fingerprint, "stages": stages_state})
+
+    try:
+        for stage in STAGE_LIST:
+            if stage.name in skip:
+                record[stage.name] = {"status": "skipped (--skip)"}
+                if rerun_stage is not None and any(True for _ in _stage_outputs(run, stage)):
+                    echo(f"[{stage.name}] skipped (--skip); its files in {run} are from an earlier run, "
+                         f"older than this run's {rerun_stage}")
+                continue
+            cmd = _command(stage.command)
+            args = stage.positional(str(data), str(run)) + options_to_args(cmd, stage_options.get(stage.name, {}))
+            prev = stages_state.get(stage.name, {})
+            complete = (all((run / f).exists() for f in stage.outputs)
+                        and prev.get("args") == args and prev.get("status") == "done")
+            if complete and not (rerun_rest and stage.outputs):
+                echo(f"[{stage.name}] up to date, skipped")
+                record[stage.name] = {"status": "up to date", "seconds": prev.get("seconds")}
+                continue
+            run_args = list(args)
+            if stage.outputs:  # a stage that writes: everything after it reruns
+                rerun_rest = True
+                rerun_stage = rerun_stage or stage.name
+            if stage.name == "train":
+                resumable = (not force and prev.get("args") == args
+                             and prev.get("status") in ("running", "interrupted", "failed")
+                             and any((run / "checkpoints" / f).exists()
+                                     for f in ("experience.pt", "exposure.pt", "pretrain.pt")))
+                if resumable:
+                    run_args.append("--resume")  # an interrupted training with the same settings continues
+                elif later_outputs(run):
+                    if not (owned or force):
+                        raise click.UsageError(
+                            f"{run} holds results of an earlier run that memlens run did not make "
+                            f"({', '.join(later_outputs(run)[:5])}); use another --out, or --force to replace them")
+                    run_args.append("--overwrite")  # the earlier run's later outputs would be out of date
+            echo(f"[{stage.name}] memlens {stage.command} {' '.join(run_args)}")
+            stages_state[stage.name] = {"status": "running", "args": args}
+            current["stage"] = stage.name
+            run.mkdir(parents=True, exist_ok=True)
+            save()
+            t0 = time.perf_counter()
+            rv = cmd.main(args=run_args, prog_name=f"memlens {stage.command}", standalone_mode=False, obj=obj or {})
+            if isinstance(rv, int) and rv != 0:
+                raise click.exceptions.Exit(rv)
+            seconds = round(time.perf_counter() - t0, 2)
+            stages_state[stage.name] = {"status": "done", "args": args, "seconds": seconds}
+            current["stage"] = None
+            record[stage.name] = {"status": "done", "seconds": seconds}
+            save()
+    except BaseException as exc:
+        name = current["stage"]
+        if name is not None and run.is_dir():  # never leave "running" behind
+            stopped = isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort))
+            stages_state[name] = {**stages_state[name], "status": "interrupted" if stopped else "failed"}
+            with _suppress_os_errors():
+                save()
+        raise
     record["total_seconds"] = round(time.perf_counter() - t_all, 2)
     return record
+
+
+def _stage_outputs(run: Path, stage: Stage) -> list[Path]:
+    return [run / f for f in stage.outputs if (run / f).exists()]
+
+
+def _suppress_os_errors() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)

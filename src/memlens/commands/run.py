@@ -24,6 +24,11 @@ def _compatible(a: click.Option, b: click.Option) -> bool:
             and getattr(a.type, "choices", None) == getattr(b.type, "choices", None))
 
 
+#: data-selection options that train must load the data with exactly as check validated it: one flag of check's
+#: (``--check-split``) sets both, so train's own is not a flag of ``memlens run``
+_DATA_SELECTION = {"split"}
+
+
 def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
     """Run flag name -> (definition, stages it applies to, the stage's option name), from the stage commands.
 
@@ -43,6 +48,8 @@ def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
         for p in cmd.params:
             if not isinstance(p, click.Option) or not p.name or p.name in _RESERVED or p.count:
                 continue
+            if stage.name == "train" and p.name in _DATA_SELECTION:
+                continue
             by_name.setdefault(p.name, []).append((stage.name, p))
     found: dict[str, tuple[click.Option, list[str], str]] = {}
     for name, defs in by_name.items():
@@ -51,6 +58,10 @@ def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
         else:
             for stage, p in defs:
                 found[f"{stage}_{name}"] = (p, [stage], name)
+    for name in _DATA_SELECTION:  # check's flag sets train's option too
+        for key in (name, f"check_{name}"):
+            if key in found and found[key][1] == ["check"]:
+                found[key] = (found[key][0], ["check", "train"], name)
     return found
 
 
@@ -100,7 +111,20 @@ def build_stage_options(config_file: Path | None, sets: tuple[str, ...], flags: 
         _, stages, option = SHARED[name]
         for stage in stages:
             merged.setdefault(stage, {})[option] = value
+    check, train = merged.get("check", {}), merged.setdefault("train", {})
+    for key in _DATA_SELECTION:
+        if check.get(key) and not train.get(key):
+            train[key] = check[key]
+        elif check.get(key) and _as_list(check[key]) != _as_list(train[key]):
+            raise click.UsageError(f"check.{key} ({check[key]}) and train.{key} ({train[key]}) differ: train must "
+                                   "load the data that check validated")
     return merged
+
+
+def _as_list(v: Any) -> list[str]:
+    if isinstance(v, (list, tuple)):
+        return [str(x) for x in v]
+    return [x.strip() for x in str(v).split(",") if x.strip()]
 
 
 def summarize(run_dir: Path, record: dict[str, Any]) -> None:

@@ -94,6 +94,12 @@ class _Bar:
 @click.option("--image-col", default=None, metavar="C", help="Table column with the image paths.")
 @click.option("--score-col", default=None, metavar="C", help="Table column with the memorability scores.")
 @click.option("--category-col", default=None, metavar="C", help="Table column with the categories.")
+@click.option("--score-variant", type=click.Choice(["corrected", "uncorrected"]), default=None,
+              help="memcat: false-alarm corrected score (default) or the uncorrected hit rate.")
+@click.option("--split", "split", multiple=True, metavar="NAME",
+              help="lamem: split file to read (repeatable), e.g. --split train_1 --split val_1.")
+@click.option("--overwrite", is_flag=True,
+              help="Remove the outputs of later stages (per_image.csv, predictor.pt, ...) of an earlier run in --out.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Image-decoding worker processes.")
 @click.option("--threads", default="auto", show_default=True,
@@ -102,8 +108,8 @@ def train(data: str, out: Path, backbone: str, init: str | None, weights: str | 
           mode: str, experience: str | None, experience_fraction: float, pretrain_epochs: int,
           pretrain_lr: float | None, freeze_encoder: bool | None, loss: str, epochs: int | None, lr: float | None,
           batch_size: int, image_size: int | None, seed: int, device: str, resume: bool, layout: str,
-          image_col: str | None, score_col: str | None, category_col: str | None, workers: int,
-          threads: str) -> None:
+          image_col: str | None, score_col: str | None, category_col: str | None, score_variant: str | None,
+          split: tuple[str, ...], overwrite: bool, workers: int, threads: str) -> None:
     """Train an autoencoder on DATA and write the run directory --out.
 
     exposure mode: (1) visual experience -- pretraining on images disjoint from DATA, saved as
@@ -124,8 +130,9 @@ def train(data: str, out: Path, backbone: str, init: str | None, weights: str | 
             experience=experience, experience_fraction=experience_fraction, pretrain_epochs=pretrain_epochs,
             pretrain_lr=pretrain_lr, freeze_encoder=freeze_encoder, loss=loss, epochs=epochs, lr=lr,
             batch_size=batch_size, image_size=image_size, seed=seed, device=device, resume=resume, layout=layout,
-            image_col=image_col, score_col=score_col, category_col=category_col, num_workers=workers,
-            threads=threads if threads == "auto" else int(threads), progress=bar,
+            image_col=image_col, score_col=score_col, category_col=category_col, score_variant=score_variant,
+            splits=list(split) or None, num_workers=workers, threads=threads if threads == "auto" else int(threads),
+            overwrite=overwrite, progress=bar,
         )
     finally:
         if bar is not None:

@@ -409,12 +409,12 @@ def predictor_bars(models: Mapping[str, Sequence[float]], *, metric: str = "spea
         ax.text(i + 0.32, vals.mean(), f"{vals.mean():.2f}", ha="left", va="center", fontsize=9, fontweight="bold")
     if consistency is not None and np.isfinite(consistency):
         ax.axhline(consistency, color=PALETTE["green"], linestyle=":", linewidth=1.6,
-                   label=f"noise ceiling: human split-half consistency {consistency:.2f}")
+                   label=f"noise ceiling (human split-half ρ) {consistency:.2f}")
     if reliability is not None and np.isfinite(reliability):
         ax.axhline(reliability, color=PALETTE["vermillion"], linestyle="--", linewidth=1.6,
-                   label=f"reliability of the full-group score (Spearman-Brown) {reliability:.2f}")
+                   label=f"full-group reliability (Spearman-Brown) {reliability:.2f}")
     if consistency is not None or reliability is not None:
-        fig.legend(frameon=False, fontsize=8.5, loc="outside lower center", ncol=2)
+        fig.legend(frameon=False, fontsize=8.5, loc="outside lower center", ncol=1)
     ax.set_xticks(range(len(names)), [_text(n) for n in names], fontsize=9.5)
     ax.set_xlim(-0.7, len(names) - 0.3)
     ax.axhline(0, color="black", linewidth=0.8)

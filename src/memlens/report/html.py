@@ -452,7 +452,7 @@ def _ceiling_entry(rel: Mapping[str, Any], source: str) -> dict[str, Any] | None
 
 
 def _noise_ceiling(run: _Run, ids: Sequence[str] | None, corr: _Correlations) -> dict[str, Any] | None:
-    """Human split-half consistency and its Spearman-Brown value (the noise ceiling).
+    """Human split-half consistency (the noise ceiling) and its Spearman-Brown value.
 
     Taken from ``correlations.json`` (``memlens analyze``) when it holds one; otherwise computed from
     ``split_halves.npz`` over the run's images with :func:`memlens.stats.split_half_reliability`.
@@ -538,8 +538,8 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         if ctx.ceiling:
             c = ctx.ceiling
             parts.append(_kv_table([("split-half splits", c["n_splits"]), ("images in the halves", c["n_images"]),
-                                    ("mean Spearman ρ between halves", c["split_half_spearman"]),
-                                    ("Spearman-Brown corrected (noise ceiling)", c["spearman_brown"])]))
+                                    ("mean Spearman ρ between halves (the noise ceiling)", c["split_half_spearman"]),
+                                    ("reliability of the full-group score (Spearman-Brown)", c["spearman_brown"])]))
         parts.append("</div></div>")
     else:
         parts.append(_note("No human scores in <code>per_image.csv</code>: the correlations and the predictor "
@@ -1514,8 +1514,9 @@ def _section_methods(ctx: _Ctx) -> tuple[str, dict]:
     parts = ['<p class="lead">How the numbers were made: correlations are Spearman rank correlations with paired '
              "bootstrap 95% intervals (images resampled with their scores; <code>memlens.stats.correlate</code>). "
              "Human split-half consistency is the mean Spearman correlation between the hit rates of two random "
-             "halves of the participants; the noise ceiling is that value Spearman-Brown corrected to the full "
-             "group. Every <code>recon_*</code> measure is a distance (higher = worse reconstruction).</p>"]
+             "halves of the participants. It is the noise ceiling every ratio in this report divides by (as in "
+             "memorability papers); its Spearman-Brown value is the estimated reliability of the full group's "
+             "score. Every <code>recon_*</code> measure is a distance (higher = worse reconstruction).</p>"]
     ds = run.json("dataset.json")
     if isinstance(ds, Mapping):
         res["dataset"] = ds
@@ -1595,8 +1596,8 @@ def _headline(ctx: _Ctx, results: Mapping[str, Any]) -> dict[str, Any]:
     if n is not None:
         out["images"] = n
     if ctx.ceiling:
-        out["noise ceiling (Spearman-Brown)"] = round(ctx.ceiling["spearman_brown"], 3) \
-            if ctx.ceiling["spearman_brown"] is not None else None
+        out["noise ceiling (human split-half rho)"] = round(ctx.ceiling["split_half_spearman"], 3) \
+            if ctx.ceiling["split_half_spearman"] is not None else None
     for key in ("reconstruction", "distinctiveness"):
         if key in ctx.headline:
             col, r = ctx.headline[key]

@@ -1,0 +1,161 @@
+"""`memlens run` resumes what is up to date, reruns what changed, and never mixes two runs' outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from memlens.cli import main
+
+#: the pipeline without predictor and explain: the stages whose resume logic is under test, in seconds
+FAST = ("--backbone", "small", "--image-size", "32", "--pretrain-epochs", "1", "--metrics", "mse",
+        "--feature-size", "32", "--n-boot", "20", "--seed", "0", "--device", "cpu", "--batch-size", "8",
+        "--skip", "predictor", "--skip", "explain")
+OUTPUTS = ("autoencoder.pt", "per_image.csv", "latents.npy", "correlations.json", "report.html")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from memlens.data import make_demo_set
+
+    return make_demo_set(tmp_path_factory.mktemp("d") / "demo", n_images=20, n_experience=8, image_size=32,
+                         n_observers=20, n_splits=2)
+
+
+def _run(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = main(["run", *args])
+    return rc, out.getvalue()
+
+
+def _stamps(run) -> dict[str, int]:
+    return {f: (run / f).stat().st_mtime_ns for f in OUTPUTS}
+
+
+def test_second_run_is_up_to_date_and_a_changed_option_reruns_from_its_stage(data, tmp_path):
+    run = tmp_path / "run"
+    rc, text = _run(str(data), "--out", str(run), *FAST)
+    assert rc == 0, text
+    before = _stamps(run)
+    rc, text = _run(str(data), "--out", str(run), *FAST)
+    assert rc == 0, text
+    for stage in ("check", "train", "score", "analyze", "report"):
+        assert f"[{stage}] up to date, skipped" in text, text
+    assert _stamps(run) == before  # nothing rewritten
+    state = json.loads((run / "pipeline.json").read_text())
+    assert state["fingerprint"].startswith("folder:") and state["stages"]["train"]["status"] == "done"
+
+    # another analysis option: train and score stay, analyze and report rerun
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--n-boot", "30", *FAST[-4:])
+    assert rc == 0, text
+    assert "[train] up to date" in text and "[score] up to date" in text
+    assert "[analyze] memlens analyze" in text and "[report] memlens report" in text
+    after = _stamps(run)
+    assert after["autoencoder.pt"] == before["autoencoder.pt"] and after["per_image.csv"] == before["per_image.csv"]
+    assert after["correlations.json"] != before["correlations.json"]
+
+
+def test_changed_data_reruns_everything(data, tmp_path):
+    import shutil
+
+    own = tmp_path / "data"
+    shutil.copytree(data, own)
+    run = tmp_path / "run"
+    assert _run(str(own), "--out", str(run), *FAST)[0] == 0
+    first = _stamps(run)
+    img = next(p for p in (own / "city").rglob("*.jpg"))
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))  # an image replaced
+    rc, text = _run(str(own), "--out", str(run), *FAST)
+    assert rc == 0, text
+    assert "the data changed since the last run" in text and "up to date" not in text
+    assert all(v != first[k] for k, v in _stamps(run).items())
+
+
+def test_an_earlier_run_is_never_mixed_with_a_new_one(data, tmp_path):
+    run = tmp_path / "run"
+    assert _run(str(data), "--out", str(run), *FAST)[0] == 0
+    # a run directory of the full pipeline: the stages a later run skips must not survive a retraining
+    (run / "predictor.pt").write_bytes(b"an earlier run's predictor")
+    (run / "attributions").mkdir()
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--seed", "1", *FAST[-4:])
+    assert rc == 0, text
+    assert "[train] memlens train" in text and "--overwrite" in text
+    assert not (run / "predictor.pt").exists() and not (run / "attributions").exists()
+
+    # a directory of hand-run stages (no pipeline.json) is not replaced without --force
+    (run / "pipeline.json").unlink()
+    (run / "predictor.pt").write_bytes(b"kept")
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--seed", "2", *FAST[-4:])
+    assert rc != 0 and "holds results of an earlier run that memlens run did not make" in text
+    assert "Traceback" not in text and (run / "predictor.pt").read_bytes() == b"kept"
+    rc, text = _run(str(data), "--out", str(run), "--force", *FAST[:-4], "--seed", "2", *FAST[-4:])
+    assert rc == 0, text
+    assert not (run / "predictor.pt").exists()
+
+
+def test_skipped_stage_after_a_rerun_is_reported_stale(data, tmp_path):
+    run = tmp_path / "run"
+    assert _run(str(data), "--out", str(run), *FAST[:-4], "--skip", "explain")[0] == 0  # with the predictor
+    assert (run / "predictor.pt").is_file()
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--metrics", "mse,l1", *FAST[-4:])
+    assert rc == 0, text
+    assert "[score] memlens score" in text
+    assert "[predictor] skipped (--skip); its files" in text and "older than this run's score" in text
+
+
+def test_train_refuses_to_leave_later_outputs_out_of_date(data, tmp_path):
+    args = ["train", str(data), "--backbone", "small", "--image-size", "32", "--pretrain-epochs", "1",
+            "--device", "cpu", "--batch-size", "8"]
+    run = tmp_path / "run"
+    assert main([*args, "--out", str(run)]) == 0
+    (run / "per_image.csv").write_text("image_id,score\n")
+    (run / "featureset_lite01.npy").write_bytes(b"x")
+    stamp = (run / "autoencoder.pt").stat().st_mtime_ns
+    out = io.StringIO()
+    with contextlib.redirect_stderr(out):
+        assert main([*args, "--out", str(run), "--seed", "4"]) == 1
+    assert "holds results of an earlier run (featureset_lite01.npy, per_image.csv)" in out.getvalue()
+    assert (run / "autoencoder.pt").stat().st_mtime_ns == stamp and (run / "per_image.csv").is_file()
+    assert main([*args, "--out", str(run), "--seed", "4", "--overwrite"]) == 0
+    assert not (run / "per_image.csv").exists() and not (run / "featureset_lite01.npy").exists()
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["--image-size", "30"], "30"),
+    (["--loss", "msse"], "msse"),
+])
+def test_bad_training_settings_write_nothing(data, tmp_path, bad, message):
+    run = tmp_path / "fresh"
+    out = io.StringIO()
+    with contextlib.redirect_stderr(out):
+        rc = main(["train", str(data), "--out", str(run), "--backbone", "small", "--image-size", "32",
+                   "--pretrain-epochs", "1", "--device", "cpu", *bad])
+    assert rc != 0 and message in out.getvalue() and "Traceback" not in out.getvalue()
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_out_below_a_file_is_a_clear_error(data, tmp_path):
+    (tmp_path / "afile.txt").write_text("hi")
+    out = io.StringIO()
+    with contextlib.redirect_stderr(out):
+        rc = main(["train", str(data), "--out", str(tmp_path / "afile.txt" / "sub"), "--backbone", "small",
+                   "--image-size", "32", "--device", "cpu"])
+    assert rc == 1 and "exists and is not a directory" in out.getvalue() and "internal error" not in out.getvalue()
+
+
+def test_score_variant_reaches_training_and_scoring(data, tmp_path):
+    run = tmp_path / "run"
+    rc, text = _run(str(data), "--out", str(run), "--score-variant", "uncorrected", *FAST[:-4], "--skip", "predictor",
+                    "--skip", "explain", "--skip", "report", "--skip", "analyze")
+    assert rc == 0, text
+    ds = json.loads((run / "dataset.json").read_text())
+    assert ds["options"].get("score_variant") == "uncorrected"
+    per = pd.read_csv(run / "per_image.csv")
+    assert per["score"].tolist() == pytest.approx(per["memorability_wo_fa_correction"].tolist())
+    assert not per["score"].equals(per["memorability_w_fa_correction"])
