@@ -146,7 +146,7 @@ def test_out_below_a_file_is_a_clear_error(data, tmp_path):
     with contextlib.redirect_stderr(out):
         rc = main(["train", str(data), "--out", str(tmp_path / "afile.txt" / "sub"), "--backbone", "small",
                    "--image-size", "32", "--device", "cpu"])
-    assert rc == 1 and "exists and is not a directory" in out.getvalue() and "internal error" not in out.getvalue()
+    assert rc == 1 and "afile.txt is a file, not a directory" in out.getvalue() and "internal error" not in out.getvalue()
 
 
 def test_score_variant_reaches_training_and_scoring(data, tmp_path):
@@ -159,3 +159,20 @@ def test_score_variant_reaches_training_and_scoring(data, tmp_path):
     per = pd.read_csv(run / "per_image.csv")
     assert per["score"].tolist() == pytest.approx(per["memorability_wo_fa_correction"].tolist())
     assert not per["score"].equals(per["memorability_w_fa_correction"])
+
+
+def test_output_paths_below_a_file_are_one_line_errors(tmp_path, capsys):
+    """report, predict and run refuse an output below a file before any work, without a traceback."""
+    (tmp_path / "afile.txt").write_text("hi")
+    bad = tmp_path / "afile.txt"
+    run = tmp_path / "run"
+    run.mkdir()
+    for args in (["report", str(run), "-o", str(bad / "x.html")],
+                 ["predict", str(tmp_path), "--run", str(run), "-o", str(bad / "p.csv")],
+                 ["run", str(tmp_path), "--out", str(bad / "sub")]):
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert "afile.txt is a file, not a directory" in err and "internal error" not in err, (args, err)
+    assert (tmp_path / "afile.txt").read_text() == "hi"
+    assert main(["predict", str(tmp_path), "--run", str(tmp_path / "nope")]) == 1
+    assert "--run " + str(tmp_path / "nope") + ": no such run directory" in capsys.readouterr().err

@@ -62,6 +62,9 @@ def test_nothing_readable_exits_1(run, tmp_path, capsys):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"junk")
     assert main(["predict", str(bad), "--run", str(run.run)]) == 1
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(bad), "--run", str(run.run), "-o", str(out)]) == 1
+    assert not out.exists() and f"no image could be scored; {out} not written" in capsys.readouterr().err
 
 
 def test_missing_predictor_is_a_clear_error(tmp_path, capsys):

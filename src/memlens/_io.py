@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256",
+           "check_output_path"]
 
 
 @contextlib.contextmanager
@@ -25,6 +26,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     (numpy, pandas, matplotlib) behave as for the real name.
     """
     path = Path(path)
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sfx = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{sfx}", dir=path.parent)
@@ -37,6 +39,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def check_output_path(path: str | os.PathLike, *, directory: bool = False) -> Path:
+    """Raise :class:`~memlens.errors.RunDirError` (one line) unless ``path`` can be written: a file path must
+    not be an existing directory, a directory path not an existing file, and the nearest existing folder
+    above it must be a folder, not a file."""
+    from .errors import RunDirError
+
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise RunDirError(f"{path}: exists and is not a directory")
+        if not directory and path.is_dir():
+            raise RunDirError(f"{path}: is a directory, not a file")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunDirError(f"{path}: cannot be written, {folder} is a file, not a directory")
+            break
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

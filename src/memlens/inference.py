@@ -95,6 +95,8 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
         if run is None:
             raise MemlensError("give a run directory (with predictor.pt) or a model")
         path = Path(run) / "predictor.pt"
+        if not Path(run).is_dir():
+            raise RunDirError(f"--run {run}: no such run directory")
         if not path.is_file():
             raise RunDirError(f"{path}: missing; fit a predictor first: memlens fit-predictor {run}")
         from .predict import load_memorability_model

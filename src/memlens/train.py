@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as _distributed
+from ._io import check_output_path
 from .errors import CheckpointError, ConfigError, DataError, RunDirError
 from .models.base import Autoencoder, check_image_range
 from .models.checkpoint import load_train_state, save_train_state
@@ -1083,11 +1084,7 @@ def train_run(
         if threads < 1:
             raise ConfigError(f"threads must be >= 1 or 'auto', got {threads}")
     out = Path(out)
-    for folder in (out, *out.parents):  # the nearest existing ancestor must be a directory
-        if folder.exists():
-            if not folder.is_dir():
-                raise RunDirError(f"--out {out}: {folder} exists and is not a directory")
-            break
+    check_output_path(out, directory=True)
     data_opts = {k: v for k, v in {"image_col": image_col, "score_col": score_col, "category_col": category_col,
                                    "score_variant": score_variant,
                                    "splits": list(splits) if splits else None}.items() if v is not None}

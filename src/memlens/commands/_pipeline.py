@@ -129,7 +129,9 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     """Run every stage on ``data`` into ``run``; returns the per-stage record (status, seconds, args)."""
     from ..train import later_outputs
 
-    run = Path(run)
+    from .._io import check_output_path
+
+    run = check_output_path(Path(run), directory=True)
     owned = (run / "pipeline.json").is_file()  # a directory this pipeline wrote before
     fingerprint = data_fingerprint(data, exclude=run)
     state = {} if force else _load_state(run)

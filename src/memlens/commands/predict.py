@@ -30,9 +30,11 @@ def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: in
     Files that cannot be read are listed on stderr and skipped; the rest are scored. Exit 1 when no image
     could be scored.
     """
-    from .._io import atomic_path
+    from .._io import atomic_path, check_output_path
     from ..inference import predict_images
 
+    if out is not None:
+        check_output_path(out)  # before minutes of work, not after
     bar = None
     update = None
     if progress_enabled():
@@ -54,6 +56,9 @@ def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: in
             bar.close()
     for p in result.problems:
         click.echo(f"skipped: {p}", err=True)
+    if not len(result.table):
+        click.echo("no image could be scored" + (f"; {out} not written" if out is not None else ""), err=True)
+        return 1
     if out is not None:
         with atomic_path(out) as tmp:
             result.table.to_csv(tmp, index=False, float_format="%.6f")
@@ -61,4 +66,4 @@ def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: in
                    + (f" ({len(result.problems)} skipped)" if result.problems else ""), err=True)
     else:
         click.echo(result.table.to_csv(index=False, float_format="%.6f"), nl=False)
-    return 0 if len(result.table) else 1
+    return 0

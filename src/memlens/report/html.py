@@ -1692,8 +1692,11 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     Path
         The HTML file written.
     """
+    from .._io import check_output_path
+
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
+    check_output_path(out)
     page, results = collect_report(run_dir)
     results["meta"]["html"] = out.name
     atomic_write_json(out.parent / "results.json", results)
