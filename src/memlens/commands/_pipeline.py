@@ -127,9 +127,8 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                  *, force: bool = False, skip: tuple[str, ...] = (), obj: dict | None = None,
                  echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Run every stage on ``data`` into ``run``; returns the per-stage record (status, seconds, args)."""
-    from ..train import later_outputs
-
     from .._io import check_output_path
+    from ..train import later_outputs
 
     run = check_output_path(Path(run), directory=True)
     owned = (run / "pipeline.json").is_file()  # a directory this pipeline wrote before
