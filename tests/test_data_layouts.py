@@ -118,6 +118,22 @@ def test_csv_flags_override_detection(tmp_path: Path):
     assert ds.table["source_score"].tolist() == [0.9, 0.8]
 
 
+def test_blank_categories_are_missing_not_a_category(tmp_path: Path, capsys):
+    for i in range(4):
+        make_image(tmp_path / f"{i}.jpg", seed=i)
+    rows = [{"image": f"{i}.jpg", "score": 0.1 * i, "category": c} for i, c in enumerate(["a", " ", "", "b "])]
+    ds = load_dataset(write_table(tmp_path / "t.csv", rows))
+    assert ds.table["category"].isna().tolist() == [False, True, True, False]
+    assert ds.table["category"].dropna().tolist() == ["a", "b"]
+    assert any("2 image(s) have no category" in n for n in ds.notes)
+    summary = ds.summary()
+    assert summary["categories"] == {"a": 1, "b": 1} and summary["n_without_category"] == 2
+    from memlens.cli import main
+
+    assert main(["check", str(tmp_path / "t.csv")]) == 0
+    assert "categories (2): a 1, b 1; 2 without a category" in capsys.readouterr().out
+
+
 def test_csv_missing_flag_column_lists_columns(tmp_path: Path):
     make_image(tmp_path / "p.jpg")
     table = write_table(tmp_path / "t.csv", [{"image": "p.jpg", "score": 0.5}])

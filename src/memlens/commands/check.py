@@ -87,7 +87,8 @@ def _summary_lines(data: str, s: dict[str, Any]) -> list[str]:
         shown = sorted(cats.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_CATEGORIES_SHOWN]
         more = len(cats) - len(shown)
         text = ", ".join(f"{k} {v:,}" for k, v in shown) + (f", ... ({more} more)" if more > 0 else "")
-        lines.append(f"categories ({len(cats)}): {text}")
+        blank = s.get("n_without_category") or 0
+        lines.append(f"categories ({len(cats)}): {text}" + (f"; {blank:,} without a category" if blank else ""))
     if s.get("n_subcategories"):
         lines.append(f"subcategories: {s['n_subcategories']}")
     if s.get("has_halves"):

@@ -164,7 +164,7 @@ class Dataset:
     def summary(self) -> dict[str, Any]:
         """Counts and score statistics: ``n_images``, ``layout``, ``root``, ``score`` (n, mean, sd with
         ddof=1, min, max) or None, ``categories`` ({name: count}, sorted by name) or None,
-        ``n_subcategories`` or None, ``has_halves``."""
+        ``n_without_category`` (blank category cells), ``n_subcategories`` or None, ``has_halves``."""
         out: dict[str, Any] = {"n_images": len(self), "layout": self.layout, "root": str(self.root)}
         if self.has_scores and len(self):
             s = self.table["score"].to_numpy(dtype=float)
@@ -178,8 +178,9 @@ class Dataset:
         else:
             out["score"] = None
         if "category" in self.table.columns:
-            counts = self.table["category"].astype(str).value_counts()
+            counts = self.table["category"].dropna().astype(str).value_counts()
             out["categories"] = {str(k): int(counts[k]) for k in sorted(counts.index)}
+            out["n_without_category"] = int(self.table["category"].isna().sum())
         else:
             out["categories"] = None
         if "subcategory" in self.table.columns:
@@ -294,6 +295,14 @@ def find_images(root: str | os.PathLike) -> list[str]:
     """Image files under ``root`` (recursive, hidden files and folders skipped, symlinked folders not
     followed), as sorted POSIX paths relative to ``root``."""
     return _walk_images(Path(root))[0]
+
+
+def _label(value: Any) -> str | None:
+    """A category label: stripped text, or None for a blank or missing cell."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def _walk_images(root: Path) -> tuple[list[str], int]:
@@ -917,11 +926,16 @@ def _finalize(source: Path, layout: str, raw: _Raw, options: dict[str, Any],
     if scores is not None:
         data["score"] = scores
     if raw.category is not None:
-        data["category"] = [str(c).strip() for c in raw.category]
+        data["category"] = [_label(c) for c in raw.category]
     if raw.subcategory is not None:
-        data["subcategory"] = [str(c).strip() for c in raw.subcategory]
+        data["subcategory"] = [_label(c) for c in raw.subcategory]
     table = pd.DataFrame(data)
     notes = list(raw.notes)
+    if raw.category is not None:
+        n_blank = sum(c is None for c, k in zip(data["category"], keep, strict=True) if k)
+        if n_blank:
+            notes.append(f"{n_blank} image(s) have no category: they are left out of the per-category and "
+                         "within-category analyses")
     if raw.extra is not None and len(raw.extra.columns):
         extra = raw.extra.reset_index(drop=True)
         renames = {c: f"source_{c}" for c in extra.columns if c in RESERVED_COLUMNS}

@@ -86,6 +86,7 @@ class ValidationReport:
         """:meth:`Dataset.summary` of the rows without problems (``n_images`` 0 when none)."""
         if self.dataset is None:
             return {"n_images": 0, "layout": self.layout, "root": None, "score": None, "categories": None,
+                    "n_without_category": None,
                     "n_subcategories": None, "has_halves": False}
         return self.dataset.summary()
 
