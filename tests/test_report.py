@@ -257,6 +257,17 @@ def test_predictor_ceiling_of_older_runs(tmp_path):
     assert pred["consistency"] == pytest.approx(0.62) and pred["spearman_brown"] == pytest.approx(0.765)
 
 
+def test_summary_counts_exposed_and_experience_images(tmp_path):
+    run, df = _minimal_run(tmp_path, n=12)
+    df["role"] = ["exposed"] * 8 + ["experience"] * 3 + ["not exposed"]
+    df.to_csv(run / "per_image.csv", index=False)
+    build_report(run)
+    results = json.loads((run / "results.json").read_text())
+    assert results["summary"]["roles"] == {"exposed": 8, "experience": 3, "not exposed": 1}
+    sec = _section((run / "report.html").read_text(encoding="utf-8"), "summary")
+    assert "exposed once (analysed)" in sec and "held out as visual experience" in sec
+
+
 def test_missing_files_degrade_gracefully(tmp_path):
     run, df = _minimal_run(tmp_path)
     out = build_report(run)

@@ -66,6 +66,8 @@ def test_score_writes_the_documented_files(demo, tmp_path, capsys):
     table = load_dataset(demo).table
     exposed = table["image_id"].tolist()[::2]
     run = _make_run(tmp_path / "run", exposed=exposed)
+    held = table["image_id"].tolist()[1:6:2]  # held out for visual experience
+    (run / "experience_ids.txt").write_text("\n".join(held) + "\n")
     rc = main(["score", str(demo), "--run", str(run), "--batch-size", "4"])
     out = capsys.readouterr()
     assert rc == 0, out.err
@@ -77,7 +79,7 @@ def test_score_writes_the_documented_files(demo, tmp_path, capsys):
         metrics.append("lpips")
     expected = (["image_id", "score", "category", "subcategory"] + [f"recon_{m}" for m in metrics]
                 + [f"recon_{m}_before" for m in metrics]
-                + ["recon_exposure", "exposure_order", "distinctiveness", "distinctiveness_features"])
+                + ["recon_exposure", "exposure_order", "role", "distinctiveness", "distinctiveness_features"])
     assert per.columns.tolist()[: len(expected)] == expected
     rest = per.columns.tolist()[len(expected):]
     assert "path" in rest and "memorability_w_fa_correction" in rest  # source columns pass through
@@ -92,6 +94,9 @@ def test_score_writes_the_documented_files(demo, tmp_path, capsys):
     assert exp.drop(exposed).isna().all()
     order = per.set_index("image_id")["exposure_order"]  # its position in the stream, for partialling out
     assert order[exposed].tolist() == list(range(len(exposed))) and order.drop(exposed).isna().all()
+    role = per.set_index("image_id")["role"]
+    assert (role[exposed] == "exposed").all() and (role[held] == "experience").all()
+    assert (role.drop(exposed + held) == "not exposed").all()
 
     latents = np.load(run / "latents.npy")
     assert latents.shape == (N, 4 * 4 * 4) and latents.dtype == np.float32

@@ -148,6 +148,13 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         out["recon_exposure"] = table["image_id"].map(exposure["loss"]).astype(float).to_numpy()
         if "order" in exposure.columns:  # the model changes along the stream: the loss depends on the position
             out["exposure_order"] = table["image_id"].map(exposure["order"]).astype("Int64").to_numpy()
+        # which images the single-exposure analysis is about (analyze leaves the visual-experience ones out)
+        exp_file = run / "experience_ids.txt"
+        held = ({ln.strip() for ln in exp_file.read_text(encoding="utf-8").splitlines() if ln.strip()}
+                if exp_file.is_file() else set())
+        exposed = table["image_id"].isin(exposure.index).to_numpy()
+        out["role"] = np.where(exposed, "exposed",
+                               np.where(table["image_id"].isin(held).to_numpy(), "experience", "not exposed"))
     dist_kw = {"k": distinct_k, "metric": distinct_metric, **job.ref_args}
     opts = dict(index_options or {})
     reports: dict[str, Any] = {}

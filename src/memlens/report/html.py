@@ -508,6 +508,13 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         return "".join(parts), res
     res["n_images"] = int(len(df))
     tiles = [("images", fmt(res["n_images"]))]
+    if "role" in df.columns:  # the analyses are about the exposed images; say so beside the total
+        roles = df["role"].astype(str).value_counts()
+        res["roles"] = {str(k): int(v) for k, v in roles.items()}
+        if roles.get("exposed", 0) != len(df):
+            tiles.append(("exposed once (analysed)", fmt(int(roles.get("exposed", 0)))))
+            if roles.get("experience", 0):
+                tiles.append(("held out as visual experience", fmt(int(roles["experience"]))))
     scores = df["score"].to_numpy(dtype=float) if "score" in df.columns else np.empty(0)
     finite = scores[np.isfinite(scores)]
     if finite.size:
