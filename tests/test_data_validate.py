@@ -87,6 +87,9 @@ def _bad_file(kind: str, root: Path) -> tuple[str, str]:
     if kind == "corrupt":
         (root / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
         return "c.jpg", "corrupt image"
+    if kind == "jpeg-header-then-garbage":  # the decoder raises OSError("Truncated File Read"): not an OS error
+        (root / "g.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 3)
+        return "g.jpg", "corrupt image: starts like a JPEG file but cannot be decoded"
     if kind == "not-image":
         (root / "n.jpg").write_text("this is a text file\n")
         return "n.jpg", "not an image file"
@@ -96,7 +99,8 @@ def _bad_file(kind: str, root: Path) -> tuple[str, str]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["zero", "truncated-jpeg", "truncated-png", "corrupt", "not-image", "bomb-limit"])
+@pytest.mark.parametrize("kind", ["zero", "truncated-jpeg", "truncated-png", "corrupt", "jpeg-header-then-garbage",
+                                  "not-image", "bomb-limit"])
 def test_broken_image_is_reported(tmp_path: Path, kind: str):
     name, words = _bad_file(kind, tmp_path)
     make_image(tmp_path / "fine.jpg", size=(60, 50))

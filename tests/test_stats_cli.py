@@ -56,6 +56,17 @@ def test_stats_json_pooled_only(capsys, table):
     assert p["method"] == "spearman" and p["n_boot"] == 200 and p["seed"] == 0
 
 
+def test_stats_reads_semicolon_and_tab_tables_like_check(capsys, table, tmp_path):
+    df = pd.read_csv(table)
+    ref = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "0", "--format", "json")[1]
+    for name, sep in (("semi.csv", ";"), ("tabs.txt", "\t")):
+        df.to_csv(tmp_path / name, index=False, sep=sep, encoding="utf-8-sig")
+        rc, out, err = _run(capsys, "stats", tmp_path / name, "--x", "x", "--y", "y", "--n-boot", "0", "--format",
+                            "json")
+        assert rc == 0, err
+        assert json.loads(out) == json.loads(ref)
+
+
 def test_stats_json_groups_within_partial(capsys, table):
     rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--by", "cat", "--control", "ctl",
                       "--method", "pearson", "--n-boot", "100", "--seed", "3", "--ci", "bca", "--format", "json")

@@ -53,7 +53,8 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
 
     Reads RUN/per_image.csv (image_id, score, category), RUN/latent_ids.txt and RUN/features.npy and/or
     RUN/latents.npy. Writes RUN/predictor_cv.csv (Spearman, Pearson, MSE and above/below-median AUC per fold
-    for the MLP and a ridge baseline, the noise ceiling when RUN/split_halves.npz exists, and mean rows),
+    for the SVR, the MLP and a ridge baseline, the noise ceiling when RUN/split_halves.npz exists, and mean
+    rows),
     RUN/predictor_oof.csv (out-of-fold predictions) and RUN/predictor.pt (for memlens predict and explain).
     """
     from ..predict import fit_predictor_run

@@ -29,6 +29,10 @@ def _compatible(a: click.Option, b: click.Option) -> bool:
 _DATA_SELECTION = {"split"}
 
 
+#: help of a shared flag whose stages describe it differently (each stage's text)
+_HELP: dict[str, str] = {}
+
+
 def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
     """Run flag name -> (definition, stages it applies to, the stage's option name), from the stage commands.
 
@@ -55,6 +59,9 @@ def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
     for name, defs in by_name.items():
         if all(_compatible(defs[0][1], p) for _, p in defs[1:]):
             found[name] = (defs[0][1], [stage for stage, _ in defs], name)
+            helps = {stage: (p.help or "").strip() for stage, p in defs}
+            if len(set(helps.values())) > 1:  # one flag, several meanings: say each stage's
+                _HELP[name] = " ".join(f"[{stage}] {h}" for stage, h in helps.items() if h)
         else:
             for stage, p in defs:
                 found[f"{stage}_{name}"] = (p, [stage], name)
@@ -71,8 +78,10 @@ SHARED = _shared_options()
 def _add_shared(f):
     for name, (p, stages, _) in sorted(SHARED.items(), reverse=True):
         long = "--" + name.replace("_", "-")
-        help_ = f"[{', '.join(stages)}] {p.help or ''}".strip()
-        if p.is_flag:
+        help_ = _HELP.get(name) or f"[{', '.join(stages)}] {p.help or ''}".strip()
+        if p.is_flag and name.startswith("no_"):  # --no-groups: no "--no-no-groups" off switch
+            f = click.option(long, name, is_flag=True, default=None, help=help_)(f)
+        elif p.is_flag:
             f = click.option(f"{long}/--no-{name.replace('_', '-')}", name, default=None, help=help_)(f)
         else:
             f = click.option(long, name, type=p.type, multiple=p.multiple, default=None,

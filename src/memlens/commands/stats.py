@@ -15,9 +15,13 @@ def _read_table(path: Path):  # -> pandas.DataFrame
 
     if not path.is_file():
         raise DataError(f"{path}: no such table file")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    from ..data.layouts import _separator
+
     try:
-        df = pd.read_csv(path, sep=sep)
+        with open(path, encoding="utf-8-sig", errors="strict") as fh:
+            head = fh.readline()
+        # the separator as memlens check detects it (comma, tab or semicolon, from the header line)
+        df = pd.read_csv(path, sep=_separator(path, head), encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (save the table as UTF-8 CSV)") from None
     except Exception as exc:

@@ -120,7 +120,11 @@ def _open(path: str, max_pixels: int) -> Image.Image:
         raise ImageReadError(path, f"not an image file (its content is no known image format despite the "
                                    f"{ext or 'missing'} extension)") from None
     except OSError as exc:
-        raise ImageReadError(path, f"cannot read the file ({exc.strerror or exc})") from None
+        if exc.errno is not None:  # the operating system refused (permissions, I/O): not the image's fault
+            raise ImageReadError(path, f"cannot read the file ({exc.strerror or exc})") from None
+        fmt = _sniff(path)  # the decoder gave up on the header (e.g. "Truncated File Read")
+        what = f"starts like a {fmt} file but cannot be decoded" if fmt is not None else "cannot be decoded"
+        raise ImageReadError(path, f"corrupt image: {what} ({exc})") from None
     w, h = im.size
     if w * h > max_pixels:
         im.close()
