@@ -176,3 +176,31 @@ def test_output_paths_below_a_file_are_one_line_errors(tmp_path, capsys):
     assert (tmp_path / "afile.txt").read_text() == "hi"
     assert main(["predict", str(tmp_path), "--run", str(tmp_path / "nope")]) == 1
     assert "--run " + str(tmp_path / "nope") + ": no such run directory" in capsys.readouterr().err
+
+
+def test_run_directory_inside_the_data_is_refused(data, tmp_path, capsys):
+    import shutil
+
+    own = tmp_path / "data"
+    shutil.copytree(data, own)
+    assert main(["train", str(own), "--out", str(own), "--backbone", "small", "--image-size", "32",
+                 "--device", "cpu"]) == 1
+    assert "the data folder" in capsys.readouterr().err and not (own / "config.json").exists()
+    # a folder of images (no table): a run below it would add its PNGs to the data
+    pics = tmp_path / "pics"
+    shutil.copytree(own / "city", pics)
+    assert main(["train", str(pics), "--out", str(pics / "runs" / "r1"), "--backbone", "small", "--image-size",
+                 "32", "--device", "cpu"]) == 1
+    assert "inside a data folder read image by image" in capsys.readouterr().err
+    assert not (pics / "runs").exists()
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    import memlens.commands.stats as stats_cmd
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stats_cmd, "_read_table", stop)
+    assert main(["stats", "t.csv", "--x", "a", "--y", "b"]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:  # usage errors -> 2
         exc.show()
         return exc.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
-        return 1
+    except click.Abort:  # click's form of Ctrl-C (and of EOF at a prompt): the shell's 128 + SIGINT
+        click.echo("interrupted", err=True)
+        return 130
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

@@ -870,7 +870,8 @@ def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
         if has_fdr:
             cells.append(fp(row["p_fdr"]))
         if has_ceiling:
-            cells.append(f(row["r_over_ceiling"], 2))
+            v = row["r_over_ceiling"]
+            cells.append("-" if v is None or not math.isfinite(v) else f(v, 2))  # partial rows have no ceiling
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w)

@@ -1090,6 +1090,11 @@ def train_run(
                                    "splits": list(splits) if splits else None}.items() if v is not None}
     # everything that can be checked before the run directory is touched: the data and the model settings
     ds = load_dataset(source, layout, **data_opts)
+    root = Path(ds.root).resolve()
+    if out.resolve() == root or (ds.layout == "folder" and root in out.resolve().parents):
+        where = "the data folder" if out.resolve() == root else "inside a data folder read image by image"
+        raise RunDirError(f"--out {out}: {where} ({ds.root}); the run's tables and images would become part of "
+                          "the data set. Write the run elsewhere")
     # the model and the loss too: bad settings fail before anything is written
     t0 = time.perf_counter()
     model = create_autoencoder(backbone, init=init, input_size=size, seed=seed, weights=weights, download=download)
