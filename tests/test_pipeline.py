@@ -204,3 +204,22 @@ def test_interrupt_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(stats_cmd, "_read_table", stop)
     assert main(["stats", "t.csv", "--x", "a", "--y", "b"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_scoring_other_data_into_an_analysed_run_is_refused(data, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    assert _run(str(data), "--out", str(run), *FAST)[0] == 0
+    # the same data, spelled as the folder: fine
+    assert main(["-q", "score", str(data), "--run", str(run), "--metrics", "mse", "--feature-size", "32",
+                 "--device", "cpu"]) == 0
+    before = (run / "per_image.csv").read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "city").rename(other / "elsewhere")
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "other"), "--run", str(run), "--metrics", "mse", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "its analyses (correlations.json" in err and "would leave them out of date" in err
+    assert (run / "per_image.csv").read_bytes() == before

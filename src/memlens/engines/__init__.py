@@ -83,6 +83,7 @@ def prepare_run(run: str | os.PathLike, data: Any = None, *, metrics: Sequence[s
         ds = data
     else:
         ds = load_dataset(data)
+        _check_same_data(run, ds)
     table = ds.table.reset_index(drop=True)
     if len(table) == 0:
         raise DataError(f"{getattr(ds, 'root', data)}: no images to score")
@@ -102,6 +103,36 @@ def prepare_run(run: str | os.PathLike, data: Any = None, *, metrics: Sequence[s
     before = run / "autoencoder_before.pt"
     return ScoreJob(run=run, dataset=ds, table=table, ref_args=ref_args, metrics=names, checkpoint=ckpt,
                     before_checkpoint=before if before.is_file() else None, device=dev)
+
+
+#: results of the stages after score: they describe the data the run was trained and scored on
+_ANALYSIS_OUTPUTS = ("correlations.json", "predictor.pt", "predictor_cv.csv", "descriptors.csv", "attributions",
+                     "report.html", "results.json")
+
+
+def _check_same_data(run: Path, ds: Any) -> None:
+    """Scoring other data than the run's into a run whose analyses exist would leave them describing the
+    old data: refuse (one line), naming what to do instead."""
+    import json
+
+    from ..errors import RunDirError
+
+    meta = run / "dataset.json"
+    later = [n for n in _ANALYSIS_OUTPUTS if (run / n).exists()]
+    if not meta.is_file() or not later:
+        return
+    try:
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    old, old_root, old_n = recorded.get("source"), recorded.get("root"), recorded.get("n_images")
+    new = getattr(ds, "source", None) or getattr(ds, "root", None)
+    if old_root is None or (Path(old_root).resolve() == Path(ds.root).resolve() and old_n == len(ds)):
+        return  # the same data (its folder and its number of images), however DATA was spelled
+    raise RunDirError(f"{run} was trained on {old}, and its analyses ({', '.join(later[:4])}"
+                      f"{', ...' if len(later) > 4 else ''}) describe that data; scoring {new} here would leave "
+                      "them out of date. Score without DATA, or copy autoencoder*.pt, config.json and "
+                      "dataset.json to a new run folder and score there")
 
 
 def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: str = "none",
