@@ -223,3 +223,12 @@ def test_scoring_other_data_into_an_analysed_run_is_refused(data, tmp_path, caps
     err = capsys.readouterr().err
     assert "its analyses (correlations.json" in err and "would leave them out of date" in err
     assert (run / "per_image.csv").read_bytes() == before
+
+
+def test_a_failing_stage_is_recorded_as_failed_not_running(data, tmp_path):
+    run = tmp_path / "run"
+    assert _run(str(data), "--out", str(run), *FAST)[0] == 0
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--set", "analyze.method=kendall", *FAST[-4:])
+    assert rc == 2 and "kendall" in text
+    stages = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert stages["analyze"]["status"] == "failed" and stages["score"]["status"] == "done"

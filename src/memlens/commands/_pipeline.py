@@ -11,6 +11,7 @@ sizes and modification times) is recorded; changed data reruns everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -142,7 +143,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     rerun_stage: str | None = "everything (--force)" if force else None
     record: dict[str, Any] = {}
     t_all = time.perf_counter()
-    current = {"stage": None}
+    running: str | None = None  # the stage in progress, recorded as failed or interrupted if it raises
 
     def save() -> None:
         _save_state(run, {"data": str(data), "fingerprint": fingerprint, "stages": stages_state})
@@ -151,7 +152,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
         for stage in STAGE_LIST:
             if stage.name in skip:
                 record[stage.name] = {"status": "skipped (--skip)"}
-                if rerun_stage is not None and any(True for _ in _stage_outputs(run, stage)):
+                if rerun_stage is not None and any((run / f).exists() for f in stage.outputs):
                     echo(f"[{stage.name}] skipped (--skip); its files in {run} are from an earlier run, "
                          f"older than this run's {rerun_stage}")
                 continue
@@ -175,15 +176,15 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                                      for f in ("experience.pt", "exposure.pt", "pretrain.pt")))
                 if resumable:
                     run_args.append("--resume")  # an interrupted training with the same settings continues
-                elif later_outputs(run):
+                elif earlier := later_outputs(run):
                     if not (owned or force):
                         raise click.UsageError(
                             f"{run} holds results of an earlier run that memlens run did not make "
-                            f"({', '.join(later_outputs(run)[:5])}); use another --out, or --force to replace them")
+                            f"({', '.join(earlier[:5])}); use another --out, or --force to replace them")
                     run_args.append("--overwrite")  # the earlier run's later outputs would be out of date
             echo(f"[{stage.name}] memlens {stage.command} {' '.join(run_args)}")
             stages_state[stage.name] = {"status": "running", "args": args}
-            current["stage"] = stage.name
+            running = stage.name
             run.mkdir(parents=True, exist_ok=True)
             save()
             t0 = time.perf_counter()
@@ -192,26 +193,15 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                 raise click.exceptions.Exit(rv)
             seconds = round(time.perf_counter() - t0, 2)
             stages_state[stage.name] = {"status": "done", "args": args, "seconds": seconds}
-            current["stage"] = None
+            running = None
             record[stage.name] = {"status": "done", "seconds": seconds}
             save()
     except BaseException as exc:
-        name = current["stage"]
-        if name is not None and run.is_dir():  # never leave "running" behind
+        if running is not None and run.is_dir():  # never leave "running" behind
             stopped = isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort))
-            stages_state[name] = {**stages_state[name], "status": "interrupted" if stopped else "failed"}
-            with _suppress_os_errors():
+            stages_state[running] = {**stages_state[running], "status": "interrupted" if stopped else "failed"}
+            with contextlib.suppress(OSError):
                 save()
         raise
     record["total_seconds"] = round(time.perf_counter() - t_all, 2)
     return record
-
-
-def _stage_outputs(run: Path, stage: Stage) -> list[Path]:
-    return [run / f for f in stage.outputs if (run / f).exists()]
-
-
-def _suppress_os_errors() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
