@@ -1156,7 +1156,9 @@ def train_run(
         raise DataError(f"{source}: no images left to expose")
 
     # every check passed: prepare the run directory (the earlier run's outputs go only now)
-    for name in stale if out == shared_out else []:
+    if out != shared_out:  # a non-zero rank's scratch folder: rank 0 prepares the real one
+        stale = []
+    for name in stale:
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
