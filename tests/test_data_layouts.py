@@ -134,6 +134,22 @@ def test_blank_categories_are_missing_not_a_category(tmp_path: Path, capsys):
     assert "categories (2): a 1, b 1; 2 without a category" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("scores,hint", [
+    (["65.3", "80", "12.5", "40"], "the scores look like percentages (0 to 100)"),
+    (["0,65", "0,8", "0,12", "0,4"], "4 scores use a decimal comma"),
+])
+def test_score_pattern_gets_one_hint(tmp_path: Path, scores, hint):
+    from memlens.errors import ValidationError
+
+    for i in range(4):
+        make_image(tmp_path / f"{i}.jpg", seed=i)
+    table = write_table(tmp_path / "t.csv", [{"image": f"{i}.jpg", "score": v} for i, v in enumerate(scores)])
+    with pytest.raises(ValidationError) as err:
+        load_dataset(table)
+    lines = str(err.value).splitlines()
+    assert sum(hint in line for line in lines) == 1 and len(lines) >= 5  # four rows + the hint
+
+
 def test_csv_missing_flag_column_lists_columns(tmp_path: Path):
     make_image(tmp_path / "p.jpg")
     table = write_table(tmp_path / "t.csv", [{"image": "p.jpg", "score": 0.5}])

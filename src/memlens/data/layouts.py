@@ -836,6 +836,30 @@ def _check_score(value: Any) -> tuple[float, str | None]:
     return x, None
 
 
+def _score_hint(values: Sequence[Any]) -> str | None:
+    """One line on a pattern behind many score problems: percentages, or decimal commas."""
+    numbers, commas = [], 0
+    for v in values:
+        text = str(v).strip() if v is not None else ""
+        if re.fullmatch(r"[-+]?\d+,\d+", text):
+            commas += 1
+            continue
+        try:
+            x = float(text)
+        except ValueError:
+            continue
+        if not math.isnan(x):
+            numbers.append(x)
+    if commas and commas >= len(values) // 2:
+        return (f"{commas} scores use a decimal comma (e.g. 0,73): save the table with decimal points, or as "
+                "semicolon-separated with points")
+    if numbers and max(numbers) > 1 and min(numbers) >= 0 and max(numbers) <= 100 and sum(
+            x > 1 for x in numbers) >= len(numbers) // 2:
+        return ("the scores look like percentages (0 to 100): memorability is a hit rate in [0, 1], divide them "
+                "by 100")
+    return None
+
+
 def _under(path: str, root: str) -> str | None:
     """``path`` relative to ``root`` (POSIX) when inside it, else None."""
     rel = os.path.relpath(path, root)
@@ -906,6 +930,9 @@ def _finalize(source: Path, layout: str, raw: _Raw, options: dict[str, Any],
                 problems.append(Problem(name, reason + (f" ({raw.rows[k]})" if raw.rows[k] else "")))
                 bad[k] = True
             scores[k] = x
+        hint = _score_hint(raw.scores)
+        if hint:
+            problems.append(Problem("scores", hint))
 
     # duplicates: the first occurrence stays, later ones are dropped
     keep = np.ones(n, dtype=bool)
