@@ -850,11 +850,11 @@ def _score_hint(values: Sequence[Any]) -> str | None:
             continue
         if not math.isnan(x):
             numbers.append(x)
-    if commas and commas >= len(values) // 2:
+    many = max(3, len(values) // 2 + 1)  # a pattern, not one odd cell
+    if commas >= many:
         return (f"{commas} scores use a decimal comma (e.g. 0,73): save the table with decimal points, or as "
                 "semicolon-separated with points")
-    if numbers and max(numbers) > 1 and min(numbers) >= 0 and max(numbers) <= 100 and sum(
-            x > 1 for x in numbers) >= len(numbers) // 2:
+    if numbers and min(numbers) >= 0 and max(numbers) <= 100 and sum(x > 1 for x in numbers) >= many:
         return ("the scores look like percentages (0 to 100): memorability is a hit rate in [0, 1], divide them "
                 "by 100")
     return None
