@@ -104,7 +104,7 @@ from ._common import echo, progress_enabled
     show_default=True,
     help="Seed (aggregate sample, SmoothGrad, randomised head, bootstrap).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.pass_context
 def explain(
     ctx: click.Context,
