@@ -16,7 +16,7 @@ DEMO_OPTIONS: dict[str, dict[str, object]] = {
     "score": {"batch_size": 32, "feature_size": 96},  # the demo images are 96 px: no upsampling to 224
     "analyze": {"n_boot": 1000, "seed": 0},
     "predictor": {"cv": 5, "seed": 0, "features": "latents", "model": "mlp"},  # the paper's MLP on the latent codes
-    "explain": {"top": 3, "bottom": 3, "steps": 24, "seed": 0},
+    "explain": {"top": 3, "bottom": 3, "steps": 64, "seed": 0},
 }
 
 
