@@ -1145,8 +1145,9 @@ def train_run(
                         "ids_file": "experience_ids.txt",
                         "note": f"default: a seeded {experience_fraction:.0%} of the collection, held out "
                                 "from exposure (no experience corpus given and no experience/ folder)"}
-            log.warning("no experience corpus given: holding out a seeded %.0f%% of the collection (%d images) "
-                        "for visual experience; they are not exposed", 100 * experience_fraction, n_exp)
+            log.warning("no experience corpus given: holding out a seeded %.0f%% of the collection (%d image%s) "
+                        "for visual experience; they are not exposed", 100 * experience_fraction, n_exp,
+                        "" if n_exp == 1 else "s")
         exp_info["n_images"] = len(exp_ds)
     elif mode == "exposure":
         exp_info = {"source": "none", "note": "pretrain_epochs=0: no visual experience before exposure"}
