@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ceil = means.get("human_consistency")
     if ceil is not None:
         hc = float(ceil.iloc[0])
-        nc = float(means["noise_ceiling"].iloc[0])
+        nc = float(means["spearman_brown" if "spearman_brown" in means else "noise_ceiling"].iloc[0])
         print(f"noise ceiling: human split-half Spearman {hc:.3f} (Spearman-Brown {nc:.3f})")
 
     corr = pd.read_csv(run / "correlations.csv")

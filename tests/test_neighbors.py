@@ -253,3 +253,31 @@ def test_cuda_matches(data):
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(prev)
+
+
+def test_full_float32_products_restore_either_precision_api():
+    """The CUDA Gram products switch TF32 off and restore the caller's setting, made with the new API or the
+    legacy one; on the CPU nothing is touched (a process on the new API must not hit the legacy getter)."""
+    torch = pytest.importorskip("torch")
+    from memlens.neighbors import _ieee_fp32_matmul
+
+    mm = torch.backends.cuda.matmul
+    if not hasattr(mm, "fp32_precision"):
+        pytest.skip("torch without the fp32_precision API")
+    before = mm.fp32_precision
+    try:
+        mm.fp32_precision = "tf32"  # new API: the legacy getter would now raise
+        x = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+        got = distinctiveness(x, k=1, backend="torch", device="cpu")
+        np.testing.assert_allclose(got, brute(x, 1), rtol=1e-12)
+        with _ieee_fp32_matmul(torch):
+            assert mm.fp32_precision == "ieee"
+        assert mm.fp32_precision == "tf32"
+        mm.fp32_precision = before
+        torch.set_float32_matmul_precision("high")  # legacy API
+        with _ieee_fp32_matmul(torch):
+            assert mm.fp32_precision == "ieee"
+        assert torch.get_float32_matmul_precision() == "high" and mm.allow_tf32
+    finally:
+        mm.fp32_precision = before
+        torch.set_float32_matmul_precision("highest")

@@ -61,6 +61,25 @@ def test_second_run_is_up_to_date_and_a_changed_option_reruns_from_its_stage(dat
     assert after["correlations.json"] != before["correlations.json"]
 
 
+def test_the_same_run_from_another_folder_or_an_older_version_is_up_to_date(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert _run(str(data), "--out", str(run), *FAST)[0] == 0
+    before = _stamps(run)
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    rc, text = _run(os.path.relpath(data, elsewhere), "--out", "../run", *FAST)
+    assert rc == 0, text
+    assert text.count("up to date, skipped") == 5 and _stamps(run) == before
+    # a pipeline.json written before fingerprints were recorded: adopted, nothing reruns
+    state = json.loads((run / "pipeline.json").read_text())
+    del state["fingerprint"]
+    (run / "pipeline.json").write_text(json.dumps(state))
+    rc, text = _run(str(data), "--out", str(run), *FAST)
+    assert rc == 0 and "data changed" not in text and text.count("up to date, skipped") == 5, text
+    assert "fingerprint" in json.loads((run / "pipeline.json").read_text())
+
+
 def test_changed_data_reruns_everything(data, tmp_path):
     import shutil
 
@@ -94,6 +113,8 @@ def test_an_earlier_run_is_never_mixed_with_a_new_one(data, tmp_path):
     rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--seed", "2", *FAST[-4:])
     assert rc != 0 and "holds results of an earlier run that memlens run did not make" in text
     assert "Traceback" not in text and (run / "predictor.pt").read_bytes() == b"kept"
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--seed", "2", *FAST[-4:])  # and again
+    assert rc != 0 and "did not make" in text and (run / "predictor.pt").read_bytes() == b"kept"
     rc, text = _run(str(data), "--out", str(run), "--force", *FAST[:-4], "--seed", "2", *FAST[-4:])
     assert rc == 0, text
     assert not (run / "predictor.pt").exists()
@@ -107,6 +128,10 @@ def test_skipped_stage_after_a_rerun_is_reported_stale(data, tmp_path):
     assert rc == 0, text
     assert "[score] memlens score" in text
     assert "[predictor] skipped (--skip); its files" in text and "older than this run's score" in text
+    # the skipped stage is out of date from now on: without --skip it reruns
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--metrics", "mse,l1", "--skip", "explain")
+    assert rc == 0, text
+    assert "[score] up to date" in text and "[predictor] memlens fit-predictor" in text
 
 
 def test_train_refuses_to_leave_later_outputs_out_of_date(data, tmp_path):
@@ -122,6 +147,11 @@ def test_train_refuses_to_leave_later_outputs_out_of_date(data, tmp_path):
         assert main([*args, "--out", str(run), "--seed", "4"]) == 1
     assert "holds results of an earlier run (featureset_lite01.npy, per_image.csv)" in out.getvalue()
     assert (run / "autoencoder.pt").stat().st_mtime_ns == stamp and (run / "per_image.csv").is_file()
+    # --resume of a finished training is a new training too: the same refusal
+    out = io.StringIO()
+    with contextlib.redirect_stderr(out):
+        assert main([*args, "--out", str(run), "--seed", "4", "--resume"]) == 1
+    assert "holds results of an earlier run" in out.getvalue()
     assert main([*args, "--out", str(run), "--seed", "4", "--overwrite"]) == 0
     assert not (run / "per_image.csv").exists() and not (run / "featureset_lite01.npy").exists()
 
@@ -223,6 +253,21 @@ def test_scoring_other_data_into_an_analysed_run_is_refused(data, tmp_path, caps
     err = capsys.readouterr().err
     assert "its analyses (correlations.json" in err and "would leave them out of date" in err
     assert (run / "per_image.csv").read_bytes() == before
+    # the same images with other scores, beside the original table: other data too
+    import pandas as pd
+
+    table = pd.read_csv(data / "memcat_image_data.csv")
+    table["memorability_w_fa_correction"] = table["memorability_w_fa_correction"].to_numpy()[::-1]
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(data, shuffled)
+    table.to_csv(shuffled / "memcat_image_data.csv", index=False)
+    assert main(["score", str(shuffled), "--run", str(run), "--metrics", "mse", "--device", "cpu"]) == 1
+    assert "is other data" in capsys.readouterr().err
+    # the very same data copied elsewhere is the same data
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert main(["-q", "score", str(moved), "--run", str(run), "--metrics", "mse", "--feature-size", "32",
+                 "--device", "cpu"]) == 0
 
 
 def test_a_failing_stage_is_recorded_as_failed_not_running(data, tmp_path):
@@ -232,3 +277,23 @@ def test_a_failing_stage_is_recorded_as_failed_not_running(data, tmp_path):
     assert rc == 2 and "kendall" in text
     stages = json.loads((run / "pipeline.json").read_text())["stages"]
     assert stages["analyze"]["status"] == "failed" and stages["score"]["status"] == "done"
+
+
+def test_training_interrupted_after_the_visual_experience_resumes(data, tmp_path):
+    """Stopped after autoencoder_before.pt was written (no checkpoint yet): the rerun continues, it does not
+    redo the visual experience."""
+    from memlens.train import later_outputs
+
+    run = tmp_path / "run"
+    assert _run(str(data), "--out", str(run), *FAST)[0] == 0
+    state = json.loads((run / "pipeline.json").read_text())
+    state["stages"] = {"check": state["stages"]["check"], "train": {**state["stages"]["train"], "status": "interrupted"}}
+    (run / "pipeline.json").write_text(json.dumps(state))
+    (run / "autoencoder.pt").unlink()
+    for name in later_outputs(run):
+        (run / name).unlink()
+    before = (run / "autoencoder_before.pt").stat().st_mtime_ns
+    rc, text = _run(str(data), "--out", str(run), *FAST)
+    assert rc == 0, text
+    assert "--resume" in text and "--overwrite" not in text
+    assert (run / "autoencoder_before.pt").stat().st_mtime_ns == before  # reused, not retrained

@@ -265,7 +265,7 @@ def test_summary_counts_exposed_and_experience_images(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["summary"]["roles"] == {"exposed": 8, "experience": 3, "not exposed": 1}
     sec = _section((run / "report.html").read_text(encoding="utf-8"), "summary")
-    assert "exposed once (analysed)" in sec and "held out as visual experience" in sec
+    assert "exposed once" in sec and "visual experience (not analysed)" in sec
 
 
 def test_missing_files_degrade_gracefully(tmp_path):

@@ -618,7 +618,8 @@ def randomize_weights(model: nn.Module, module: str | None = "head", seed: int =
                 raise ValueError(f"model has no sub-module {module!r} to randomise (children: {names})")
             target = getattr(target, part)
     # "randomise" in ASCII as the second entropy word: a stream no plain torch.manual_seed(seed) shares
-    init_seed, perm_seed = (int(v) for v in np.random.SeedSequence([int(seed), 0x72616E646F6D]).generate_state(2))
+    entropy = [int(seed) % 2**64, 0x72616E646F6D]  # SeedSequence takes non-negative words; torch any int
+    init_seed, perm_seed = (int(v) for v in np.random.SeedSequence(entropy).generate_state(2))
     cuda = sorted({p.device.index or 0 for p in target.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):  # the CUDA generators too, where the weights live there
         torch.manual_seed(init_seed)

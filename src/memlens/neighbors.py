@@ -21,9 +21,11 @@ Definitions
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,17 +321,12 @@ class _TorchOps:
         return a.cpu().numpy()
 
     def gram(self, a: Any, b: Any) -> Any:
-        torch = self.torch
-        prev = torch.get_float32_matmul_precision()
-        if self.device.type != "cuda" or prev == "highest":
+        if self.device.type != "cuda":
             return a @ b.T
         # the rounding bound that certifies the results assumes float32 products: never TF32 or bf16, whatever
         # the caller set globally (restored afterwards)
-        torch.set_float32_matmul_precision("highest")
-        try:
+        with _ieee_fp32_matmul(self.torch):
             return a @ b.T
-        finally:
-            torch.set_float32_matmul_precision(prev)
 
     def set_inf(self, g: Any, rows: np.ndarray, cols: np.ndarray) -> None:
         g[self.to(rows.astype(np.int64)), self.to(cols.astype(np.int64))] = float("inf")
@@ -343,6 +340,33 @@ class _TorchOps:
         i_best = torch.gather(best_i, 1, sel.clamp(max=nb - 1))
         i_new = new_i[(sel - nb).clamp(min=0)]
         return d, torch.where(from_best, i_best, i_new)
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul(torch: Any) -> Iterator[None]:
+    """CUDA float32 matrix products in full float32 inside the block; the caller's setting is restored.
+
+    torch 2.9+ has ``torch.backends.cuda.matmul.fp32_precision`` (reading it never raises, and setting it back
+    restores a setting made with either API); older releases only the legacy precision functions.
+    """
+    mm = torch.backends.cuda.matmul
+    if hasattr(mm, "fp32_precision"):
+        prev = mm.fp32_precision
+        if prev == "ieee":
+            yield
+            return
+        mm.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            mm.fp32_precision = prev
+        return
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
 
 
 def _make_ops(backend: str, device: str) -> Any:

@@ -1102,7 +1102,11 @@ def train_run(
     from .metrics import make_loss
 
     make_loss(loss)
-    stale = [] if resume else later_outputs(shared_out)
+    # resuming an interrupted training (its checkpoints, or the visual experience done and the exposure not)
+    # keeps the directory as it is; anything else, --resume or not, is a new training
+    has_state = (any((shared_out / "checkpoints" / f).exists() for f in ("experience.pt", "exposure.pt", "pretrain.pt"))
+                 or ((shared_out / "autoencoder_before.pt").exists() and not (shared_out / "autoencoder.pt").exists()))
+    stale = [] if (resume and has_state) else later_outputs(shared_out)
     if stale and not overwrite:
         shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
         raise RunDirError(f"{out} holds results of an earlier run ({shown}); a new training would leave them "

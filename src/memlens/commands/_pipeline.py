@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,12 +135,17 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     from ..train import later_outputs
 
     run = check_output_path(Path(run), directory=True)
-    owned = (run / "pipeline.json").is_file()  # a directory this pipeline wrote before
+    prior = _load_state(run)
+    owned = bool(prior.get("stages", {}).get("train"))  # this pipeline trained here before
     fingerprint = data_fingerprint(data, exclude=run)
-    state = {} if force else _load_state(run)
-    if state and state.get("fingerprint") != fingerprint:
+    state = {} if force else prior
+    if state and "fingerprint" not in state:  # written before fingerprints were recorded: adopt this one
+        log.info("%s: no data fingerprint recorded; taking the current data as the run's", run / "pipeline.json")
+    elif state and state.get("fingerprint") != fingerprint:
         echo("the data changed since the last run in this directory: every stage reruns")
         state = {}
+    # the recorded arguments name DATA and RUN absolutely: the same run from another folder is the same run
+    data_arg, run_arg = str(Path(data).resolve()), str(run.resolve())
     stages_state: dict[str, Any] = dict(state.get("stages", {}))
     rerun_rest = force
     rerun_stage: str | None = "everything (--force)" if force else None
@@ -157,7 +165,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                          f"older than this run's {rerun_stage}")
                 continue
             cmd = _command(stage.command)
-            args = stage.positional(str(data), str(run)) + options_to_args(cmd, stage_options.get(stage.name, {}))
+            args = stage.positional(data_arg, run_arg) + options_to_args(cmd, stage_options.get(stage.name, {}))
             prev = stages_state.get(stage.name, {})
             complete = (all((run / f).exists() for f in stage.outputs)
                         and prev.get("args") == args and prev.get("status") == "done")
@@ -166,14 +174,17 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                 record[stage.name] = {"status": "up to date", "seconds": prev.get("seconds")}
                 continue
             run_args = list(args)
-            if stage.outputs:  # a stage that writes: everything after it reruns
+            if stage.outputs:  # a stage that writes: everything after it reruns, or is out of date if skipped
                 rerun_rest = True
                 rerun_stage = rerun_stage or stage.name
+                for later in STAGE_LIST[STAGE_LIST.index(stage) + 1:]:
+                    stages_state.pop(later.name, None)
             if stage.name == "train":
                 resumable = (not force and prev.get("args") == args
                              and prev.get("status") in ("running", "interrupted", "failed")
-                             and any((run / "checkpoints" / f).exists()
-                                     for f in ("experience.pt", "exposure.pt", "pretrain.pt")))
+                             and (any((run / "checkpoints" / f).exists()
+                                      for f in ("experience.pt", "exposure.pt", "pretrain.pt"))
+                                  or (run / "autoencoder_before.pt").exists()))  # experience done
                 if resumable:
                     run_args.append("--resume")  # an interrupted training with the same settings continues
                 elif earlier := later_outputs(run):
@@ -203,5 +214,6 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
             with contextlib.suppress(OSError):
                 save()
         raise
+    save()  # stages skipped after a rerun lost their "done"
     record["total_seconds"] = round(time.perf_counter() - t_all, 2)
     return record

@@ -15,7 +15,7 @@ import click
 
 from ._pipeline import STAGE_LIST, STAGE_NAMES
 
-_RESERVED = {"data", "run", "run_dir", "out", "out_dir", "fmt", "resume", "help"}
+_RESERVED = {"data", "run", "run_dir", "out", "out_dir", "fmt", "resume", "overwrite", "help"}
 
 
 def _compatible(a: click.Option, b: click.Option) -> bool:

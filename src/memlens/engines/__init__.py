@@ -112,27 +112,38 @@ _ANALYSIS_OUTPUTS = ("correlations.json", "predictor.pt", "predictor_cv.csv", "d
 
 def _check_same_data(run: Path, ds: Any) -> None:
     """Scoring other data than the run's into a run whose analyses exist would leave them describing the
-    old data: refuse (one line), naming what to do instead."""
+    old data: refuse (one line), naming what to do instead. "The same data" is the same table content
+    (image ids, scores, categories and the other columns; ``manifest.json`` of train), wherever it lies."""
     import json
 
     from ..errors import RunDirError
+    from ..train import _table_sha256
 
-    meta = run / "dataset.json"
     later = [n for n in _ANALYSIS_OUTPUTS if (run / n).exists()]
-    if not meta.is_file() or not later:
+    if not later:
         return
     try:
-        recorded = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    old, old_root, old_n = recorded.get("source"), recorded.get("root"), recorded.get("n_images")
+        recorded = json.loads((run / "manifest.json").read_text(encoding="utf-8")).get("input", {})
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    if recorded.get("table_sha256"):
+        if recorded["table_sha256"] == _table_sha256(ds.table):
+            return
+    else:  # a run without a manifest: its data folder and number of images
+        try:
+            meta = json.loads((run / "dataset.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if meta.get("root") is None or (Path(meta["root"]).resolve() == Path(ds.root).resolve()
+                                        and meta.get("n_images") == len(ds)):
+            return
+    old = recorded.get("source") or "other data"
     new = getattr(ds, "source", None) or getattr(ds, "root", None)
-    if old_root is None or (Path(old_root).resolve() == Path(ds.root).resolve() and old_n == len(ds)):
-        return  # the same data (its folder and its number of images), however DATA was spelled
     raise RunDirError(f"{run} was trained on {old}, and its analyses ({', '.join(later[:4])}"
-                      f"{', ...' if len(later) > 4 else ''}) describe that data; scoring {new} here would leave "
-                      "them out of date. Score without DATA, or copy autoencoder*.pt, config.json and "
-                      "dataset.json to a new run folder and score there")
+                      f"{', ...' if len(later) > 4 else ''}) describe that data; {new} is other data (another "
+                      "table: images, scores or columns differ), and scoring it here would leave them out of date. "
+                      "Score without DATA, or copy autoencoder*.pt, config.json, dataset.json and manifest.json to "
+                      "a new run folder and score there")
 
 
 def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: str = "none",

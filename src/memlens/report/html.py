@@ -512,9 +512,9 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         roles = df["role"].astype(str).value_counts()
         res["roles"] = {str(k): int(v) for k, v in roles.items()}
         if roles.get("exposed", 0) != len(df):
-            tiles.append(("exposed once (analysed)", fmt(int(roles.get("exposed", 0)))))
+            tiles.append(("exposed once", fmt(int(roles.get("exposed", 0)))))
             if roles.get("experience", 0):
-                tiles.append(("held out as visual experience", fmt(int(roles["experience"]))))
+                tiles.append(("visual experience (not analysed)", fmt(int(roles["experience"]))))
     scores = df["score"].to_numpy(dtype=float) if "score" in df.columns else np.empty(0)
     finite = scores[np.isfinite(scores)]
     if finite.size:
@@ -988,6 +988,8 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
         consistency, reliability = ctx.ceiling["split_half_spearman"], ctx.ceiling["spearman_brown"]
         ceiling_source = ctx.ceiling["source"]
     res["consistency"], res["spearman_brown"], res["ceiling_source"] = consistency, reliability, ceiling_source
+    if consistency is not None and not (math.isfinite(consistency) and consistency > 0):
+        consistency = None  # no usable ceiling (NaN, or halves that do not agree at all)
     res["ceiling"] = consistency
     if consistency and metric:
         for entry in res["models"].values():
