@@ -43,13 +43,14 @@ def test_second_run_is_up_to_date_and_a_changed_option_reruns_from_its_stage(dat
     rc, text = _run(str(data), "--out", str(run), *FAST)
     assert rc == 0, text
     before = _stamps(run)
+    record = (run / "pipeline.json").stat().st_mtime_ns
     rc, text = _run(str(data), "--out", str(run), *FAST)
     assert rc == 0, text
     for stage in ("check", "train", "score", "analyze", "report"):
         assert f"[{stage}] up to date, skipped" in text, text
-    assert _stamps(run) == before  # nothing rewritten
+    assert _stamps(run) == before and (run / "pipeline.json").stat().st_mtime_ns == record  # nothing rewritten
     state = json.loads((run / "pipeline.json").read_text())
-    assert state["fingerprint"].startswith("folder:") and state["stages"]["train"]["status"] == "done"
+    assert len(state["fingerprint"]) == 64 and state["stages"]["train"]["status"] == "done"
 
     # another analysis option: train and score stay, analyze and report rerun
     rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--n-boot", "30", *FAST[-4:])
@@ -94,6 +95,24 @@ def test_changed_data_reruns_everything(data, tmp_path):
     assert rc == 0, text
     assert "the data changed since the last run" in text and "up to date" not in text
     assert all(v != first[k] for k, v in _stamps(run).items())
+
+    # DATA given as the table file: a replaced image is changed data too
+    table = str(own / "memcat_image_data.csv")
+    run2 = tmp_path / "run2"
+    assert _run(table, "--out", str(run2), *FAST)[0] == 0
+    assert "up to date" in _run(table, "--out", str(run2), *FAST)[1]
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    rc, text = _run(table, "--out", str(run2), *FAST)
+    assert rc == 0 and "the data changed since the last run" in text, text
+
+    # an experience corpus outside the data is part of what the run was made from
+    exp = tmp_path / "exp"
+    shutil.copytree(own / "experience", exp)
+    run3 = tmp_path / "run3"
+    assert _run(str(own), "--out", str(run3), "--experience", str(exp), *FAST)[0] == 0
+    shutil.copy(next(exp.glob("*.jpg")), exp / "added.jpg")
+    rc, text = _run(str(own), "--out", str(run3), "--experience", str(exp), *FAST)
+    assert rc == 0 and "the data changed since the last run" in text, text
 
 
 def test_an_earlier_run_is_never_mixed_with_a_new_one(data, tmp_path):

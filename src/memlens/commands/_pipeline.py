@@ -5,8 +5,9 @@ config file, ``--set stage.key=value`` and the flags of ``memlens run`` all go t
 parsing and validation as when the stage is run by hand. A stage whose outputs exist and whose arguments are
 unchanged since it last completed (``RUN/pipeline.json``), on unchanged data, is skipped; once a stage reruns,
 every later stage reruns too. ``check`` writes nothing: it reruns only when the data or its arguments changed,
-and never forces the stages after it. The data's fingerprint (the table's bytes, or a folder's file names,
-sizes and modification times) is recorded; changed data reruns everything.
+and never forces the stages after it. The data's fingerprint (a table's bytes, and the file names, sizes and
+modification times of its folder or of the data folder, and of an experience corpus) is recorded; changed data
+reruns everything. A run with nothing to do rewrites nothing, not even ``pipeline.json``.
 """
 
 from __future__ import annotations
@@ -47,35 +48,45 @@ STAGE_LIST: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGE_LIST)
 
 
-def data_fingerprint(data: str | os.PathLike, exclude: Path | None = None) -> str:
-    """A cheap identity of the data: sha256 of a table file's bytes, or of a folder's sorted (relative path,
-    size, modification time) entries (``exclude``: a folder inside it to leave out, e.g. the run itself)."""
+def data_fingerprint(data: str | os.PathLike, exclude: Path | None = None,
+                     extra: tuple[str | os.PathLike, ...] = ()) -> str:
+    """A cheap identity of the data: the sha256 of a table file's bytes and of the (relative path, size,
+    modification time) entries of the folder it lies in -- or of the data folder -- so that a replaced image
+    counts as changed data. ``exclude``: a folder to leave out (the run itself, when it lies inside);
+    ``extra``: more files or folders that belong to the data (an experience corpus)."""
     import hashlib
 
-    src = Path(data)
     h = hashlib.sha256()
-    if src.is_file():
-        with open(src, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return "file:" + h.hexdigest()
-    if not src.is_dir():
-        return "missing"
     skip = exclude.resolve() if exclude is not None else None
-    entries = []
-    for folder, dirs, files in os.walk(src):
-        here = Path(folder)
-        if skip is not None:
-            dirs[:] = [d for d in dirs if (here / d).resolve() != skip]
-        for name in files:
-            try:
-                st = (here / name).stat()
-            except OSError:
-                continue
-            entries.append(f"{(here / name).relative_to(src).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
-    for e in sorted(entries):
-        h.update(e.encode("utf-8", "surrogateescape") + b"\n")
-    return "folder:" + h.hexdigest()
+
+    def walk(folder: Path) -> None:
+        entries = []
+        for here_s, dirs, files in os.walk(folder):
+            here = Path(here_s)
+            if skip is not None:
+                dirs[:] = [d for d in dirs if (here / d).resolve() != skip]
+            for name in files:
+                try:
+                    st = (here / name).stat()
+                except OSError:
+                    continue
+                entries.append(f"{(here / name).relative_to(folder).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
+        for e in sorted(entries):
+            h.update(e.encode("utf-8", "surrogateescape") + b"\n")
+
+    for item in (data, *extra):
+        src = Path(item)
+        h.update(b"\0" + str(src.name).encode("utf-8", "surrogateescape") + b"\0")
+        if src.is_file():
+            with open(src, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            walk(src.parent)
+        elif src.is_dir():
+            walk(src)
+        else:
+            h.update(b"missing")
+    return h.hexdigest()
 
 
 def _command(name: str) -> click.Command:
@@ -137,7 +148,8 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     run = check_output_path(Path(run), directory=True)
     prior = _load_state(run)
     owned = bool(prior.get("stages", {}).get("train"))  # this pipeline trained here before
-    fingerprint = data_fingerprint(data, exclude=run)
+    experience = stage_options.get("train", {}).get("experience")
+    fingerprint = data_fingerprint(data, exclude=run, extra=(experience,) if experience else ())
     state = {} if force else prior
     if state and "fingerprint" not in state:  # written before fingerprints were recorded: adopt this one
         log.info("%s: no data fingerprint recorded; taking the current data as the run's", run / "pipeline.json")
@@ -154,8 +166,11 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     running: str | None = None  # the stage in progress, recorded as failed or interrupted if it raises
 
     def save() -> None:
-        _save_state(run, {"data": str(data), "fingerprint": fingerprint, "stages": stages_state})
-
+        nonlocal prior
+        new = {"data": data_arg, "fingerprint": fingerprint, "stages": stages_state}
+        if new != prior:  # a run with nothing to do rewrites nothing
+            _save_state(run, new)
+            prior = json.loads(json.dumps(new))
     try:
         for stage in STAGE_LIST:
             if stage.name in skip:
