@@ -267,3 +267,17 @@ def test_loads_through_the_memcat_layout(default_set):
     np.testing.assert_allclose(raw.table["score"], df["memorability_wo_fa_correction"])
     if ds.halves is not None:
         assert list(ds.halves.image_ids) == ds.table["image_id"].tolist()
+
+
+def test_demo_command_never_deletes_a_folder_that_is_not_a_demo_set(tmp_path, capsys):
+    from memlens.cli import main
+
+    mine = tmp_path / "project" / "data"
+    mine.mkdir(parents=True)
+    (mine / "precious.csv").write_text("image,score\n")
+    assert main(["demo", "--out", str(tmp_path / "project")]) == 1
+    assert (mine / "precious.csv").read_text() == "image,score\n"
+    assert "Traceback" not in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "afile" / "x")]) == 1
+    assert "afile is a file, not a directory" in capsys.readouterr().err

@@ -18,6 +18,15 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_wri
            "check_output_path"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
@@ -25,15 +34,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     ``suffix`` defaults to the final suffix of ``path`` so that libraries choosing a format by extension
     (numpy, pandas, matplotlib) behave as for the real name.
     """
+    from .errors import RunDirError
+
     path = Path(path)
     check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sfx = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{sfx}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{sfx}", dir=path.parent)
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file for its owner only; an output gets the usual permissions (the umask's)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

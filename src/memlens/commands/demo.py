@@ -31,22 +31,22 @@ DEMO_OPTIONS: dict[str, dict[str, object]] = {
 def demo(ctx: click.Context, out: Path, n_images: int, seed: int, force: bool) -> None:
     """Generate the synthetic demo set in OUT/data and run the whole pipeline into OUT/run."""
     import json
-    import shutil
 
+    from .._io import check_output_path
     from ..data import make_demo_set
     from ._pipeline import run_pipeline
     from .run import summarize
 
+    check_output_path(out, directory=True)
     data = out / "data"
     marker = data / "memcat_image_data.csv"
     spec = {"n_images": n_images, "seed": seed}
     spec_file = out / "demo.json"
     same = spec_file.exists() and marker.exists() and json.loads(spec_file.read_text()) == spec
     if force or not same:
-        if data.exists():
-            shutil.rmtree(data)
         click.echo(f"generating the demo set ({n_images} images, seed {seed}) in {data}")
-        make_demo_set(data, n_images=n_images, seed=seed)
+        # replaces an earlier demo set only; a folder of anything else is refused, never deleted
+        make_demo_set(data, n_images=n_images, seed=seed, overwrite=True)
         from .._io import atomic_write_json
 
         atomic_write_json(spec_file, spec)

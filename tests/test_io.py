@@ -1,0 +1,44 @@
+"""Atomic outputs: complete or absent, with the usual permissions, and clear errors where they cannot go."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from memlens._io import atomic_path, atomic_write_text
+from memlens.errors import RunDirError
+
+
+def test_outputs_get_the_umask_permissions_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        import memlens._io as io_mod
+
+        io_mod._UMASK = 0o022
+        path = atomic_write_text(tmp_path / "report.html", "x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by colleagues on a shared server
+        io_mod._UMASK = 0o077
+        path = atomic_write_text(tmp_path / "private.txt", "x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+        io_mod._UMASK = old
+
+
+def test_failure_leaves_neither_file_nor_temporary(tmp_path):
+    with pytest.raises(RuntimeError, match="stage failed"), atomic_path(tmp_path / "a.csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("stage failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_destinations_are_one_line_errors(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunDirError, match="afile is a file, not a directory"):
+        atomic_write_text(tmp_path / "afile" / "x.html", "x")
+    with pytest.raises(RunDirError, match="is a directory, not a file"):
+        atomic_write_text(tmp_path, "x")
+    with pytest.raises(RunDirError, match="cannot be written"):
+        atomic_write_text("/proc/memlens-test.html", "x")
