@@ -147,6 +147,7 @@ def test_skipped_stage_after_a_rerun_is_reported_stale(data, tmp_path):
     assert rc == 0, text
     assert "[score] memlens score" in text
     assert "[predictor] skipped (--skip); its files" in text and "older than this run's score" in text
+    assert "were made from the previous scores" not in text  # the pipeline reruns them itself
     # the skipped stage is out of date from now on: without --skip it reruns
     rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--metrics", "mse,l1", "--skip", "explain")
     assert rc == 0, text
@@ -260,9 +261,11 @@ def test_scoring_other_data_into_an_analysed_run_is_refused(data, tmp_path, caps
 
     run = tmp_path / "run"
     assert _run(str(data), "--out", str(run), *FAST)[0] == 0
-    # the same data, spelled as the folder: fine
+    # the same data, spelled as the folder: fine, with a note that the analyses are now older than the scores
+    capsys.readouterr()
     assert main(["-q", "score", str(data), "--run", str(run), "--metrics", "mse", "--feature-size", "32",
                  "--device", "cpu"]) == 0
+    assert "correlations.json, report.html in" in capsys.readouterr().err
     before = (run / "per_image.csv").read_bytes()
     other = tmp_path / "other"
     shutil.copytree(data, other)

@@ -281,3 +281,22 @@ def test_analyze_leaves_out_the_experience_images(tmp_path):
     pooled = table[(table.x == "recon_mse") & (table.scope == "pooled")].iloc[0]
     assert pooled["n"] == 40 and pooled["r"] > 0.9
     assert json.loads((run / "correlations.json").read_text())["n_experience_excluded"] == 20
+
+
+def test_stats_where_filters_rows_and_role_gets_a_note(capsys, table, tmp_path):
+    df = pd.read_csv(table)
+    df["role"] = ["exposed"] * (len(df) - 10) + ["experience"] * 10
+    path = tmp_path / "per_image.csv"
+    df.to_csv(path, index=False)
+    rc, out, err = _run(capsys, "stats", path, "--x", "x", "--y", "y", "--n-boot", "0", "--format", "json")
+    assert rc == 0 and f"10 of {len(df)} rows are not exposed images" in err and "--where role=exposed" in err
+    assert json.loads(out)["pooled"]["n"] == len(df)
+    rc, out, err = _run(capsys, "stats", path, "--x", "x", "--y", "y", "--n-boot", "0", "--format", "json",
+                        "--where", "role=exposed")
+    assert rc == 0 and "note" not in err
+    exposed = df[df.role == "exposed"]
+    assert json.loads(out)["pooled"]["r"] == correlate(exposed.x, exposed.y, n_boot=0).r
+    rc, _, err = _run(capsys, "stats", path, "--x", "x", "--y", "y", "--where", "nope=1")
+    assert rc == 2 and "COL one of" in err
+    rc, _, err = _run(capsys, "stats", path, "--x", "x", "--y", "y", "--where", "role=none")
+    assert rc == 1 and "no row has role = none" in err

@@ -214,7 +214,8 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
             run.mkdir(parents=True, exist_ok=True)
             save()
             t0 = time.perf_counter()
-            rv = cmd.main(args=run_args, prog_name=f"memlens {stage.command}", standalone_mode=False, obj=obj or {})
+            rv = cmd.main(args=run_args, prog_name=f"memlens {stage.command}", standalone_mode=False,
+                          obj={**(obj or {}), "pipeline": True})
             if isinstance(rv, int) and rv != 0:
                 raise click.exceptions.Exit(rv)
             seconds = round(time.perf_counter() - t0, 2)

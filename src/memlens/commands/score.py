@@ -115,6 +115,12 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
     if info.get("precision") == "int8" and "int8_calibration_max_rel_mse" in info:
         click.echo(f"int8: activation ranges from {info.get('int8_calibration_images')} images; on them the "
                    f"per-image MSE moved by at most {100 * info['int8_calibration_max_rel_mse']:.2g} % from float32")
+    ctx = click.get_current_context(silent=True)
+    in_pipeline = bool(ctx is not None and (ctx.find_root().obj or {}).get("pipeline"))
+    stale = [n for n in ("correlations.json", "predictor.pt", "descriptors.csv", "report.html") if (run_dir / n).exists()]
+    if stale and not in_pipeline:  # memlens run reruns them itself
+        click.echo(f"note: {', '.join(stale)} in {run_dir} were made from the previous scores; rerun the stages after "
+                   f"score (memlens analyze / fit-predictor / explain / report, or memlens run)", err=True)
     for col, rep in (info.get("index_reports") or {}).items():
         if rep.get("recall") is not None:
             click.echo(f"{col}: {index} index ({rep['encoding']}), recall@{rep['recall_k']} = {rep['recall']:.4f} "

@@ -47,17 +47,36 @@ def _read_table(path: Path):  # -> pandas.DataFrame
               show_default=True)
 @click.option("--permutation", type=click.IntRange(min=0), default=0, show_default=True,
               help="Permutations for a permutation p-value (0: none).")
+@click.option("--where", "where", multiple=True, metavar="COL=VALUE",
+              help="Keep only the rows whose column COL equals VALUE (repeatable: all must hold), "
+                   "e.g. --where role=exposed.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
 def stats(table: Path, x_col: str, y_col: str, by: str | None, control: tuple[str, ...], method: str,
-          n_boot: int, seed: int, ci_method: str, confidence: float, permutation: int, fmt: str) -> None:
+          n_boot: int, seed: int, ci_method: str, confidence: float, permutation: int, where: tuple[str, ...],
+          fmt: str) -> None:
     """Correlate column --x with column --y of TABLE (CSV) with a paired bootstrap CI.
 
     JSON output: {"pooled": {...}, "groups": [...], "within": {...}} (groups/within with --by), plus
     "partial" with --control. Numbers are written at full precision in json and csv.
     """
+    from ..errors import DataError
     from ..stats import correlation_table, format_correlations, table_records
 
     df = _read_table(table)
+    for cond in where:
+        col, sep, value = cond.partition("=")
+        if not sep or col not in df.columns:
+            raise click.BadParameter(f"{cond!r}: expected COL=VALUE with COL one of {', '.join(map(str, df.columns))}",
+                                     param_hint="--where")
+        df = df[df[col].astype(str) == value]
+        if df.empty:
+            raise DataError(f"{table}: no row has {col} = {value}")
+    filtered_role = any(c.partition("=")[0] == "role" for c in where)
+    if "role" in df.columns and not filtered_role and (df["role"].astype(str) != "exposed").any():
+        n_other = int((df["role"].astype(str) != "exposed").sum())
+        click.echo(f"note: {n_other} of {len(df)} rows are not exposed images (role column; e.g. held out as visual "
+                   "experience); memlens analyze leaves the experience images out. Add --where role=exposed for "
+                   "the exposed images only", err=True)
     res = correlation_table(df, x=[x_col], y=y_col, by=by, control=list(control) or None, method=method,
                             n_boot=n_boot, seed=seed, ci=ci_method, confidence=confidence,
                             permutation=permutation, name=str(table))
