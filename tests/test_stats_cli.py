@@ -136,7 +136,11 @@ def test_reliability_json_on_npz_and_run_folder(capsys, tmp_path):
     rc, out2, _ = _run(capsys, "reliability", tmp_path, "--format", "json")  # folder holding the npz
     assert rc == 0 and json.loads(out2)["spearman_mean"] == data["spearman_mean"]
     rc, text, _ = _run(capsys, "reliability", tmp_path / "split_halves.npz")
-    assert rc == 0 and "Spearman-Brown" in text
+    assert rc == 0 and "reliability of the full-group score (Spearman-Brown of that mean)" in text
+    assert f"noise ceiling (the mean split-half spearman, what memlens divides by): {data['ceiling']:.4f}" in text
+    (tmp_path / "scores.csv").write_text("image,score\n")  # a data table with the halves beside it
+    rc, out3, _ = _run(capsys, "reliability", tmp_path / "scores.csv", "--format", "json")
+    assert rc == 0 and json.loads(out3)["spearman_mean"] == data["spearman_mean"]
 
 
 def test_reliability_lnsim_folder(capsys, tmp_path):
@@ -156,6 +160,11 @@ def test_reliability_lnsim_folder(capsys, tmp_path):
 def test_reliability_bad_source(capsys, tmp_path):
     rc, _, err = _run(capsys, "reliability", tmp_path / "nothing.npz")
     assert rc == 1 and "no such file" in err
+    rc, _, err = _run(capsys, "reliability", tmp_path)
+    assert rc == 1 and "expected split_halves.npz (a data set or run folder) or Random_splits" in err
+    (tmp_path / "t.csv").write_text("image,score\n")
+    rc, _, err = _run(capsys, "reliability", tmp_path / "t.csv")
+    assert rc == 1 and "a table without split-half scores" in err
 
 
 @pytest.mark.shared

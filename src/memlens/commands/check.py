@@ -25,7 +25,7 @@ _MAX_CATEGORIES_SHOWN = 20
 @click.option("--score-variant", type=click.Choice(["corrected", "uncorrected"]), default=None,
               help="memcat: false-alarm corrected score (default) or the uncorrected hit rate.")
 @click.option("--split", "split", multiple=True, metavar="NAME",
-              help="lamem: split file to read (repeatable), e.g. --split train_1 --split val_1.")
+              help="lamem: a split file to read, e.g. train_1 (repeat the option for several).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Report images with more pixels than this (decompression-bomb guard).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,

@@ -97,7 +97,7 @@ class _Bar:
 @click.option("--score-variant", type=click.Choice(["corrected", "uncorrected"]), default=None,
               help="memcat: false-alarm corrected score (default) or the uncorrected hit rate.")
 @click.option("--split", "split", multiple=True, metavar="NAME",
-              help="lamem: split file to read (repeatable), e.g. --split train_1 --split val_1.")
+              help="lamem: a split file to read, e.g. train_1 (repeat the option for several).")
 @click.option("--overwrite", is_flag=True,
               help="Remove the outputs of later stages (per_image.csv, predictor.pt, ...) of an earlier run in --out.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
