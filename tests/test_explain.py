@@ -504,3 +504,10 @@ def test_explain_run_with_a_real_predictor_file(tmp_path):
     np.testing.assert_allclose(z_["predicted_scores"], reg.predict(z[k]), rtol=1e-4, atol=1e-5)
     sanity = json.loads((run / "attributions" / "sanity.json").read_text())
     assert sanity["randomized_module"] == "head" and np.isfinite(sanity["mean_spearman"])
+
+
+def test_sanity_check_convergence_warning_names_the_randomised_model(images, caplog):
+    with caplog.at_level("WARNING", logger="memlens.explain"):
+        randomization_check(Toy(), images, module="head", seed=3, n_steps=1, internal_batch_size=8,
+                            delta_tolerance=1e-9)
+    assert "Integrated Gradients (randomised head, sanity check) did not converge" in caplog.text

@@ -241,6 +241,7 @@ def integrated_gradients(
     blur_sigma: float | None = None,
     method: str = "gausslegendre",
     progress: Callable[[int], None] | None = None,
+    label: str | None = None,
 ) -> IGResult:
     """Integrated Gradients of a scalar-per-image model, built on :class:`captum.attr.IntegratedGradients`.
 
@@ -268,6 +269,9 @@ def integrated_gradients(
         Sigma in pixels of the ``"blur"`` baseline (default 5 % of the shorter side).
     progress
         Optional callback called with 1 after each image (CLI progress bars).
+    label
+        What the attributions are of, for the convergence warning (e.g. the randomised model of the sanity
+        check).
 
     Returns
     -------
@@ -350,8 +354,9 @@ def integrated_gradients(
     flagged = (rel > delta_tolerance) & (np.abs(delta) > DELTA_ABS_FLOOR)
     if flagged.any():
         log.warning(
-            "Integrated Gradients did not converge for %d of %d images (relative delta up to %.3g > "
+            "Integrated Gradients%s did not converge for %d of %d images (relative delta up to %.3g > "
             "tolerance %.3g at %d steps); their maps are kept and flagged, use more steps",
+            f" ({label})" if label else "",
             int(flagged.sum()),
             n,
             float(np.max(rel[flagged])),
@@ -729,7 +734,8 @@ def randomization_check(
     if maps.shape[0] != x.shape[0]:
         raise ValueError(f"got {maps.shape[0]} maps for {x.shape[0]} images")
     rnd = randomized_model if randomized_model is not None else randomize_weights(model, module, seed)
-    rmaps = integrated_gradients(rnd, x, seed=seed, **ig_kwargs)
+    what = f"randomised {module}" if module and randomized_model is None else "randomised model"
+    rmaps = integrated_gradients(rnd, x, seed=seed, label=f"{what}, sanity check", **ig_kwargs)
     rho = _spearman_rows(np.abs(maps).reshape(maps.shape[0], -1), rmaps.maps.reshape(maps.shape[0], -1))
     settings = {
         k: (v if isinstance(v, (int, float, str, type(None))) else "tensor")
