@@ -260,12 +260,15 @@ def test_predictor_ceiling_of_older_runs(tmp_path):
 def test_summary_counts_exposed_and_experience_images(tmp_path):
     run, df = _minimal_run(tmp_path, n=12)
     df["role"] = ["exposed"] * 8 + ["experience"] * 3 + ["not exposed"]
+    df["category"] = ["a", "b", None, "a", "b", "a", None, "b", "a", "b", "a", "b"]
     df.to_csv(run / "per_image.csv", index=False)
     build_report(run)
     results = json.loads((run / "results.json").read_text())
     assert results["summary"]["roles"] == {"exposed": 8, "experience": 3, "not exposed": 1}
     sec = _section((run / "report.html").read_text(encoding="utf-8"), "summary")
     assert "exposed once" in sec and "visual experience (not analysed)" in sec
+    assert results["summary"]["categories"] == {"a": 5, "b": 5} and results["summary"]["n_without_category"] == 2
+    assert "2 images have no category" in sec
 
 
 def test_missing_files_degrade_gracefully(tmp_path):

@@ -94,6 +94,8 @@ def test_score_writes_the_documented_files(demo, tmp_path, capsys):
     assert exp.drop(exposed).isna().all()
     order = per.set_index("image_id")["exposure_order"]  # its position in the stream, for partialling out
     assert order[exposed].tolist() == list(range(len(exposed))) and order.drop(exposed).isna().all()
+    raw = pd.read_csv(run / "per_image.csv", dtype=str)["exposure_order"].dropna()
+    assert raw.str.fullmatch(r"\d+").all()  # written as positions (3), not floats (3.0)
     role = per.set_index("image_id")["role"]
     assert (role[exposed] == "exposed").all() and (role[held] == "experience").all()
     assert (role.drop(exposed + held) == "not exposed").all()

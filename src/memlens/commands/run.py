@@ -154,7 +154,7 @@ def summarize(run_dir: Path, record: dict[str, Any]) -> None:
         except ValueError:
             headline = {}
         for key, value in headline.items():
-            click.echo(f"{key}: {value}")
+            click.echo(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     report = run_dir / "report.html"
     if report.exists():
         click.echo(f"report: {report.resolve()}")

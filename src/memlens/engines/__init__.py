@@ -189,7 +189,7 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
     if exposure is not None:
         out["recon_exposure"] = table["image_id"].map(exposure["loss"]).astype(float).to_numpy()
         if "order" in exposure.columns:  # the model changes along the stream: the loss depends on the position
-            out["exposure_order"] = table["image_id"].map(exposure["order"]).astype("Int64").to_numpy()
+            out["exposure_order"] = table["image_id"].map(exposure["order"]).astype("Int64").array  # 28, not 28.0
         # which images the single-exposure analysis is about (analyze leaves the visual-experience ones out)
         exp_file = run / "experience_ids.txt"
         held = ({ln.strip() for ln in exp_file.read_text(encoding="utf-8").splitlines() if ln.strip()}

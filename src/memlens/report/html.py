@@ -555,8 +555,10 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         parts.append(_note("Noise ceiling: not available — the data set has no split-half scores "
                            "(<code>split_halves.npz</code> is absent from the run directory).", missing=True))
     if "category" in df.columns:
-        counts = df["category"].astype(str).value_counts()
+        cats = df["category"].where(df["category"].astype(str).str.strip() != "")  # blank = no category
+        counts = cats.dropna().astype(str).value_counts()
         res["categories"] = {str(k): int(v) for k, v in counts.items()}
+        res["n_without_category"] = int(cats.isna().sum())
         rows = []
         for cat, n in list(counts.items())[:40]:
             sub = df.loc[df["category"].astype(str) == cat, "score"] if "score" in df.columns else pd.Series(dtype=float)
@@ -566,6 +568,9 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         parts.append(_table(["category", "images", "mean score"], rows, [False, True, True]))
         if len(counts) > 40:
             parts.append(_note(f"{len(counts) - 40} more categories are listed in results.json."))
+        if res["n_without_category"]:
+            parts.append(_note(f"{res['n_without_category']} images have no category: they are in the pooled "
+                               "analyses, not in the per-category and within-category ones."))
     ds = ctx.run.json("dataset.json")
     if isinstance(ds, Mapping):
         res["dataset"] = {k: ds.get(k) for k in ("source", "layout", "notes") if k in ds}
