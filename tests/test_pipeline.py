@@ -295,8 +295,9 @@ def test_scoring_other_data_into_an_analysed_run_is_refused(data, tmp_path, caps
 def test_a_failing_stage_is_recorded_as_failed_not_running(data, tmp_path):
     run = tmp_path / "run"
     assert _run(str(data), "--out", str(run), *FAST)[0] == 0
-    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--set", "analyze.method=kendall", *FAST[-4:])
-    assert rc == 2 and "kendall" in text
+    (run / "per_image.csv").write_text("not,a\nrun table\n")  # analyze will fail on it at run time
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--set", "analyze.ci=bca", *FAST[-4:])
+    assert rc == 1 and "per_image.csv" in text
     stages = json.loads((run / "pipeline.json").read_text())["stages"]
     assert stages["analyze"]["status"] == "failed" and stages["score"]["status"] == "done"
 
@@ -319,3 +320,12 @@ def test_training_interrupted_after_the_visual_experience_resumes(data, tmp_path
     assert rc == 0, text
     assert "--resume" in text and "--overwrite" not in text
     assert (run / "autoencoder_before.pt").stat().st_mtime_ns == before  # reused, not retrained
+
+
+def test_a_bad_option_of_a_late_stage_fails_before_anything_runs(data, tmp_path):
+    run = tmp_path / "run"
+    rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--set", "report.nope=1")
+    assert rc == 1 and "report.nope: unknown option (report takes none)" in text
+    rc, text = _run(str(data), "--out", str(run), *FAST, "--set", "analyze.method=kendall")
+    assert rc == 2 and "kendall" in text and "[check]" not in text
+    assert not run.exists()

@@ -77,7 +77,8 @@ class PipelineConfig:
             known = stage_options(stage)
             for key in options:
                 if key.replace("-", "_") not in known:
-                    problems.append(f"{stage}.{key}: unknown option (known: {', '.join(sorted(known))})")
+                    problems.append(f"{stage}.{key}: unknown option ("
+                                    + (f"known: {', '.join(sorted(known))})" if known else f"{stage} takes none)"))
             clean[stage] = {k.replace("-", "_"): v for k, v in options.items()}
         if problems:
             raise ConfigError("\n".join(problems))

@@ -171,6 +171,12 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
         if new != prior:  # a run with nothing to do rewrites nothing
             _save_state(run, new)
             prior = json.loads(json.dumps(new))
+    # every stage's arguments parse before any stage runs: a typo in a late stage fails now, not after training
+    for stage in STAGE_LIST:
+        if stage.name not in skip:
+            cmd = _command(stage.command)
+            args = stage.positional(data_arg, run_arg) + options_to_args(cmd, stage_options.get(stage.name, {}))
+            cmd.make_context(f"memlens {stage.command}", list(args))
     try:
         for stage in STAGE_LIST:
             if stage.name in skip:
