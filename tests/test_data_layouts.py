@@ -137,6 +137,7 @@ def test_blank_categories_are_missing_not_a_category(tmp_path: Path, capsys):
 @pytest.mark.parametrize("scores,hint", [
     (["65.3", "80", "12.5", "40"], "the scores look like percentages (0 to 100)"),
     (["0,65", "0,8", "0,12", "0,4"], "4 scores use a decimal comma"),
+    (["65.3%", "80%", "12.5 %", "40%"], "4 scores are written as percentages"),
 ])
 def test_score_pattern_gets_one_hint(tmp_path: Path, scores, hint):
     from memlens.errors import ValidationError

@@ -838,11 +838,14 @@ def _check_score(value: Any) -> tuple[float, str | None]:
 
 def _score_hint(values: Sequence[Any]) -> str | None:
     """One line on a pattern behind many score problems: percentages, or decimal commas."""
-    numbers, commas = [], 0
+    numbers, commas, percents = [], 0, 0
     for v in values:
         text = str(v).strip() if v is not None else ""
         if re.fullmatch(r"[-+]?\d+,\d+", text):
             commas += 1
+            continue
+        if re.fullmatch(r"\d+(?:[.,]\d+)?\s*%", text):
+            percents += 1
             continue
         try:
             x = float(text)
@@ -851,6 +854,9 @@ def _score_hint(values: Sequence[Any]) -> str | None:
         if not math.isnan(x):
             numbers.append(x)
     many = max(3, len(values) // 2 + 1)  # a pattern, not one odd cell
+    if percents >= many:
+        return (f"{percents} scores are written as percentages (e.g. 72.6%): memorability is a hit rate in "
+                "[0, 1]; write 0.726")
     if commas >= many:
         return (f"{commas} scores use a decimal comma (e.g. 0,73): save the table with decimal points, or as "
                 "semicolon-separated with points")
