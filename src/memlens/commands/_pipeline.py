@@ -5,8 +5,8 @@ config file, ``--set stage.key=value`` and the flags of ``memlens run`` all go t
 parsing and validation as when the stage is run by hand. A stage whose outputs exist and whose arguments are
 unchanged since it last completed (``RUN/pipeline.json``), on unchanged data, is skipped; once a stage reruns,
 every later stage reruns too. ``check`` writes nothing: it reruns only when the data or its arguments changed,
-and never forces the stages after it. The data's fingerprint (a table's bytes, and the file names, sizes and
-modification times of its folder or of the data folder, and of an experience corpus) is recorded; changed data
+and never forces the stages after it. The data's fingerprint (:func:`data_fingerprint`: the table's content
+and every listed image's size and modification time, and an experience corpus's) is recorded; changed data
 reruns everything. A run with nothing to do rewrites nothing, not even ``pipeline.json``.
 """
 
@@ -48,44 +48,47 @@ STAGE_LIST: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGE_LIST)
 
 
-def data_fingerprint(data: str | os.PathLike, exclude: Path | None = None,
-                     extra: tuple[str | os.PathLike, ...] = ()) -> str:
-    """A cheap identity of the data: the sha256 of a table file's bytes and of the (relative path, size,
-    modification time) entries of the folder it lies in -- or of the data folder -- so that a replaced image
-    counts as changed data. ``exclude``: a folder to leave out (the run itself, when it lies inside);
-    ``extra``: more files or folders that belong to the data (an experience corpus)."""
+def data_fingerprint(data: str | os.PathLike, options: Mapping[str, Any] | None = None,
+                     experience: str | os.PathLike | None = None) -> str:
+    """A cheap identity of what a run is made from: the data set's table content (image ids, scores,
+    categories and the other columns, as :func:`memlens.data.load_dataset` reads it with check's
+    ``options``), the path, size and modification time of every image it lists and of its split-half file,
+    and the same of an experience corpus. A replaced image or an edited table is changed data; files the data
+    set does not use are not. Data that cannot be loaded is fingerprinted by its bytes (check reports it)."""
     import hashlib
 
     h = hashlib.sha256()
-    skip = exclude.resolve() if exclude is not None else None
 
-    def walk(folder: Path) -> None:
-        entries = []
-        for here_s, dirs, files in os.walk(folder):
-            here = Path(here_s)
-            if skip is not None:
-                dirs[:] = [d for d in dirs if (here / d).resolve() != skip]
-            for name in files:
-                try:
-                    st = (here / name).stat()
-                except OSError:
-                    continue
-                entries.append(f"{(here / name).relative_to(folder).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
-        for e in sorted(entries):
-            h.update(e.encode("utf-8", "surrogateescape") + b"\n")
+    def add_files(paths: list[Path]) -> None:
+        for f in sorted(paths):
+            try:
+                st = f.stat()
+            except OSError:
+                h.update(f"{f}\tmissing\n".encode("utf-8", "surrogateescape"))
+                continue
+            h.update(f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
 
-    for item in (data, *extra):
-        src = Path(item)
-        h.update(b"\0" + str(src.name).encode("utf-8", "surrogateescape") + b"\0")
-        if src.is_file():
-            with open(src, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            walk(src.parent)
-        elif src.is_dir():
-            walk(src)
-        else:
-            h.update(b"missing")
+    def add_dataset(source: str | os.PathLike, opts: Mapping[str, Any]) -> None:
+        from ..data import load_dataset
+        from ..data.layouts import HALVES_FILE
+        from ..train import _table_sha256
+
+        kw = {k: opts[k] for k in ("image_col", "score_col", "category_col", "score_variant") if opts.get(k)}
+        if opts.get("split"):
+            split = opts["split"]
+            kw["splits"] = [split] if isinstance(split, str) else list(split)
+        try:
+            ds = load_dataset(source, opts.get("layout") or "auto", **kw)
+        except Exception:  # noqa: BLE001 - bad data: the check stage reports it; fingerprint the bytes
+            src = Path(source)
+            add_files([src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()] if src.is_dir() else [])
+            return
+        h.update(_table_sha256(ds.table).encode())
+        add_files([Path(p).resolve() for p in ds.paths] + [Path(ds.root).resolve() / HALVES_FILE])
+
+    add_dataset(data, options or {})
+    if experience:
+        add_dataset(experience, {})
     return h.hexdigest()
 
 
@@ -148,8 +151,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     run = check_output_path(Path(run), directory=True)
     prior = _load_state(run)
     owned = bool(prior.get("stages", {}).get("train"))  # this pipeline trained here before
-    experience = stage_options.get("train", {}).get("experience")
-    fingerprint = data_fingerprint(data, exclude=run, extra=(experience,) if experience else ())
+    fingerprint = data_fingerprint(data, stage_options.get("check", {}), stage_options.get("train", {}).get("experience"))
     state = {} if force else prior
     if state and "fingerprint" not in state:  # written before fingerprints were recorded: adopt this one
         log.info("%s: no data fingerprint recorded; taking the current data as the run's", run / "pipeline.json")
