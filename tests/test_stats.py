@@ -455,3 +455,15 @@ def test_analyze_partials_the_exposure_position_out_of_the_exposure_loss():
     assert pooled < -0.5 and abs(by_order) < 0.2  # the pooled association was the position's
     ref = correlate(df.recon_exposure, df.score, control=df[["exposure_order"]], n_boot=0)
     assert by_order == pytest.approx(ref.r)
+
+
+def test_table_sums_up_row_warnings_in_one_line(caplog):
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"x": rng.normal(size=40), "score": rng.normal(size=40),
+                       "cat": ["big"] * 36 + ["tiny1", "tiny1", "tiny2", "tiny2"]})
+    with caplog.at_level("DEBUG", logger="memlens.stats"):
+        tab = correlation_table(df, x="x", by="cat", n_boot=50)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "2 warning(s) over the table's 5 rows" in warnings[0].getMessage()
+    assert "tiny1): too few complete rows (n = 2)" in caplog.text  # the details, at debug level
+    assert tab[tab.group.isin(["tiny1", "tiny2"])].r.isna().all()

@@ -28,9 +28,10 @@ residualise all resamples at once by batched least squares. Definitions are in `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -732,6 +733,26 @@ def _group_labels(df: pd.DataFrame, by: str) -> tuple[np.ndarray, list[Any]]:
     return vals, present
 
 
+@contextlib.contextmanager
+def _collected_warnings() -> Iterator[list[str]]:
+    """Collect this module's warnings inside the block instead of emitting them (re-logged at debug level)."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield messages
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
 def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score", by: str | None = None,
                       control: ControlSpec = None, method: str = "spearman", n_boot: int = 2000,
                       seed: int | None = 0, ci: str = "percentile", confidence: float = 0.95,
@@ -803,19 +824,27 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
             row["r_over_ceiling"] = res.r / c if c and math.isfinite(c) and c > 0 else math.nan
         rows.append(row)
 
-    for xname in xs:
-        xv = num[xname]
-        add(correlate(xv, yv, label=f"{xname} vs {y}", **kw), xname, "pooled")
-        if by:
-            for g in glabels:
-                mask = np.array([v == g for v in gvals], dtype=bool)
-                add(correlate(xv[mask], yv[mask], label=f"{xname} vs {y} ({by} = {g})", **kw),
-                    xname, "group", g)
-            add(correlate(xv, yv, groups=gvals, label=f"{xname} vs {y} (within {by})", **kw), xname, "within")
-        for cs in sets[xname]:
-            cdf = pd.DataFrame({c: num[c] for c in cs})
-            add(correlate(xv, yv, control=cdf, label=f"{xname} vs {y} | {'+'.join(cs)}", **kw),
-                xname, "partial")
+    # one row's trouble (a category with too few images, degenerate resamples) is one warning each when
+    # correlate is called alone; over a whole table they are summed up in one line, the details at debug level
+    with _collected_warnings() as troubles:
+        for xname in xs:
+            xv = num[xname]
+            add(correlate(xv, yv, label=f"{xname} vs {y}", **kw), xname, "pooled")
+            if by:
+                for g in glabels:
+                    mask = np.array([v == g for v in gvals], dtype=bool)
+                    add(correlate(xv[mask], yv[mask], label=f"{xname} vs {y} ({by} = {g})", **kw),
+                        xname, "group", g)
+                add(correlate(xv, yv, groups=gvals, label=f"{xname} vs {y} (within {by})", **kw), xname, "within")
+            for cs in sets[xname]:
+                cdf = pd.DataFrame({c: num[c] for c in cs})
+                add(correlate(xv, yv, control=cdf, label=f"{xname} vs {y} | {'+'.join(cs)}", **kw),
+                    xname, "partial")
+    if troubles:
+        for message in troubles:
+            log.debug("%s", message)
+        log.warning("%d warning(s) over the table's %d rows (e.g. %s); those rows have r = NaN or fewer "
+                    "resamples; every message at debug level (memlens -vv)", len(troubles), len(rows), troubles[0])
     out = pd.DataFrame(rows)
     if not permutation:
         out["p_perm"] = out["p_perm"].astype(float)
