@@ -134,3 +134,16 @@ def test_explain_runs_on_a_feature_set_predictor(run, tmp_path):
     assert arrays and all(np.isfinite(a).all() for a in arrays)
     assert any(a.ndim >= 3 and np.abs(a).sum() > 0 for a in arrays)  # pixel maps, not all zero
     assert list((r / "attributions").glob("overlay_top01_*.png"))
+
+
+def test_nothing_to_score_is_said_without_loading_the_networks(run, tmp_path, capsys, monkeypatch):
+    import memlens.predict as P
+
+    def never(*a, **k):
+        raise AssertionError("the predictor was loaded for nothing")
+
+    monkeypatch.setattr(P, "load_memorability_model", never)
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), "--run", str(run.run)]) == 1
+    err = capsys.readouterr().err
+    assert "folder holds no image files" in err and "no image could be scored" in err

@@ -99,6 +99,12 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
             raise RunDirError(f"--run {run}: no such run directory")
         if not path.is_file():
             raise RunDirError(f"{path}: missing; fit a predictor first: memlens fit-predictor {run}")
+    items, problems = collect_images(sources)
+    if not items:  # nothing to score: say why without loading the networks
+        log.warning("%d input(s) skipped, no image to score", len(problems))
+        return PredictResult(table=pd.DataFrame({"image": pd.Series(dtype=str),
+                                                 "predicted_score": pd.Series(dtype=float)}), problems=problems)
+    if model is None:
         from .predict import load_memorability_model
 
         model = load_memorability_model(path, map_location=dev)
@@ -112,7 +118,6 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
             return load_image_aspect(path, size)
         return load_image(path, size)
 
-    items, problems = collect_images(sources)
     labels: list[str] = []
     scores: list[float] = []
     batch: list[np.ndarray] = []
@@ -146,6 +151,6 @@ def predict_images(sources: Sequence[str | os.PathLike], run: str | os.PathLike 
             flush()
     flush()
     if problems:
-        log.warning("%d file(s) skipped", len(problems))
+        log.warning("%d input(s) skipped", len(problems))
     table = pd.DataFrame({"image": labels, "predicted_score": np.asarray(scores, dtype=float)})
     return PredictResult(table=table, problems=problems)
