@@ -67,3 +67,15 @@ def test_console_script_exit_code():
     res = subprocess.run([sys.executable, "-m", "memlens.cli", "nope"], capture_output=True, text=True)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
+
+
+def test_memlens_flags_after_the_command(tmp_path, capsys):
+    """`memlens stats ... -q` works like `memlens -q stats ...` (users type the flags at the end)."""
+    from memlens.cli import _globals_first, main
+
+    assert _globals_first(["stats", "t.csv", "-q", "--x", "a", "--", "-q"]) == ["-q", "stats", "t.csv", "--x", "a",
+                                                                               "--", "-q"]
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n1,2\n2,1\n3,4\n4,3\n5,6\n")
+    assert main(["stats", str(table), "--x", "a", "--y", "b", "--n-boot", "0", "-q", "--debug"]) == 0
+    assert "a  pooled" in capsys.readouterr().out

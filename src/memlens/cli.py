@@ -88,9 +88,20 @@ def app(ctx: click.Context, debug: bool, quiet: bool, verbose: int) -> None:
     ctx.obj["quiet"] = quiet
 
 
+#: options of memlens itself that users also type after the command (``memlens score ... -q``)
+_GLOBAL_FLAGS = {"-q", "--quiet", "-v", "-vv", "--verbose", "--debug"}
+
+
+def _globals_first(args: list[str]) -> list[str]:
+    """Move memlens's own flags given after the command in front of it (no command defines them)."""
+    end = args.index("--") if "--" in args else len(args)
+    head = [a for a in args[:end] if a in _GLOBAL_FLAGS]
+    return head + [a for a in args[:end] if a not in _GLOBAL_FLAGS] + args[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the CLI and return its exit status."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _globals_first(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
     try:
         rv = app.main(args=args, prog_name="memlens", standalone_mode=False)
