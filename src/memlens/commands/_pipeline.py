@@ -158,7 +158,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
     elif state and state.get("fingerprint") != fingerprint:
         echo("the data changed since the last run in this directory: every stage reruns")
         state = {}
-    # the recorded arguments name DATA and RUN absolutely: the same run from another folder is the same run
+    # the recorded arguments name DATA and RUN absolutely
     data_arg, run_arg = str(Path(data).resolve()), str(run.resolve())
     stages_state: dict[str, Any] = dict(state.get("stages", {}))
     rerun_rest = force
@@ -188,10 +188,14 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                          f"older than this run's {rerun_stage}")
                 continue
             cmd = _command(stage.command)
-            args = stage.positional(data_arg, run_arg) + options_to_args(cmd, stage_options.get(stage.name, {}))
+            positional = stage.positional(data_arg, run_arg)
+            args = positional + options_to_args(cmd, stage_options.get(stage.name, {}))
             prev = stages_state.get(stage.name, {})
+            # the options decide; DATA is the fingerprint's business and RUN is this directory, however either
+            # was spelled (relative paths, another working folder, records of older versions)
+            same_args = prev.get("args", [None] * len(positional))[len(positional):] == args[len(positional):]
             complete = (all((run / f).exists() for f in stage.outputs)
-                        and prev.get("args") == args and prev.get("status") == "done")
+                        and same_args and prev.get("status") == "done")
             if complete and not (rerun_rest and stage.outputs):
                 echo(f"[{stage.name}] up to date, skipped")
                 record[stage.name] = {"status": "up to date", "seconds": prev.get("seconds")}
@@ -203,7 +207,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                 for later in STAGE_LIST[STAGE_LIST.index(stage) + 1:]:
                     stages_state.pop(later.name, None)
             if stage.name == "train":
-                resumable = (not force and prev.get("args") == args
+                resumable = (not force and same_args
                              and prev.get("status") in ("running", "interrupted", "failed")
                              and (any((run / "checkpoints" / f).exists()
                                       for f in ("experience.pt", "exposure.pt", "pretrain.pt"))
