@@ -97,3 +97,19 @@ def test_run_flags_map_onto_stage_options(tmp_path):
     assert build_stage_options(cfg, (), {})["train"]["split"] == ["train_1"]
     with pytest.raises(click.UsageError, match="check.split .* and train.split .* differ"):
         build_stage_options(cfg, ("train.split=val_1",), {})
+
+
+def test_set_gives_flags_as_text_and_they_mean_what_they_say():
+    """--set train.freeze_encoder=false must not turn the flag on (the text 'false' is truthy)."""
+    from memlens.commands._pipeline import _command, options_to_args
+    from memlens.commands.run import build_stage_options
+
+    opts = build_stage_options(None, ("train.freeze_encoder=false", "analyze.no_groups=false",
+                                      "explain.sanity_max=2"), {})
+    assert options_to_args(_command("train"), opts["train"]) == ["--train-encoder"]
+    assert options_to_args(_command("analyze"), opts["analyze"]) == []
+    opts = build_stage_options(None, ("train.freeze_encoder=yes", "analyze.no_groups=1"), {})
+    assert options_to_args(_command("train"), opts["train"]) == ["--freeze-encoder"]
+    assert options_to_args(_command("analyze"), opts["analyze"]) == ["--no-groups"]
+    with pytest.raises(click.UsageError, match="expected true or false"):
+        options_to_args(_command("analyze"), {"no_groups": "maybe"})

@@ -1302,7 +1302,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     """Cross-validate the SVR, the MLP and the ridge baseline on a run, then fit ``model`` on every image.
 
     Writes ``RUN/predictor_cv.csv`` (one row per fold and model, then one ``fold="mean"`` row per model;
-    columns ``fold, model, n_train, n_val, n_test, n, spearman, pearson, mse, auc``, when
+    columns ``fold, model, n_train, n_val, n_test, spearman, pearson, mse, auc``, when
     ``RUN/split_halves.npz`` exists the test images' ``human_consistency`` (mean split-half Spearman: the
     noise ceiling memlens compares with, as ``memlens analyze`` does) and ``spearman_brown`` (its
     Spearman-Brown value, the reliability of the full-group score), ``epochs`` (MLP), ``alpha`` (ridge),

@@ -113,6 +113,11 @@ def options_to_args(cmd: click.Command, options: Mapping[str, Any]) -> list[str]
         if value is None:
             continue
         flag = max(p.opts, key=len)
+        if p.is_flag and isinstance(value, str):  # --set stage.flag=false arrives as text
+            try:
+                value = click.BOOL.convert(value, None, None)
+            except click.BadParameter:
+                raise click.UsageError(f"{cmd.name}: {key}={value!r}: expected true or false") from None
         if p.is_flag and not p.count:
             if p.secondary_opts:
                 args.append(flag if value else max(p.secondary_opts, key=len))

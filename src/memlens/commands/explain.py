@@ -81,7 +81,8 @@ from ._common import echo, progress_enabled
     type=click.IntRange(min=0),
     default=4,
     show_default=True,
-    help="At most N images in the weight-randomisation sanity check (0 = every explained image).",
+    help="At most N images in the weight-randomisation sanity check (0 = all the --images, --top and --bottom "
+    "images).",
 )
 @click.option(
     "--n-boot",

@@ -68,8 +68,9 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
           gpus_per_worker: float | None, index: str, index_memory_mb: float, precision: str) -> None:
     """Score every image of DATA with the autoencoder of RUN.
 
-    Writes RUN/per_image.csv (image_id, score, category, recon_<metric>..., recon_<metric>_before...,
-    recon_exposure, distinctiveness, distinctiveness_features, source columns), RUN/latents.npy with
+    Writes RUN/per_image.csv (image_id, score, category, subcategory, split, recon_<metric>...,
+    recon_<metric>_before..., recon_exposure, exposure_order, role, distinctiveness, distinctiveness_features,
+    source columns; see docs/metrics.md), RUN/latents.npy with
     RUN/latent_ids.txt, RUN/features.npy and, when the data has them, RUN/split_halves.npz. Every recon_*
     column is a distance: higher = worse reconstruction. Without DATA the data recorded in RUN/dataset.json
     is used. --engine ray spreads shards of the images over Ray actors (same numbers); --index picks the
