@@ -957,6 +957,17 @@ LATER_OUTPUTS = ("per_image.csv", "latents.npy", "latent_ids.txt", "features.npy
                  "results.json", "shards")
 
 
+#: training states under RUN/checkpoints/ (written while a training runs, removed when it completes)
+TRAIN_STATES = ("experience.pt", "exposure.pt", "pretrain.pt")
+
+
+def has_resumable_state(run: str | Path) -> bool:
+    """An interrupted training in ``run``: a checkpoint, or the visual experience done and the exposure not."""
+    run = Path(run)
+    return (any((run / "checkpoints" / f).exists() for f in TRAIN_STATES)
+            or ((run / "autoencoder_before.pt").exists() and not (run / "autoencoder.pt").exists()))
+
+
 def later_outputs(run: str | Path) -> list[str]:
     """Names of the later stages' outputs (:data:`LATER_OUTPUTS`) present in ``run``, sorted."""
     run = Path(run)
@@ -989,7 +1000,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _table_sha256(table: Any) -> str:
+def table_sha256(table: Any) -> str:
+    """sha256 of a data set's table content (every column but the absolute ``path``)."""
     cols = [c for c in table.columns if c != "path"]
     return hashlib.sha256(table[cols].to_csv(index=False).encode()).hexdigest()
 
@@ -1104,9 +1116,7 @@ def train_run(
     make_loss(loss)
     # resuming an interrupted training (its checkpoints, or the visual experience done and the exposure not)
     # keeps the directory as it is; anything else, --resume or not, is a new training
-    has_state = (any((shared_out / "checkpoints" / f).exists() for f in ("experience.pt", "exposure.pt", "pretrain.pt"))
-                 or ((shared_out / "autoencoder_before.pt").exists() and not (shared_out / "autoencoder.pt").exists()))
-    stale = [] if (resume and has_state) else later_outputs(shared_out)
+    stale = [] if (resume and has_resumable_state(shared_out)) else later_outputs(shared_out)
     if stale and not overwrite:
         shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
         raise RunDirError(f"{out} holds results of an earlier run ({shown}); a new training would leave them "
@@ -1175,7 +1185,7 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     states = out / "checkpoints"
     if not resume:
-        for name in ("experience.pt", "exposure.pt", "pretrain.pt"):
+        for name in TRAIN_STATES:
             with contextlib.suppress(FileNotFoundError):
                 (states / name).unlink()
         for name in ("autoencoder.pt", "autoencoder_before.pt", "exposure.csv", "experience_ids.txt",
@@ -1302,7 +1312,7 @@ def train_run(
                    "torch_threads": threads or torch.get_num_threads()},
         "seeds": {"seed": int(seed), "model_init": int(seed), "derivation": "sha256(seed/purpose)"},
         "input": {"source": str(source_p.absolute()), "layout": ds.layout, "n_images": len(ds),
-                  "table_sha256": _table_sha256(ds.table),
+                  "table_sha256": table_sha256(ds.table),
                   "source_sha256": file_sha256(source_p) if source_p.is_file() else None},
         "model": {"backbone": backbone, "init": init, "init_report": init_report, "config": model.config,
                   "spec": model.spec.to_dict(), "parameters": int(sum(p.numel() for p in model.parameters()))},

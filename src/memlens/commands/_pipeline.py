@@ -71,7 +71,7 @@ def data_fingerprint(data: str | os.PathLike, options: Mapping[str, Any] | None 
     def add_dataset(source: str | os.PathLike, opts: Mapping[str, Any]) -> None:
         from ..data import load_dataset
         from ..data.layouts import HALVES_FILE
-        from ..train import _table_sha256
+        from ..train import table_sha256
 
         kw = {k: opts[k] for k in ("image_col", "score_col", "category_col", "score_variant") if opts.get(k)}
         if opts.get("split"):
@@ -83,7 +83,7 @@ def data_fingerprint(data: str | os.PathLike, options: Mapping[str, Any] | None 
             src = Path(source)
             add_files([src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()] if src.is_dir() else [])
             return
-        h.update(_table_sha256(ds.table).encode())
+        h.update(table_sha256(ds.table).encode())
         add_files([Path(p).resolve() for p in ds.paths] + [Path(ds.root).resolve() / HALVES_FILE])
 
     add_dataset(data, options or {})
@@ -151,7 +151,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                  echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Run every stage on ``data`` into ``run``; returns the per-stage record (status, seconds, args)."""
     from .._io import check_output_path
-    from ..train import later_outputs
+    from ..train import has_resumable_state, later_outputs
 
     run = check_output_path(Path(run), directory=True)
     prior = _load_state(run)
@@ -214,9 +214,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
             if stage.name == "train":
                 resumable = (not force and same_args
                              and prev.get("status") in ("running", "interrupted", "failed")
-                             and (any((run / "checkpoints" / f).exists()
-                                      for f in ("experience.pt", "exposure.pt", "pretrain.pt"))
-                                  or (run / "autoencoder_before.pt").exists()))  # experience done
+                             and has_resumable_state(run))
                 if resumable:
                     run_args.append("--resume")  # an interrupted training with the same settings continues
                 elif earlier := later_outputs(run):

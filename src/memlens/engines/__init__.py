@@ -117,7 +117,7 @@ def _check_same_data(run: Path, ds: Any) -> None:
     import json
 
     from ..errors import RunDirError
-    from ..train import _table_sha256
+    from ..train import table_sha256
 
     later = [n for n in _ANALYSIS_OUTPUTS if (run / n).exists()]
     if not later:
@@ -127,7 +127,7 @@ def _check_same_data(run: Path, ds: Any) -> None:
     except (OSError, ValueError, AttributeError):
         recorded = {}
     if recorded.get("table_sha256"):
-        if recorded["table_sha256"] == _table_sha256(ds.table):
+        if recorded["table_sha256"] == table_sha256(ds.table):
             return
     else:  # a run without a manifest: its data folder and number of images
         try:
