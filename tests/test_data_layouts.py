@@ -348,6 +348,14 @@ def test_lamem_unknown_split_and_conflicting_scores(lamem_set: Path):
     assert "conflicting scores 0.1 and 0.9" in text and "expected 'filename score'" in text
 
 
+def test_lamem_comment_lines_are_skipped(lamem_set: Path):
+    """A '# filename score' header is a comment, not a missing image '#' with a non-numeric score."""
+    path = lamem_set / "splits" / "val_1.txt"
+    path.write_text("# filename score\n" + path.read_text() + "  # trailing note\n")
+    ds = load_dataset(lamem_set)
+    assert len(ds) == 6 and "images/#" not in ds.image_ids
+
+
 # ------------------------------------------------------------------------------------------- lnsim
 @pytest.fixture
 def lnsim_set(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:

@@ -91,6 +91,9 @@ def test_stats_csv_and_text(capsys, table, tmp_path):
     (tmp_path / "o.csv").write_text(out)
     got = pd.read_csv(tmp_path / "o.csv")
     assert list(got.scope) == ["pooled", "group", "group", "group", "within"]
+    # n_groups is a count, written 3 (not 3.0), and empty outside the within row
+    assert out.splitlines()[-1].split(",")[list(got.columns).index("n_groups")] == "3"
+    assert got.n_groups.isna().sum() == 4
     df = pd.read_csv(table)
     assert got.r.iloc[0] == correlate(df.x, df.y, n_boot=0).r
     rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "50")
@@ -103,7 +106,13 @@ def test_stats_missing_column_and_non_numeric(capsys, table):
     assert "no column 'nope'" in err and "columns available: img, cat, x, ctl, y" in err
     assert "Traceback" not in err
     rc, _, err = _run(capsys, "stats", table, "--x", "cat", "--y", "y")
-    assert rc == 1 and "column 'cat' is not numeric" in err
+    assert rc == 1 and "column 'cat' is not numeric" in err and "e.g. 'dogs' in data row 1)" in err
+    assert "decimal comma" not in err
+    df = pd.read_csv(table)
+    df["x"] = [f"{v:.3f}".replace(".", ",") for v in df.x]
+    df.to_csv(table.parent / "comma.csv", sep=";", index=False)
+    rc, _, err = _run(capsys, "stats", table.parent / "comma.csv", "--x", "x", "--y", "y")
+    assert rc == 1 and err.count("\n") == 1 and "they look like decimal commas" in err
     rc, _, err = _run(capsys, "stats", table.parent / "absent.csv", "--x", "x", "--y", "y")
     assert rc == 1 and "absent.csv: no such table file" in err
     rc, _, err = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--method", "kendall")

@@ -692,8 +692,14 @@ def _numeric(df: pd.DataFrame, col: str, where: str = "table") -> np.ndarray:
     bad = conv.isna() & s.notna() & (s.astype(str).str.strip() != "")
     if bad.any():
         example = s[bad].iloc[0]
+        label = bad.idxmax()
+        row = f"data row {label + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
+        texts = s[bad].astype(str).str.strip()
+        hint = ""
+        if texts.str.fullmatch(r"[-+]?\d*,\d+").mean() > 0.5:
+            hint = "; they look like decimal commas (0,73): save the table with decimal points"
         raise DataError(f"{where}: column {col!r} is not numeric ({int(bad.sum())} non-numeric values, "
-                        f"e.g. {example!r} in row {bad.idxmax()})")
+                        f"e.g. {example!r} in {row}){hint}")
     return conv.to_numpy(dtype=float)
 
 
@@ -848,6 +854,7 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
     out = pd.DataFrame(rows)
     if not permutation:
         out["p_perm"] = out["p_perm"].astype(float)
+    out["n_groups"] = out["n_groups"].astype("Int64")  # a count: 3, not 3.0 (empty where not a within row)
     # every row of one table is one family of tests: Benjamini-Hochberg over all of them
     out.insert(out.columns.get_loc("p_value") + 1, "p_fdr", fdr_bh(out["p_value"]))
     return out
@@ -1039,14 +1046,16 @@ def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman
 
 
 def table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts (NaN/None kept as None, numpy scalars as Python numbers)."""
+    """Rows as JSON-ready dicts (NaN/NA/None kept as None, numpy scalars as Python numbers)."""
+    import pandas as pd
+
     out = []
     for row in table.to_dict("records"):
         clean = {}
         for k, v in row.items():
             if isinstance(v, np.generic):
                 v = v.item()
-            if isinstance(v, float) and not math.isfinite(v):
+            if v is pd.NA or (isinstance(v, float) and not math.isfinite(v)):
                 v = None
             clean[k] = v
         out.append(clean)

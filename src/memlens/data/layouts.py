@@ -729,7 +729,7 @@ def _read_lamem(src: Path, splits: Sequence[str] | None, problems: list[Problem]
             continue
         seen_here: set[str] = set()
         for ln, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+            if not line.strip() or line.lstrip().startswith("#"):  # blank lines and '# comments'
                 continue
             parts = line.split()
             where = f"{LAMEM_SPLITS}/{path.name} line {ln}"
