@@ -163,6 +163,30 @@ def test_descriptors_show_both_targets(full):
     sec = _section(page, "descriptors")
     assert "ρ with predicted score" in sec and "ρ with human score" in sec
     assert "colourfulness (Hasler" in sec  # what each descriptor measures
+    # one family of tests: p and Benjamini-Hochberg p over every descriptor x target correlation
+    from memlens.stats import fdr_bh
+
+    q = fdr_bh(dc.p_value.to_numpy())
+    got = {(r["descriptor"], t): r[t]["p_fdr"] for r in d["rows"] for t in ("score", "predicted_score")}
+    assert [got[(a, b)] for a, b in zip(dc.descriptor, dc.target, strict=True)] == pytest.approx(q)
+    assert f"adjusted over the {len(dc)} correlations" in sec and sec.count("p (FDR)") == 3  # 2 headers + note
+
+
+def test_correlation_cells_fixed_decimals_ceiling_and_permutation(tmp_path):
+    """rho with three decimals (never 7.00e-04, never -0.000), each row's ceiling, and p_perm when it was run."""
+    from memlens.stats import analyze_run
+
+    fake = make_fake_run(tmp_path, n=36)
+    analyze_run(fake.run, n_boot=50, permutation=20)
+    corr = pd.read_csv(fake.run / "correlations.csv")
+    corr.loc[0, "r"], corr.loc[1, "r"] = 7e-4, -2e-5
+    corr.to_csv(fake.run / "correlations.csv", index=False)
+    sec = _section(build_report(fake.run).read_text(encoding="utf-8"), "correlations")
+    cells = re.findall(r'<td class="num">([^<]*)</td>', sec)
+    assert "0.001" in cells and "0.000" in cells and not any("e-" in c or c == "-0.000" for c in cells)
+    assert "p (permutation)" in sec and "split-half ρ</th>" in sec
+    group = corr[(corr.scope == "group")].iloc[0]
+    assert f"{group.ceiling:.3f}" in sec  # a group row shows its own group's ceiling
 
 
 def test_training_galleries_explanations_methods(full):
@@ -202,7 +226,7 @@ def test_training_galleries_explanations_methods(full):
     sec = _section(page, "explanations")
     assert "#1 most memorable" in sec and "#2 least memorable" in sec and "Requested images" in sec
     assert "2 of 5 maps did not converge" in sec
-    assert sec.count("<img") == 5 + 4
+    assert sec.count("<img") == 5 + 1  # overlays + the quartile figure (it holds the three single maps)
 
     methods = results["methods"]
     assert methods["manifest"]["timings"]["experience_s"] == 12.5
@@ -438,6 +462,21 @@ def test_lowess_and_binned_means():
     assert F.binned_means([], []) == []
 
 
+def test_figure_labels_no_negative_zero_and_ticks_on_every_panel():
+    assert F.signed(-0.0004) == "0.00" and F.signed(-0.004) == "0.00" and F.signed(-0.006) == "-0.01"
+    assert F.signed(0.4567, 3) == "0.457"
+    assert F._corr_title(-0.001, (-0.2, 0.001), 40) == "Spearman ρ = 0.00 [-0.20, 0.00], n = 40"
+    rng = np.random.default_rng(0)
+    panels = [{"name": f"c{i}", "x": rng.random(25), "y": rng.random(25), "r": -0.001} for i in range(5)]
+    fig = F.category_scatter(panels, xlabel="x")
+    F.figure_to_png(fig)  # draws
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 5 and all("-0.00" not in ax.get_title() for ax in axes)
+    # 4 panels in the first row, one below: the three above the empty slots keep their x tick labels
+    for ax in axes:
+        assert any(t.get_visible() and t.get_text() for t in ax.get_xticklabels()), ax.get_title()
+
+
 def test_figures_use_agg_and_no_pyplot():
     import sys
 
@@ -571,7 +610,7 @@ def test_real_run_results_match_the_stage_files(real):
     assert ex["sanity"]["passed"] is sanity["passed"]
     sec = _section(page, "explanations")
     assert ("passed" if sanity["passed"] else "FAILED") in sec
-    assert sec.count("<img") == 4 + 4
+    assert sec.count("<img") == 4 + 1  # overlays + the quartile figure (it holds the three single maps)
 
     # descriptors: explain's correlations with both targets
     dc = pd.read_csv(run / "descriptor_correlations.csv")

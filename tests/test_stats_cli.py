@@ -98,6 +98,17 @@ def test_stats_csv_and_text(capsys, table, tmp_path):
     assert got.r.iloc[0] == correlate(df.x, df.y, n_boot=0).r
     rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "50")
     assert rc == 0 and "pooled" in out and "95% CI" in out
+    lines = out.splitlines()
+    assert lines[0] == "120 rows, spearman, 95% CI from 50 paired bootstrap resamples (percentile, seed 0)"
+    assert lines[1].split()[4] == "rho" and "p_perm" not in lines[1]
+    rc, out, _ = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "0", "--method", "pearson",
+                      "--permutation", "99")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0] == "120 rows, pearson, no bootstrap (--n-boot 0), 99 permutations"
+    assert lines[1].split()[4] == "r" and lines[1].split()[-1] == "p_perm"
+    assert float(lines[2].split()[-1]) == pytest.approx(
+        correlate(pd.read_csv(table).x, pd.read_csv(table).y, method="pearson", n_boot=0, permutation=99).p_perm,
+        rel=0.01)
 
 
 def test_stats_missing_column_and_non_numeric(capsys, table):

@@ -544,17 +544,19 @@ def overlay_figure(
     fig = Figure(figsize=(7.0, 3.4), layout="constrained")
     ax0, ax1 = fig.subplots(1, 2)
     ax0.imshow(img, interpolation="nearest")
-    ax0.set_title("image", fontsize=9)
+    # fonts sized for the report, which shows the figure about 450 px wide (a third of its pixel width)
+    ax0.set_title("image", fontsize=12)
     ax1.imshow(img, interpolation="nearest")
     im = ax1.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="nearest")
-    ax1.set_title("Integrated Gradients", fontsize=9)
+    ax1.set_title("Integrated Gradients", fontsize=12)
     for ax in (ax0, ax1):
         ax.set_axis_off()
     cb = fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.03)
-    cb.set_label(label, fontsize=8)
-    cb.ax.tick_params(labelsize=7)
+    cb.set_label(label, fontsize=11)
+    cb.ax.tick_params(labelsize=10)
+    cb.ax.yaxis.get_offset_text().set_fontsize(10)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=11)
     return fig
 
 

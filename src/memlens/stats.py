@@ -882,21 +882,34 @@ def _ceilings(df: pd.DataFrame, ceiling: Any, by: str | None, gvals: np.ndarray 
 
 
 def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
-    """A compact plain-text rendering of a :func:`correlation_table` result."""
+    """A compact plain-text rendering of a :func:`correlation_table` result.
+
+    Columns: the correlation (``rho`` for Spearman, ``r`` for Pearson), its interval, ``p``, ``p_fdr``,
+    ``p_perm`` when permutations were run, and the row's ceiling and ``r/ceil`` when the table has a ceiling.
+    """
     if table.empty:
         return "(no correlations)"
     has_ceiling = "r_over_ceiling" in table.columns
     pct = f"{100 * float(table['confidence'].iloc[0]):g}% CI"
+    method = str(table["method"].iloc[0]) if "method" in table.columns else "spearman"
 
     def f(v: Any, d: int = digits) -> str:
-        return "nan" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{d}f}"
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "nan"
+        text = f"{v:.{d}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
     def fp(v: Any) -> str:
         return "nan" if v is None or not math.isfinite(v) else f"{v:.2g}"
 
+    def dash(v: Any, d: int) -> str:  # partial rows have no ceiling
+        return "-" if v is None or not math.isfinite(v) else f(v, d)
+
     has_fdr = "p_fdr" in table.columns
-    header = ["x", "scope", "group/control", "n", "r", pct, "p"] + (["p_fdr"] if has_fdr else []) + (
-        ["r/ceil"] if has_ceiling else [])
+    has_perm = "p_perm" in table.columns and bool(np.isfinite(table["p_perm"].to_numpy(dtype=float)).any())
+    header = (["x", "scope", "group/control", "n", "rho" if method == "spearman" else "r", pct, "p"]
+              + (["p_fdr"] if has_fdr else []) + (["p_perm"] if has_perm else [])
+              + (["ceil", "r/ceil"] if has_ceiling else []))
     lines = [header]
     for row in table.to_dict("records"):
         which = row["group"] if row["scope"] == "group" else (
@@ -905,9 +918,10 @@ def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
                  f"[{f(row['ci_low'])}, {f(row['ci_high'])}]", fp(row["p_value"])]
         if has_fdr:
             cells.append(fp(row["p_fdr"]))
+        if has_perm:
+            cells.append(fp(row["p_perm"]))
         if has_ceiling:
-            v = row["r_over_ceiling"]
-            cells.append("-" if v is None or not math.isfinite(v) else f(v, 2))  # partial rows have no ceiling
+            cells += [dash(row.get("ceiling"), digits), dash(row["r_over_ceiling"], 2)]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w)

@@ -84,6 +84,10 @@ def stats(table: Path, x_col: str, y_col: str, by: str | None, control: tuple[st
         click.echo(res.to_csv(index=False), nl=False)
         return
     if fmt == "text":
+        resamples = (f"{100 * confidence:g}% CI from {n_boot} paired bootstrap resamples ({ci_method}, seed {seed})"
+                     if n_boot else "no bootstrap (--n-boot 0)")
+        click.echo(f"{len(df)} rows, {method}, {resamples}"
+                   + (f", {permutation} permutations" if permutation else ""))
         click.echo(format_correlations(res))
         return
     records = table_records(res)

@@ -181,12 +181,18 @@ def binned_means(x: Sequence[float], y: Sequence[float], n_bins: int = 10) -> li
     return out
 
 
+def signed(v: float, digits: int = 2) -> str:
+    """A correlation with fixed decimals and no negative zero (``-0.001`` at 2 digits is ``0.00``)."""
+    text = f"{float(v):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def _corr_title(r: float | None, ci: tuple[float, float] | None, n: int | None, symbol: str = "ρ") -> str:
     if r is None or not np.isfinite(r):
         return ""
-    s = f"Spearman {symbol} = {r:.2f}"
+    s = f"Spearman {symbol} = {signed(r)}"
     if ci is not None and all(c is not None and np.isfinite(c) for c in ci):
-        s += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        s += f" [{signed(ci[0])}, {signed(ci[1])}]"
     if n is not None:
         s += f", n = {n}"
     return s
@@ -346,13 +352,14 @@ def category_scatter(panels: Sequence[Mapping], *, xlabel: str, ylabel: str = SC
         if gx.size:
             ax.plot(gx, gy, color=PALETTE["vermillion"], linewidth=1.6)
         r = p.get("r")
-        sub = f"ρ = {r:.2f}" if r is not None and np.isfinite(r) else "ρ n/a"
+        sub = f"ρ = {signed(r)}" if r is not None and np.isfinite(r) else "ρ n/a"
         lo, hi = p.get("ci_low"), p.get("ci_high")
         if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi) and sub != "ρ n/a":
-            sub += f" [{lo:.2f}, {hi:.2f}]"
+            sub += f" [{signed(lo)}, {signed(hi)}]"
         name = str(p["name"])
         name = name if len(name) <= 28 else name[:27] + "…"
         ax.set_title(_text(f"{name} (n = {xs.size})\n{sub}"), fontsize=9)
+        ax.tick_params(labelbottom=True)  # shared x: a panel above an empty slot would otherwise have no ticks
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.supxlabel(_text(xlabel), fontsize=9.5)
@@ -460,10 +467,7 @@ def correlation_forest(labels: Sequence[str], r: Sequence[float], ci_low: Sequen
         hi = np.asarray(shi, dtype=float)
         dy = (j - (k - 1) / 2) * (0.7 / max(k, 2)) if multi else 0.0
         for yv, ri, li, hi_ in zip(ys - dy, rr, lo, hi, strict=True):
-            if multi:
-                color = colours[j % len(colours)]
-            else:
-                color = PALETTE["blue"] if not np.isfinite(ri) or ri >= 0 else PALETTE["orange"]
+            color = colours[j % len(colours)]  # one colour per series: the sign is the side of the zero line
             if np.isfinite(li) and np.isfinite(hi_):
                 ax.plot([li, hi_], [yv, yv], color=color, linewidth=2.2 if not multi else 1.8, solid_capstyle="round")
             ax.plot([ri], [yv], marker="o", color=color, markersize=6 if not multi else 5)
@@ -473,7 +477,7 @@ def correlation_forest(labels: Sequence[str], r: Sequence[float], ci_low: Sequen
     ax.axvline(0, color="black", linewidth=0.8)
     if ceiling is not None and np.isfinite(ceiling):
         ax.axvline(ceiling, color=PALETTE["grey"], linestyle="--", linewidth=1.2,
-                   label=_text(f"{ceiling_label} {ceiling:.2f}"))
+                   label=_text(f"{ceiling_label} {signed(ceiling)}"))
         ax.axvline(-ceiling, color=PALETTE["grey"], linestyle="--", linewidth=1.2)
     if legend:
         fig.legend(frameon=False, fontsize=8.5, loc="outside lower center", ncol=3)

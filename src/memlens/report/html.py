@@ -104,6 +104,12 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def fmt_r(v: Any, digits: int = 3) -> str:
+    """A correlation: fixed decimals (never ``7.00e-04``), no negative zero, en dash when missing."""
+    f = _num(v)
+    return "–" if f is None else F.signed(f, digits)
+
+
 def _f3(v: Any) -> str:
     """A score with three decimals (``1.000``, not ``1``) or an en dash."""
     f = _num(v)
@@ -524,19 +530,24 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         tiles.append(("mean score (SD)", f"{finite.mean():.3f} ({fmt(res['score']['sd'], 3)})"))
     if ctx.ceiling:
         res["noise_ceiling"] = ctx.ceiling
-        tiles.append(("human split-half ρ (noise ceiling)", fmt(ctx.ceiling["split_half_spearman"], 3)))
-        tiles.append(("reliability (Spearman-Brown)", fmt(ctx.ceiling["spearman_brown"], 3)))
+        n_ceil = ctx.ceiling.get("n_images")
+        on = f", {fmt(n_ceil)} images" if n_ceil is not None else ""
+        tiles.append((f"human split-half ρ (noise ceiling{on})", fmt_r(ctx.ceiling["split_half_spearman"])))
+        tiles.append(("reliability (Spearman-Brown)", fmt_r(ctx.ceiling["spearman_brown"])))
     for key in ("reconstruction", "distinctiveness"):
         if key in ctx.headline:
             col, r = ctx.headline[key]
-            tiles.append((f"ρ of {col} with the score", fmt(r, 3)))
+            tiles.append((f"ρ of {col} with the score", fmt_r(r)))
     if "predictor" in ctx.headline:
-        tiles.append(("predictor ρ (cross-validated)", fmt(ctx.headline["predictor"], 3)))
+        tiles.append(("predictor ρ (cross-validated)", fmt_r(ctx.headline["predictor"])))
     parts.append(_tiles(tiles))
     if finite.size:
         parts.append('<div class="figrow">')
+        who = "Simulated" if _is_simulated(ctx.run) else "Human"
+        of = f"all {finite.size} images with a score" + (" (exposed and visual experience)"
+                                                        if res.get("roles", {}).get("experience") else "")
         parts.append(_figure_html(F.score_histogram(finite), "histogram of memorability scores",
-                                  "Human memorability scores (hit rates); dashed line: mean."))
+                                  f"{who} memorability scores of {of}; dashed line: mean."))
         parts.append("<div>")
         sc = res["score"]
         parts.append(_kv_table([("images with a score", sc["n"])] + [
@@ -879,20 +890,27 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
     if "p_fdr" in has:
         headers.append("p (FDR)")
         numeric.append(True)
-    if "r_over_ceiling" in has:
-        headers.append("ρ / split-half ρ")
+    has_perm = "p_perm" in has and pd.to_numeric(df["p_perm"], errors="coerce").notna().any()
+    if has_perm:
+        headers.append("p (permutation)")
         numeric.append(True)
+    has_ceiling = "r_over_ceiling" in has
+    if has_ceiling:
+        headers += ["split-half ρ", "ρ / split-half ρ"]
+        numeric += [True, True]
     rows, classes = [], []
     prev = None
     for i, r in enumerate(shown):
         x = str(r.get("x", ""))
         row = [x, *([str(r.get("y") or "score")] if show_y else []), ctx.corr.scope.iloc[i] or "pooled",
-               r.get("group") or "–", r.get("control") or "–", r.get("n"), _num(r.get("r")),
+               r.get("group") or "–", r.get("control") or "–", r.get("n"), fmt_r(r.get("r")),
                fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt_p(r.get("p_value"))]
         if "p_fdr" in has:
             row.append(fmt_p(r.get("p_fdr")))
-        if "r_over_ceiling" in has:
-            row.append(_num(r.get("r_over_ceiling")))
+        if has_perm:
+            row.append(fmt_p(r.get("p_perm")))
+        if has_ceiling:
+            row += [fmt_r(r.get("ceiling")), fmt_r(r.get("r_over_ceiling"), 2)]
         rows.append(row)
         classes.append("first" if prev is not None and x != prev else "")
         prev = x
@@ -907,10 +925,14 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
     if "p_fdr" in has:
         parts.append(_note(f"p (FDR): the p-value adjusted for testing all {len(recs)} rows of the table "
                            "(Benjamini-Hochberg); a row with p (FDR) &lt; 0.05 holds at a 5 % false-discovery rate."))
-    if "r_over_ceiling" in has:
-        parts.append(_note("ρ / split-half ρ: the correlation divided by the human split-half consistency of the same "
-                           "images (the ceiling <code>memlens analyze</code> uses; not Spearman-Brown corrected). "
-                           "Partial rows have none: the ceiling does not bound a partial correlation."))
+    if has_perm:
+        parts.append(_note("p (permutation): the share of label permutations with a correlation at least as strong "
+                           "(<code>--permutation N</code>); it does not assume the bootstrap's approximations."))
+    if has_ceiling:
+        parts.append(_note("split-half ρ: the human split-half consistency of the row's images (the noise ceiling; "
+                           "a group row uses its own group's; not Spearman-Brown corrected); ρ / split-half ρ: the "
+                           "correlation divided by it. Partial rows have none: the ceiling does not bound a partial "
+                           "correlation."))
     parts.append(_table(headers, rows, numeric, row_classes=classes))
     if len(recs) > len(shown):
         parts.append(_note(f"{len(recs) - len(shown)} more rows are in results.json and {esc(ctx.corr.source)}."))
@@ -1297,7 +1319,9 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
     if isinstance(ig, Mapping):
         res["integrated_gradients"] = ig
     parts = ['<p class="lead">Integrated Gradients attributions of the predicted memorability: where in the image '
-             "the prediction comes from (brighter = more attribution).</p>"]
+             "the prediction comes from (brighter = more attribution). The maps explain the final predictor, fitted "
+             "on every image, so its prediction for an explained image is in-sample (the gallery above shows the "
+             "out-of-fold one).</p>"]
     if isinstance(ig, Mapping):
         bits = [f"{ig.get('n_steps')} steps" if ig.get("n_steps") is not None else None,
                 f"{ig.get('baseline')} baseline" if ig.get("baseline") else None,
@@ -1331,7 +1355,8 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
             if e["image_id"] and group in ("top", "bottom"):
                 lines.append(str(e["image_id"]))
             if e["score"] is not None or e["predicted_score"] is not None:
-                lines.append(f"score {_f3(e['score'])} · final model predicts {_f3(e['predicted_score'])}")
+                # the explained model is the final one, fitted on every image: not the gallery's out-of-fold value
+                lines.append(f"score {_f3(e['score'])} · in-sample prediction {_f3(e['predicted_score'])}")
             if e["flagged"]:
                 lines.append(f"not converged (relative error {fmt(e['relative_delta'], 2)})")
             items.append((att / e["file"], title, lines))
@@ -1356,6 +1381,8 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
             if uri:
                 parts.append(f'<figure class="wide"><img src="{uri}" alt="aggregate maps by quartile">'
                              f"<figcaption>{esc(_AGGREGATE_CAPTIONS['aggregate_quartiles.png'])}</figcaption></figure>")
+        if first:  # the quartile figure already holds the three single maps; show only files it does not cover
+            rest = [p for p in rest if p.name not in _AGGREGATE_CAPTIONS]
         if rest:
             parts.append(grid([(p, _AGGREGATE_CAPTIONS.get(p.name, p.stem.replace("_", " ")), []) for p in rest]))
     elif isinstance(_get(explain, "aggregate", "note"), str):
@@ -1394,7 +1421,8 @@ _DESCRIPTOR_MEANING = {
     "grey_entropy": "grey-level entropy (bits)", "glcm_contrast": "texture contrast (GLCM)",
     "glcm_energy": "texture uniformity (GLCM energy)", "glcm_homogeneity": "texture homogeneity (GLCM)",
     "edge_density": "clutter: share of edge pixels (Canny)",
-    "ig_center_share": "share of the IG attribution in the image centre (explained images only)",
+    "ig_center_share": "share of the IG attribution in the image centre (explained images only: picked from the "
+                       "most and least memorable, which inflates ρ)",
 }
 _TARGETS = (("score", "human score"), ("predicted_score", "predicted score"))
 
@@ -1446,7 +1474,9 @@ def _section_descriptors(ctx: _Ctx) -> tuple[str, dict]:
     res["predicted_score_source"] = pred_source
     parts = ['<p class="lead">Simple, interpretable image statistics and their Spearman correlation with the human and '
              f"the predicted memorability (source: <code>{esc(source)}</code>). A descriptor that tracks the predicted "
-             "but not the human score is a cue the model uses that people do not.</p>"]
+             "but not the human score may be a cue the model relies on more than people do; the two correlations "
+             "are not tested against each other here, and a correlation does not show that the model uses the "
+             "cue.</p>"]
     if pred_source:
         parts.append(_note(f"Predicted scores: {esc(pred_source)}."))
     first = targets[0]
@@ -1464,18 +1494,28 @@ def _section_descriptors(ctx: _Ctx) -> tuple[str, dict]:
     parts.append(_figure_html(F.correlation_forest([r["descriptor"] for r in order], [], series=series,
                                                    title="Descriptors vs memorability (Spearman ρ, 95% CI)"),
                               "correlations of visual descriptors with memorability"))
+    # every descriptor x target correlation is one test of one family: Benjamini-Hochberg over all of them
+    from ..stats import fdr_bh
+
+    keys = [(r["descriptor"], t) for r in order for t in targets if (r.get(t) or {}).get("p_value") is not None]
+    q = fdr_bh(np.array([(table[d][t]["p_value"]) for d, t in keys], dtype=float)) if keys else []
+    for (d, t), qv in zip(keys, q, strict=True):
+        table[d][t]["p_fdr"] = _num(qv)
     headers, numeric = ["descriptor", "what it measures"], [False, False]
     for t in targets:
-        headers += [f"ρ with {labels.get(t, t)}", "95% CI", "n"]
-        numeric += [True, True, True]
+        headers += [f"ρ with {labels.get(t, t)}", "95% CI", "p", "p (FDR)", "n"]
+        numeric += [True, True, True, True, True]
     body = []
     for r in order:
         cells: list[Any] = [r["descriptor"], r["meaning"] or "–"]
         for t in targets:
             v = r.get(t) or {}
-            cells += [v.get("r"), fmt_ci(v.get("ci_low"), v.get("ci_high")), v.get("n")]
+            cells += [fmt_r(v.get("r")), fmt_ci(v.get("ci_low"), v.get("ci_high")), fmt_p(v.get("p_value")),
+                      fmt_p(v.get("p_fdr")), v.get("n")]
         body.append(cells)
     parts.append(_table(headers, body, numeric))
+    if keys:
+        parts.append(_note(f"p (FDR): adjusted over the {len(keys)} correlations of this table (Benjamini-Hochberg)."))
     return "".join(parts), res
 
 
