@@ -172,6 +172,33 @@ def test_descriptors_show_both_targets(full):
     assert f"adjusted over the {len(dc)} correlations" in sec and sec.count("p (FDR)") == 3  # 2 headers + note
 
 
+def test_training_caution_for_an_untrained_scratch_model(tmp_path):
+    from memlens.train import MIN_SCRATCH_EXPERIENCE_STEPS, experience_caution
+
+    fake = make_fake_run(tmp_path, n=24)
+    path = fake.run / "manifest.json"
+    man = json.loads(path.read_text())
+
+    def caution(steps: int, init: str = "scratch") -> str | None:
+        man["training"]["experience"]["steps"] = steps
+        man["model"]["init"] = init
+        path.write_text(json.dumps(man))
+        build_report(fake.run)
+        return json.loads((fake.run / "results.json").read_text())["training"].get("caution")
+
+    text = caution(10)  # the fake curve's validation loss: 0.1 -> 0.055
+    assert text == experience_caution("scratch", {"steps": 10, "n_images": 20}, [0.1, 0.07, 0.06, 0.055])
+    assert "10 optimiser steps of visual experience on 20 images; its validation loss fell only from 0.1 to 0.055" in text
+    # a validation loss that fell to under half: the model learned to reconstruct unseen images, no caution
+    assert experience_caution("scratch", {"steps": 10, "n_images": 20}, [0.1, 0.07, 0.06, 0.049]) is None
+    assert "fell only" not in experience_caution("scratch", {"steps": 10, "n_images": 20})  # not measured
+    assert "Caution: the autoencoder started from random weights" in _section(
+        (fake.run / "report.html").read_text(encoding="utf-8"), "training")
+    assert caution(MIN_SCRATCH_EXPERIENCE_STEPS) is None  # enough steps
+    assert caution(10, init="imagenet") is None  # pretrained: a short experience is the paper's setting
+    assert "no visual experience" in experience_caution("scratch", {"source": "none"})
+
+
 def test_correlation_cells_fixed_decimals_ceiling_and_permutation(tmp_path):
     """rho with three decimals (never 7.00e-04, never -0.000), each row's ceiling, and p_perm when it was run."""
     from memlens.stats import analyze_run

@@ -327,10 +327,14 @@ def _csv_set(root, n=12):
     return root
 
 
-def test_cli_holds_out_experience_by_default_and_refuses_overlap(tmp_path, capsys):
+def test_cli_holds_out_experience_by_default_and_refuses_overlap(tmp_path, capsys, caplog):
     data = _csv_set(tmp_path / "set")
     run = tmp_path / "run"
-    assert main(["train", str(data), "--out", str(run), *_FAST]) == 0
+    with caplog.at_level("WARNING", logger="memlens.train"):
+        assert main(["train", str(data), "--out", str(run), *_FAST]) == 0
+    # a small autoencoder from scratch, a few steps on 3 images: the run says it is close to untrained
+    steps = json.loads((run / "manifest.json").read_text())["training"]["experience"]["steps"]
+    assert f"had {steps} optimiser steps of visual experience on 3 images" in caplog.text
     held = (run / "experience_ids.txt").read_text().split()
     exp = pd.read_csv(run / "exposure.csv")
     assert len(held) == 3 and len(exp) == 9 and not set(held) & set(exp["image_id"])

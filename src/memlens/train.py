@@ -35,7 +35,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1294,6 +1294,11 @@ def train_run(
                                    "order": f"seeded random permutation (seed {seed}) per pass",
                                    "order_file": "exposure.csv", "loss_recorded": "at exposure, before the update"})
 
+    if mode == "exposure" and exp_info.get("source") != "none":  # no experience at all is warned about above
+        caution = experience_caution(init, phases.get("experience") or exp_info,
+                                     [r.get("val_loss") for r in curves if r.get("phase") == "experience"])
+        if caution:
+            log.warning("%s", caution)
     save_autoencoder(out / "autoencoder.pt", model, extra={"mode": mode, "phases": phases})
     for name in ("exposure.pt", "pretrain.pt"):
         with contextlib.suppress(FileNotFoundError):
@@ -1324,6 +1329,45 @@ def train_run(
     }
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+#: fewer optimiser steps of visual experience than this, from random weights, may leave the decoder untrained
+MIN_SCRATCH_EXPERIENCE_STEPS = 500
+#: ... and the caution is given when the validation loss did not at least halve over the experience
+MAX_VAL_LOSS_RATIO = 0.5
+
+
+def experience_caution(init: str | None, experience: Mapping[str, Any] | None,
+                       val_losses: Sequence[float] | None = None) -> str | None:
+    """A caution when an autoencoder trained from scratch learned little in its visual experience, else None.
+
+    ``experience`` is the manifest's ``training.experience`` entry (``steps``, ``n_images``); ``val_losses``
+    the experience's validation loss per epoch (``training_curve.csv``). The caution is given for a model
+    that started from random weights (``init`` ``"scratch"``), took fewer than
+    :data:`MIN_SCRATCH_EXPERIENCE_STEPS` optimiser steps, and whose validation loss did not fall to
+    :data:`MAX_VAL_LOSS_RATIO` of its first value (or was not measured). Such a model reconstructs new images
+    little better than an untrained one, so a null correlation may be the model's, not the images'.
+    """
+    exp = experience or {}
+    if init not in (None, "scratch"):
+        return None
+    steps = exp.get("steps")
+    none = exp.get("source") == "none"
+    if not none and (not isinstance(steps, (int, float)) or steps >= MIN_SCRATCH_EXPERIENCE_STEPS):
+        return None
+    val = [float(v) for v in (val_losses or []) if v is not None and math.isfinite(float(v))]
+    fell = ""
+    if not none and len(val) >= 2 and val[0] > 0:
+        if val[-1] / val[0] <= MAX_VAL_LOSS_RATIO:
+            return None  # it learned to reconstruct images it did not train on
+        fell = f"; its validation loss fell only from {val[0]:.3g} to {val[-1]:.3g}"
+    n = exp.get("n_images")
+    what = ("no visual experience" if none or not steps else
+            f"{int(steps)} optimiser steps of visual experience" + (f" on {int(n)} images" if n else ""))
+    return (f"the autoencoder started from random weights and had {what}{fell}: it may reconstruct new images "
+            "little better than an untrained model, so its reconstruction errors may say more about the model than "
+            "about the images; use a pretrained backbone (the default efficientnet_lite0 with --init imagenet) or a "
+            "larger --experience corpus / more --pretrain-epochs")
 
 
 def _phase_info(res: TrainResult, ids: Sequence[str], out: Path, order_file: str) -> dict[str, Any]:

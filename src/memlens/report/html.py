@@ -539,7 +539,8 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
             col, r = ctx.headline[key]
             tiles.append((f"ρ of {col} with the score", fmt_r(r)))
     if "predictor" in ctx.headline:
-        tiles.append(("predictor ρ (cross-validated)", fmt_r(ctx.headline["predictor"])))
+        which = ctx.headline.get("predictor_label")
+        tiles.append((f"predictor ρ ({which + ', ' if which else ''}cross-validated)", fmt_r(ctx.headline["predictor"])))
     parts.append(_tiles(tiles))
     if finite.size:
         parts.append('<div class="figrow">')
@@ -713,6 +714,19 @@ def _section_training(ctx: _Ctx) -> tuple[str, dict]:
     parts.append(f'<div class="kvgrid">{"".join(blocks)}</div>')
     if "exposure" not in res:
         parts.append(_note("No single-exposure log (<code>exposure.csv</code>): the run used pretraining only.", missing=True))
+    else:
+        from ..train import experience_caution
+
+        man = ctx.run.json("manifest.json")
+        init = _get(man, "model", "init")
+        val = None
+        if epochs is not None and "val_loss" in epochs.columns and "phase" in epochs.columns:
+            val = pd.to_numeric(epochs.loc[epochs["phase"].astype(str) == "experience", "val_loss"],
+                                errors="coerce").dropna().tolist()
+        caution = experience_caution(init, _get(man, "training", "experience"), val) if isinstance(init, str) else None
+        if caution:
+            res["caution"] = caution
+            parts.append(_note(esc("Caution: " + caution + "."), missing=True))
     return "".join(parts), res
 
 
@@ -1055,6 +1069,10 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
                         if e.get(f"{metric}_mean") is not None), default=None)
         if best is not None:
             ctx.headline["predictor"] = best
+            short = {"features": "pretrained features", "lite01": "pretrained features", "latents": "latent codes",
+                     "both": "latent codes + pretrained features"}.get(res.get("inputs", ""))
+            ctx.headline["predictor_label"] = f"{main.upper() if main in ('svr', 'mlp') else main}" + (
+                f" on {short}" if short else "")
     col = f"predicted_{main}"
     if oof is not None and col in oof.columns and "score" in oof.columns and res["oof"][main]["r"] is not None:
         st = res["oof"][main]
@@ -1076,7 +1094,9 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
         parts.append(f"<h3>All out-of-fold predictions pooled (<code>{esc(oof_source)}</code>)</h3>")
         parts.append(_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
     if consistency and metric:
-        kv = [("human split-half consistency (the noise ceiling)", consistency),
+        n_pred = next((e["n_test_total"] for e in res["models"].values() if e.get("n_test_total")), None)
+        of = f" of the {n_pred} predicted images" if n_pred and ceiling_source == "predictor_cv.csv" else ""
+        kv = [(f"human split-half consistency{of} (the noise ceiling)", consistency),
               ("reliability of the full-group score (Spearman-Brown)", reliability)]
         kv += [(f"{name}: {metric} / human consistency", e.get(f"{metric}_over_ceiling"))
                for name, e in res["models"].items()]
