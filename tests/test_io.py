@@ -42,3 +42,19 @@ def test_unwritable_destinations_are_one_line_errors(tmp_path):
         atomic_write_text(tmp_path, "x")
     with pytest.raises(RunDirError, match="cannot be written"):
         atomic_write_text("/proc/memlens-test.html", "x")
+
+
+def test_software_versions_name_the_packages_behind_the_numbers():
+    from importlib import metadata
+
+    import numpy
+    import sklearn
+
+    from memlens import __version__
+    from memlens._io import software_versions
+
+    v = software_versions()
+    assert v["memlens"] == __version__ and v["numpy"] == numpy.__version__
+    assert v["scikit-learn"] == sklearn.__version__  # the predictors' library, imported by name "sklearn"
+    assert v["scipy"] == metadata.version("scipy")
+    assert "memlens_git" not in v or len(v["memlens_git"].removesuffix("-dirty")) == 40

@@ -143,3 +143,39 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: distributions whose versions a run records when installed (scikit-learn: the predictors; captum: the maps)
+_RECORDED = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "captum", "Pillow", "matplotlib", "lpips",
+             "faiss-cpu", "ray")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of memlens, Python, the platform and every installed package that shapes a result.
+
+    Read from the installed distributions' metadata (nothing is imported). For a memlens installed from a git
+    checkout (``pip install -e .``), ``memlens_git`` is the commit, with ``-dirty`` when files were changed.
+    """
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    from ._version import __version__
+
+    out = {"memlens": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for dist in _RECORDED:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    src = Path(__file__).resolve().parent
+    if (src.parent.parent / ".git").exists():  # src/memlens -> the checkout
+        try:
+            sha = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=5, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+            out["memlens_git"] = sha + ("-dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out

@@ -985,19 +985,9 @@ DEFAULT_PRETRAIN_BATCH = 32
 
 
 def _versions() -> dict[str, str]:
-    import platform
+    from ._io import software_versions
 
-    from . import __version__
-
-    out = {"memlens": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        import pandas
-
-        out["pandas"] = pandas.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+    return software_versions()
 
 
 def table_sha256(table: Any) -> str:

@@ -1557,8 +1557,26 @@ def _arg_value(args: Any, flag: str) -> str | None:
     return None
 
 
+def _as_seed(v: Any) -> Any:
+    """A seed as an int when it is one (command-line values arrive as text)."""
+    try:
+        return int(str(v).strip())
+    except (TypeError, ValueError):
+        return v
+
+
+def _seed_rows(seeds: Mapping[str, Any], ctx: _Ctx) -> list[tuple[str, Any]]:
+    """The seeds for display, with what each one drew."""
+    what = {"train": "initial weights, experience split, presentation order",
+            "analyze": f"bootstrap, {ctx.corr.meta.get('n_boot')} resamples",
+            "fit-predictor": "folds and models", "explain": "SmoothGrad noise, sanity-check weights",
+            "report": f"bootstrap of the report's own intervals, {N_BOOT} resamples"}
+    return [(k, f"{v} ({what[k]})" if k in what else v) for k, v in seeds.items()]
+
+
 def _stage_seeds(ctx: _Ctx) -> dict[str, Any]:
-    """The seed of every stage that has one, from the files the stages wrote (pipeline.json as a fallback)."""
+    """The seed of every stage that has one (an int), from the files the stages wrote (pipeline.json as a
+    fallback)."""
     run = ctx.run
     pipeline = _get(run.json("pipeline.json"), "stages") or {}
     seeds: dict[str, Any] = {}
@@ -1569,17 +1587,17 @@ def _stage_seeds(ctx: _Ctx) -> dict[str, Any]:
         train = _arg_value(_get(pipeline, "train", "args"), "--seed")
     seeds["train"] = train
     if ctx.corr.meta.get("seed") is not None or ctx.corr.meta.get("n_boot") is not None:
-        seeds["analyze"] = f"{ctx.corr.meta.get('seed')} (bootstrap, {ctx.corr.meta.get('n_boot')} resamples)"
+        seeds["analyze"] = ctx.corr.meta.get("seed")
     pred = _arg_value(_get(pipeline, "predictor", "args"), "--seed")
     if pred is None and run.path("predictor_cv.csv") is not None and _get(pipeline, "predictor"):
-        pred = "0 (default)"
+        pred = 0  # fit-predictor's default
     seeds["fit-predictor"] = pred
     ex = _get(run.json("attributions/explain.json"), "integrated_gradients", "seed")
     if ex is None:
         ex = _get(run.json("attributions/sanity.json"), "seed")
     seeds["explain"] = ex
-    seeds["report"] = f"{BOOT_SEED} (bootstrap, {N_BOOT} resamples)"
-    return {k: v for k, v in seeds.items() if v is not None}
+    seeds["report"] = BOOT_SEED
+    return {k: _as_seed(v) for k, v in seeds.items() if v is not None}
 
 
 def _section_methods(ctx: _Ctx) -> tuple[str, dict]:
@@ -1619,7 +1637,7 @@ def _section_methods(ctx: _Ctx) -> tuple[str, dict]:
         elif man.get("device") is not None:
             blocks.append("<div><h3>Device</h3>" + _kv_table([("device", man["device"])]) + "</div>")
         if seeds:
-            blocks.append("<div><h3>Seeds</h3>" + _kv_table(list(seeds.items())) + "</div>")
+            blocks.append("<div><h3>Seeds</h3>" + _kv_table(_seed_rows(seeds, ctx)) + "</div>")
         if stage_times or "timings" in special:
             t = [(f"pipeline: {k}", f"{float(v):.2f}") for k, v in stage_times]
             t += [(f"train: {k}", f"{float(v):.2f}" if _isnum(v) else v) for k, v in _flatten(special.get("timings", {}))]
@@ -1633,7 +1651,7 @@ def _section_methods(ctx: _Ctx) -> tuple[str, dict]:
     else:
         parts.append(_missing("Provenance (versions, device, seeds, timings)", ["manifest.json"], "memlens train"))
         if seeds:
-            parts.append("<h3>Seeds</h3>" + _kv_table(list(seeds.items())))
+            parts.append("<h3>Seeds</h3>" + _kv_table(_seed_rows(seeds, ctx)))
     commands = [f"memlens {_COMMAND_OF.get(name, name)} " + " ".join(_shell_quote(a) for a in st.get("args") or [])
                 for name, st in (_get(pipeline, "stages") or {}).items() if isinstance(st, Mapping)]
     if commands:
