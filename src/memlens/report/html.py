@@ -547,7 +547,8 @@ def _section_summary(ctx: _Ctx) -> tuple[str, dict]:
         who = "Simulated" if _is_simulated(ctx.run) else "Human"
         of = f"all {finite.size} images with a score" + (" (exposed and visual experience)"
                                                         if res.get("roles", {}).get("experience") else "")
-        parts.append(_figure_html(F.score_histogram(finite), "histogram of memorability scores",
+        label = F.SCORE_LABEL.replace("human", "simulated") if who == "Simulated" else F.SCORE_LABEL
+        parts.append(_figure_html(F.score_histogram(finite, label=label), "histogram of memorability scores",
                                   f"{who} memorability scores of {of}; dashed line: mean."))
         parts.append("<div>")
         sc = res["score"]
@@ -899,8 +900,9 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
     shown = recs[:MAX_TABLE_ROWS]
     has = set(df.columns)
     show_y = ctx.corr.y.nunique() > 1
-    headers = ["measure", *(["vs"] if show_y else []), "scope", "group", "controlling for", "n", "ρ", "95% CI", "p"]
-    numeric = [False, *([False] if show_y else []), False, False, False, True, True, True, True]
+    # one column for the group (group rows) and the control (partial rows): a row has at most one of them
+    headers = ["measure", *(["vs"] if show_y else []), "scope", "group / controlling for", "n", "ρ", "95% CI", "p"]
+    numeric = [False, *([False] if show_y else []), False, False, True, True, True, True]
     if "p_fdr" in has:
         headers.append("p (FDR)")
         numeric.append(True)
@@ -917,7 +919,7 @@ def _section_correlations(ctx: _Ctx) -> tuple[str, dict]:
     for i, r in enumerate(shown):
         x = str(r.get("x", ""))
         row = [x, *([str(r.get("y") or "score")] if show_y else []), ctx.corr.scope.iloc[i] or "pooled",
-               r.get("group") or "–", r.get("control") or "–", r.get("n"), fmt_r(r.get("r")),
+               " | ".join(str(v) for v in (r.get("group"), r.get("control")) if v) or "–", r.get("n"), fmt_r(r.get("r")),
                fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt_p(r.get("p_value"))]
         if "p_fdr" in has:
             row.append(fmt_p(r.get("p_fdr")))
