@@ -1,4 +1,4 @@
-"""configs/bagheri2026.yaml: the paper's setting loads strictly and runs end to end in the MemCat layout.
+"""The built-in config bagheri2026 (src/memlens/configs/bagheri2026.yaml): the paper's setting loads strictly and runs end to end in the MemCat layout.
 
 The end-to-end run uses the SAME config file and overrides only what has to change for a tiny offline run:
 random initialisation instead of the imagenet-autoencoder checkpoint, 32 px images, mse in place of lpips
@@ -24,7 +24,7 @@ from memlens.commands.run import build_stage_options
 from memlens.config import STAGES, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "bagheri2026.yaml"
+CONFIG = REPO / "src" / "memlens" / "configs" / "bagheri2026.yaml"
 MEMCAT_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "memcat" / "memcat_image_data.csv"
 PER_CATEGORY = 6  # 5 categories x 6 = 30 images (each is one vgg16 exposure step, ~0.5-1 s on CPU)
 N = 5 * PER_CATEGORY
@@ -42,6 +42,19 @@ CONTRACT = ["config.json", "manifest.json", "autoencoder.pt", "per_image.csv", "
 @pytest.fixture(scope="module")
 def config():
     return load_config(CONFIG)  # strict: an unknown section or key raises ConfigError
+
+
+def test_builtin_name_loads_the_shipped_file(tmp_path, monkeypatch):
+    from memlens.config import builtin_configs
+    from memlens.errors import ConfigError
+
+    assert builtin_configs() == {"bagheri2026": CONFIG.resolve()}
+    monkeypatch.chdir(tmp_path)  # found by name from any folder, as a pip user would run it
+    assert load_config("bagheri2026").to_dict() == load_config(CONFIG).to_dict()
+    (tmp_path / "bagheri2026").write_text("train:\n  seed: 5\n")  # a file of that name wins over the built-in
+    assert load_config("bagheri2026").to_dict()["train"] == {"seed": 5}
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found \(built-in configs: bagheri2026\)"):
+        load_config("nope.yaml")
 
 
 def test_config_has_every_stage_and_the_papers_settings(config):

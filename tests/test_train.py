@@ -372,3 +372,25 @@ def test_pretrain_never_trains_batch_norm_on_a_single_image(images):
     lite = create_autoencoder("efficientnet_lite0", input_size=32)
     res = fit_autoencoder(lite, images[:4], **kw)
     assert res.completed and np.isfinite(res.curve[-1]["val_loss"])
+
+
+def test_auto_threads_ignore_the_machine_load(monkeypatch):
+    """'auto' must not follow the load: training numbers depend on the thread count, and a rerun must match."""
+    import os
+
+    from memlens.train import _busy_machine_note, auto_threads
+
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        idle = auto_threads()
+        monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+        assert auto_threads() == idle == 2
+        cores = len(os.sched_getaffinity(0))
+        assert "--threads 1 is usually faster" in _busy_machine_note(2) and f"on {cores} cores" in _busy_machine_note(2)
+        assert _busy_machine_note(1) is None  # one thread cannot be oversubscribed
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert _busy_machine_note(2) is None
+    finally:
+        torch.set_num_threads(prev)

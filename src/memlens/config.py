@@ -97,11 +97,24 @@ class PipelineConfig:
         return {k: dict(v) for k, v in self.stages.items()}
 
 
+def builtin_configs() -> dict[str, Path]:
+    """The configs shipped with memlens, by name (``bagheri2026``: the paper's setting)."""
+    folder = Path(__file__).resolve().parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
 def load_config(path: str | os.PathLike) -> PipelineConfig:
-    """Read a YAML (``.yaml``/``.yml``) or JSON config file strictly (unknown keys raise ConfigError)."""
+    """Read a YAML (``.yaml``/``.yml``) or JSON config file strictly (unknown keys raise ConfigError).
+
+    ``path`` may also be the name of a config shipped with memlens (:func:`builtin_configs`, e.g.
+    ``"bagheri2026"``) when no file of that name exists.
+    """
     path = Path(path)
+    builtin = builtin_configs()
+    if not path.is_file() and str(path) in builtin:
+        path = builtin[str(path)]
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found (built-in configs: {', '.join(builtin) or 'none'})")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

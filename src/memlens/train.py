@@ -344,19 +344,34 @@ def _num_threads(n: int | None) -> Iterator[None]:
 
 
 def auto_threads() -> int:
-    """CPU threads worth using now: the cores not busy with other processes (1-minute load), at least 1.
+    """The CPU threads ``threads="auto"`` means: torch's intra-op thread count, at least 1.
 
-    Oversubscribed intra-op threads are very slow (measured: 2 threads on 2 busy cores ran batch-1
-    exposure 20x slower than 1 thread), so a loaded machine gets fewer threads.
+    torch's default is the usable cores (or ``OMP_NUM_THREADS`` when set). The choice is fixed for a machine
+    and never follows its momentary load: training results depend (slightly) on the thread count, because
+    float sums are split differently, and a rerun must give the same numbers. ``manifest.json`` records
+    the count (``device.torch_threads``). On a busy machine :func:`train_run` warns that ``--threads 1`` is
+    faster (oversubscribed intra-op threads are very slow: 2 threads on 2 busy cores ran batch-1 exposure
+    20x slower than 1 thread).
     """
+    return max(1, int(torch.get_num_threads()))
+
+
+def _busy_machine_note(threads: int) -> str | None:
+    """A warning when ``threads`` > 1 and other processes already keep the cores busy, else None."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads <= 1:
+        return None
     try:
-        busy = os.getloadavg()[0]
+        load = os.getloadavg()[0]
     except (OSError, AttributeError):  # pragma: no cover - platforms without load averages
-        busy = 0.0
-    return int(max(1, min(cores, round(cores - busy))))
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load < 0.75 * cores:
+        return None
+    return (f"the machine is busy (1-minute load {load:.1f} on {cores} cores) and training uses {threads} threads: "
+            "shared cores make this slow; --threads 1 is usually faster then (the numbers depend slightly on the "
+            "thread count, which manifest.json records)")
 
 
 @contextlib.contextmanager
@@ -1081,6 +1096,9 @@ def train_run(
         out, progress = _distributed.scratch_output(out), None
     if threads == "auto":
         threads = auto_threads() if dev.type == "cpu" else None
+        busy = _busy_machine_note(threads) if threads else None
+        if busy:
+            log.warning("%s", busy)
     elif threads is not None:
         threads = int(threads)
         if threads < 1:

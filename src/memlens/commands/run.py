@@ -166,7 +166,7 @@ def summarize(run_dir: Path, record: dict[str, Any]) -> None:
               help="Run directory (created; completed stages are resumed).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YAML/JSON config: one section per stage (check, train, score, analyze, predictor, explain, "
-              "report) with the stage's options.")
+              "report) with the stage's options; or a built-in config by name: bagheri2026 (the paper's setting).")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.OPTION=VALUE",
               help="Set one stage option, e.g. --set train.pretrain_epochs=5 (repeatable).")
 @click.option("--force", is_flag=True, help="Rerun every stage even when its outputs are up to date.")

@@ -103,7 +103,8 @@ class _Bar:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Image-decoding worker processes.")
 @click.option("--threads", default="auto", show_default=True,
-              help="CPU threads for torch: a number, or auto (the cores not busy with other processes).")
+              help="CPU threads for torch: a number, or auto (torch's count: the usable cores, or OMP_NUM_THREADS; "
+                   "results depend slightly on it, and manifest.json records it).")
 def train(data: str, out: Path, backbone: str, init: str | None, weights: str | None, download_weights: bool,
           mode: str, experience: str | None, experience_fraction: float, pretrain_epochs: int,
           pretrain_lr: float | None, freeze_encoder: bool | None, loss: str, epochs: int | None, lr: float | None,
