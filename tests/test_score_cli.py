@@ -158,6 +158,26 @@ def test_score_options_and_dataset_json(demo, tmp_path, capsys):
     assert cfg["train"] == {"loss": "mse"} and cfg["score"]["pool"] == "avg"  # other sections are kept
 
 
+def test_faiss_index_without_faiss_fails_before_scoring(demo, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from memlens.engines import score_run
+
+    run = _make_run(tmp_path / "run", demo_root=demo)
+    assert main(["-q", "score", "--run", str(run), "--metrics", "mse", "--feature-size", "32"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError, as without the extra
+    calls = []
+    monkeypatch.setattr("memlens.measures.score_images", lambda *a, **k: calls.append(1))
+    capsys.readouterr()
+    assert main(["-q", "score", "--run", str(run), "--metrics", "mse", "--feature-size", "64", "--index", "ivf"]) == 1
+    assert "need the faiss extra: pip install 'memlens[faiss]'" in capsys.readouterr().err
+    assert calls == []  # nothing was scored
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing was rewritten
+    with pytest.raises(Exception, match="faiss extra"):
+        score_run(run, index="hnsw", engine="ray")
+
+
 def test_score_layer_option(demo, tmp_path, capsys):
     run = _make_run(tmp_path / "run")
     rc = main(["score", str(demo), "--run", str(run), "--metrics", "mse", "--layer", "encoder.2",

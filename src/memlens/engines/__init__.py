@@ -180,7 +180,6 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
                         f"({len(ids)} scored, {len(table)} in the table)")
     if any("\n" in i for i in ids):  # pragma: no cover - ids are file paths
         raise DataError("an image id contains a line break; latent_ids.txt cannot hold it")
-    atomic_write_text(run / "latent_ids.txt", "".join(f"{i}\n" for i in ids))
 
     out = pd.DataFrame({c: table[c] for c in measures._LEADING if c in table.columns})
     for col in result.table.columns[1:]:
@@ -210,6 +209,8 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         log.warning("source columns replaced by computed ones: %s", ", ".join(clashes))
     for c in passthrough:
         out[c] = table[c].to_numpy()
+    # the tables are written only now that everything is computed (a failing index leaves the old ones)
+    atomic_write_text(run / "latent_ids.txt", "".join(f"{i}\n" for i in ids))
     with atomic_path(run / "per_image.csv") as tmp:
         out.to_csv(tmp, index=False)
 
@@ -304,6 +305,10 @@ def score_run(
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if index not in INDEXES:
         raise ConfigError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
+    if index != "exact":  # before minutes of scoring, not after
+        from ..index import require_faiss
+
+        require_faiss()
     common = {"metrics": metrics, "batch_size": batch_size, "layer": layer, "pool": pool,
               "latent_dtype": latent_dtype, "distinct_k": distinct_k, "distinct_metric": distinct_metric,
               "distinct_reference": distinct_reference, "feature_size": feature_size, "progress": progress,
