@@ -320,6 +320,13 @@ def test_summary_counts_exposed_and_experience_images(tmp_path):
     assert "exposed once" in sec and "visual experience (not analysed)" in sec
     assert results["summary"]["categories"] == {"a": 5, "b": 5} and results["summary"]["n_without_category"] == 2
     assert "2 images have no category" in sec
+    # the predictor section says which images it predicted: every scored one, the experience images included
+    pd.DataFrame({"fold": [0, 1, 2, "mean"], "model": "svr", "n_test": [4, 4, 4, 12],
+                  "spearman": [0.1, 0.2, 0.3, 0.2]}).to_csv(run / "predictor_cv.csv", index=False)
+    build_report(run)
+    sec = _section((run / "report.html").read_text(encoding="utf-8"), "predictor")
+    assert "Images predicted: 12, each by a model that did not see it in training, drawn from every scored image, " \
+           "the 3 visual-experience images included" in sec
 
 
 def test_missing_files_degrade_gracefully(tmp_path):

@@ -1060,6 +1060,15 @@ def _section_predictor(ctx: _Ctx) -> tuple[str, dict]:
             + (f"; {esc(res['split'])} cross-validation" if res.get("split") else "") +
             ". Bars: mean over folds ± SD; dots: single folds.")
     parts = [f'<p class="lead">{lead}</p>']
+    n_pred = next((e["n_test_total"] for e in res["models"].values() if e.get("n_test_total")), None)
+    roles = ctx.per_image["role"].astype(str).value_counts() if ctx.per_image is not None and "role" in \
+        ctx.per_image.columns else None
+    if n_pred:
+        n_exp = int(roles.get("experience", 0)) if roles is not None else 0
+        parts.append(_note(esc(f"Images predicted: {n_pred}, each by a model that did not see it in training, "
+                               "drawn from every scored image" + (f", the {n_exp} visual-experience images included "
+                                                                  "(the single-exposure analyses leave them out)"
+                                                                  if n_exp else "") + ".")))
     figs = []
     if metric:
         figs.append(_figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency,
