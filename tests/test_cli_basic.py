@@ -79,3 +79,35 @@ def test_memlens_flags_after_the_command(tmp_path, capsys):
     table.write_text("a,b\n1,2\n2,1\n3,4\n4,3\n5,6\n")
     assert main(["stats", str(table), "--x", "a", "--y", "b", "--n-boot", "0", "-q", "--debug"]) == 0
     assert "a  pooled" in capsys.readouterr().out
+
+
+def test_eof_and_file_system_errors_are_one_line_not_interrupted_or_internal(tmp_path, capsys, monkeypatch):
+    """An EOFError inside a command is not a Ctrl-C (click turns both into Abort); disk problems name the path."""
+    import errno
+
+    import click
+
+    from memlens import cli
+
+    @click.command("boom")
+    @click.argument("kind")
+    def boom(kind: str) -> None:
+        if kind == "eof":
+            raise EOFError("No data left in file")
+        if kind == "full":
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "x.csv"))
+        if kind == "ctrl-c":
+            raise KeyboardInterrupt
+        raise OSError(errno.ECONNRESET, "Connection reset")  # not a file-system error: stays internal
+
+    lookup = cli.app.get_command
+    monkeypatch.setattr(cli.app, "get_command", lambda ctx, name: boom if name == "boom" else lookup(ctx, name))
+    assert main(["boom", "eof"]) == 1
+    err = capsys.readouterr().err.strip()  # (click writes an empty line before it turns the EOFError into Abort)
+    assert err.startswith("error: a file ended unexpectedly") and "interrupted" not in err and "\n" not in err
+    assert main(["boom", "full"]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'run' / 'x.csv'}: cannot be written or read (No space left on device)\n"
+    assert main(["boom", "ctrl-c"]) == 130 and capsys.readouterr().err.strip() == "interrupted"
+    assert main(["boom", "other"]) == 1 and "internal error (ConnectionResetError" in capsys.readouterr().err
+    with pytest.raises(EOFError):
+        main(["--debug", "boom", "eof"])

@@ -9,6 +9,7 @@ Exit codes: 0 success, 1 data or runtime error (a clear message, one line per pr
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -99,6 +100,11 @@ def _globals_first(args: list[str]) -> list[str]:
     return head + [a for a in args[:end] if a not in _GLOBAL_FLAGS] + args[end:]
 
 
+#: OSError numbers reported as one line naming the path: permission, read-only file system, full disk, quota
+_FILE_SYSTEM_ERRNOS = frozenset(getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
+                                if hasattr(errno, n))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the CLI and return its exit status."""
     args = _globals_first(sys.argv[1:] if argv is None else list(argv))
@@ -108,8 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:  # usage errors -> 2
         exc.show()
         return exc.exit_code
-    except click.Abort:  # click's form of Ctrl-C (and of EOF at a prompt): the shell's 128 + SIGINT
-        click.echo("interrupted", err=True)
+    except click.Abort as exc:  # click's form of Ctrl-C, and of any EOFError raised inside a command
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, EOFError):  # e.g. numpy reading an empty or truncated .npy: not an interruption
+            if debug:
+                raise cause from None
+            click.echo(f"error: a file ended unexpectedly: it is empty or truncated (EOFError: {cause}); rerun "
+                       "with --debug to see which", err=True)
+            return 1
+        click.echo("interrupted", err=True)  # the shell's 128 + SIGINT
         return 130
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -122,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, MemlensError):
             for line in exc.lines():
                 click.echo(f"error: {line}", err=True)
+        elif isinstance(exc, OSError) and exc.errno in _FILE_SYSTEM_ERRNOS:
+            # the machine's problem, not memlens's: an unwritable folder, a full or read-only disk
+            where = exc.filename if exc.filename is not None else "a file"
+            click.echo(f"error: {where}: cannot be written or read ({exc.strerror or exc})", err=True)
         else:
             click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug for the "
                        "traceback and please report it", err=True)

@@ -1164,7 +1164,7 @@ def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str],
         old = {r[0]: (r[1] if len(r) > 1 else "") for r in rows}
         try:
             mat = np.load(cache, mmap_mode="r")
-        except (ValueError, OSError):
+        except (ValueError, OSError, EOFError):  # unreadable or empty: extract again
             mat = None
         if (mat is not None and mat.shape == (len(rows), fs.n_features)
                 and all(i in pos and old[i] == stamps[i] for i in image_ids)):
@@ -1244,7 +1244,7 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
             raise RunDirError(f"{f} not found (memlens score writes it)")
         try:
             mat = np.load(f, mmap_mode="r")
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{f}: not a readable .npy file ({exc})") from None
         if mat.ndim != 2 or mat.shape[0] != len(ids):
             raise DataError(f"{f}: shape {mat.shape} does not match the {len(ids)} ids of {ids_path}")
