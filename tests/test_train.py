@@ -394,3 +394,33 @@ def test_auto_threads_ignore_the_machine_load(monkeypatch):
         assert _busy_machine_note(2) is None
     finally:
         torch.set_num_threads(prev)
+
+
+def test_a_failed_retrain_puts_the_earlier_run_back(tmp_path, capsys):
+    """A corrupt image met mid-training, a diverging loss: the earlier model, manifest and tables stay as they were."""
+    data = _csv_set(tmp_path / "set")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *_FAST]) == 0
+    (run / "per_image.csv").write_text("image_id,recon_mse\nim00.png,0.1\n")  # a later stage's output
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert {"autoencoder.pt", "autoencoder_before.pt", "manifest.json", "exposure.csv"} <= set(before)
+    held = set((run / "experience_ids.txt").read_text().split())
+    exposed = next(f"im{i:02d}.png" for i in range(12) if f"im{i:02d}.png" not in held)
+    good = (data / exposed).read_bytes()
+    (data / exposed).write_text("hello")  # decoded only during the exposure, after the visual experience
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(run), *_FAST, "--seed", "5", "--overwrite"]) == 1
+    assert "not an image file" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before and not (run / ".replaced-outputs").exists()
+    (data / exposed).write_bytes(good)
+    # a learning rate that makes the loss overflow: a clear error, and the earlier run is still there
+    assert main(["train", str(data), "--out", str(run), *_FAST, "--lr", "1e30", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "the exposure diverged: the loss became" in err and "use a lower learning rate --lr (it was 1e+30)" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # a completed retrain replaces everything, later outputs included
+    assert main(["train", str(data), "--out", str(run), *_FAST, "--seed", "5", "--overwrite"]) == 0
+    assert not (run / "per_image.csv").exists() and not (run / ".replaced-outputs").exists()
+    assert (run / "autoencoder.pt").read_bytes() != before["autoencoder.pt"]
+    assert json.loads((run / "manifest.json").read_text())["seeds"]["seed"] == 5

@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "ValidationError": "memlens.errors",
     "CheckpointError": "memlens.errors",
     "ConfigError": "memlens.errors",
+    "RunDirError": "memlens.errors",
+    "TrainingError": "memlens.errors",
     # data
     "load_dataset": "memlens.data",
     "validate_dataset": "memlens.data",

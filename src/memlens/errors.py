@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "RunDirError",
+    "TrainingError",
     "Problem",
     "ValidationError",
 ]
@@ -38,6 +39,10 @@ class ConfigError(MemlensError):
 
 class CheckpointError(MemlensError):
     """A checkpoint file is malformed, foreign, or does not match the model."""
+
+
+class TrainingError(MemlensError):
+    """A training went wrong in a way its settings can fix (e.g. the loss diverged)."""
 
 
 class RunDirError(MemlensError):

@@ -47,7 +47,7 @@ from torch import nn
 
 from . import distributed as _distributed
 from ._io import check_output_path
-from .errors import CheckpointError, ConfigError, DataError, RunDirError
+from .errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingError
 from .models.base import Autoencoder, check_image_range
 from .models.checkpoint import load_train_state, save_train_state
 
@@ -1178,165 +1178,162 @@ def train_run(
     if mode == "exposure" and len(exposed) == 0:
         raise DataError(f"{source}: no images left to expose")
 
-    # every check passed: prepare the run directory (the earlier run's outputs go only now)
+    # every check passed: prepare the run directory. The earlier run's outputs are set aside, not deleted: a
+    # training that fails or is interrupted puts them back, one that completes removes them
     if out != shared_out:  # a non-zero rank's scratch folder: rank 0 prepares the real one
         stale = []
-    for name in stale:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-    if stale:
-        log.warning("removed %d output(s) of an earlier run in %s: %s", len(stale), out, ", ".join(stale))
     out.mkdir(parents=True, exist_ok=True)
     states = out / "checkpoints"
+    replaced = list(stale)
     if not resume:
         for name in TRAIN_STATES:
             with contextlib.suppress(FileNotFoundError):
                 (states / name).unlink()
-        for name in ("autoencoder.pt", "autoencoder_before.pt", "exposure.csv", "experience_ids.txt",
-                     "experience_order.csv", "pretrain_order.csv"):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
-    if holdout_ids is not None:
-        atomic_write_text(out / "experience_ids.txt", "\n".join(holdout_ids) + "\n")
+        replaced += [n for n in RUN_FILES if n not in replaced]
+    with _set_aside(out, replaced) as moved:
+        if set(stale) & set(moved):
+            log.warning("replacing %d output(s) of an earlier run in %s (put back if this training fails): %s",
+                        len(stale), out, ", ".join(stale))
+        if holdout_ids is not None:
+            atomic_write_text(out / "experience_ids.txt", "\n".join(holdout_ids) + "\n")
 
-    # model
-    before_path = out / "autoencoder_before.pt"
-    config = {
-        "data": str(source), "out": str(out), "backbone": backbone, "init": init, "weights": weights,
-        "download": bool(download), "mode": mode, "experience": None if experience is None else str(experience),
-        "experience_fraction": float(experience_fraction), "pretrain_epochs": int(pretrain_epochs),
-        "pretrain_lr": pretrain_lr, "freeze_encoder": freeze_encoder, "loss": loss, "epochs": epochs, "lr": lr,
-        "batch_size": int(batch_size), "image_size": size, "seed": int(seed), "device": str(device),
-        "resolved_device": str(dev), "layout": layout, **data_opts, "num_workers": int(num_workers),
-        "threads": threads,
-    }
-    atomic_write_json(out / "config.json", config)
-    dataset_json = {"source": str(Path(source).absolute()), "root": str(ds.root), "layout": ds.layout,
-                    "options": {k: v for k, v in ds.spec().items() if k not in ("source", "layout")},
-                    "n_images": len(ds),
-                    "image_size": size, "notes": list(ds.notes) + notes,
-                    "exposed": {"n_images": len(exposed), "file": "exposure.csv" if mode == "exposure" else None},
-                    "experience": {**exp_info, **({"spec": exp_ds.spec()} if exp_ds is not None else {})}}
-    atomic_write_json(out / "dataset.json", dataset_json)
+        # model
+        before_path = out / "autoencoder_before.pt"
+        config = {
+            "data": str(source), "out": str(out), "backbone": backbone, "init": init, "weights": weights,
+            "download": bool(download), "mode": mode, "experience": None if experience is None else str(experience),
+            "experience_fraction": float(experience_fraction), "pretrain_epochs": int(pretrain_epochs),
+            "pretrain_lr": pretrain_lr, "freeze_encoder": freeze_encoder, "loss": loss, "epochs": epochs, "lr": lr,
+            "batch_size": int(batch_size), "image_size": size, "seed": int(seed), "device": str(device),
+            "resolved_device": str(dev), "layout": layout, **data_opts, "num_workers": int(num_workers),
+            "threads": threads,
+        }
+        atomic_write_json(out / "config.json", config)
+        dataset_json = {"source": str(Path(source).absolute()), "root": str(ds.root), "layout": ds.layout,
+                        "options": {k: v for k, v in ds.spec().items() if k not in ("source", "layout")},
+                        "n_images": len(ds),
+                        "image_size": size, "notes": list(ds.notes) + notes,
+                        "exposed": {"n_images": len(exposed), "file": "exposure.csv" if mode == "exposure" else None},
+                        "experience": {**exp_info, **({"spec": exp_ds.spec()} if exp_ds is not None else {})}}
+        atomic_write_json(out / "dataset.json", dataset_json)
 
-    log.info("model: %s (init=%s, input %d px, %s parameters)", backbone, model.init, size,
-             f"{sum(p.numel() for p in model.parameters()):,}")
-    init_report = {k: v for k, v in getattr(model, "init_report", {}).items()}
-    curves: list[dict[str, Any]] = []
-    phases: dict[str, Any] = {}
+        log.info("model: %s (init=%s, input %d px, %s parameters)", backbone, model.init, size,
+                 f"{sum(p.numel() for p in model.parameters()):,}")
+        init_report = {k: v for k, v in getattr(model, "init_report", {}).items()}
+        curves: list[dict[str, Any]] = []
+        phases: dict[str, Any] = {}
 
-    def cb(phase: str) -> ProgressFn | None:
-        if progress is None:
-            return None
-        return lambda done, total, info: progress(phase, done, total, info)
+        def cb(phase: str) -> ProgressFn | None:
+            if progress is None:
+                return None
+            return lambda done, total, info: progress(phase, done, total, info)
 
-    common = {"loss": loss, "seed": seed, "device": dev, "num_workers": num_workers, "threads": threads}
-    if mode == "pretrain":
-        n_ep = int(epochs or DEFAULT_PRETRAIN_EPOCHS)
-        imgs = ImageDataset(ds.paths, size)
-        t0 = time.perf_counter()
-        fe = (init == "imagenet") if freeze_encoder is None else bool(freeze_encoder)
-        res = fit_autoencoder(model, imgs, mode="pretrain", lr=lr, epochs=n_ep, batch_size=batch_size,
-                              freeze_encoder=fe, checkpoint_path=states / "pretrain.pt",
-                              resume=resume, progress=cb("pretrain"), **common)
-        timings["pretrain_s"] = time.perf_counter() - t0
-        curves += res.curve
-        phases["pretrain"] = _phase_info(res, ds.image_ids, out, "pretrain_order.csv")
-        phases["pretrain"]["freeze_encoder"] = fe
-    else:
-        # (1) visual experience
-        if exp_ds is not None:
+        common = {"loss": loss, "seed": seed, "device": dev, "num_workers": num_workers, "threads": threads}
+        if mode == "pretrain":
+            n_ep = int(epochs or DEFAULT_PRETRAIN_EPOCHS)
+            imgs = ImageDataset(ds.paths, size)
+            t0 = time.perf_counter()
             fe = (init == "imagenet") if freeze_encoder is None else bool(freeze_encoder)
-            exp_settings = {"backbone": backbone, "init": init, "image_size": size, "seed": int(seed),
-                            "epochs": int(pretrain_epochs), "lr": pretrain_lr, "batch_size": int(batch_size),
-                            "loss": loss, "freeze_encoder": fe, "n_images": len(exp_ds),
-                            "experience": exp_info.get("source")}
-            reuse = None
-            if resume and before_path.is_file():
-                with contextlib.suppress(Exception):
-                    cand = load_autoencoder(before_path)
-                    if cand.checkpoint_extra.get("experience_settings") == exp_settings:
-                        reuse = cand
-            if reuse is not None:
-                model = reuse
-                phases["experience"] = dict(reuse.checkpoint_extra.get("experience", {}), reused=True)
-                curves += list(reuse.checkpoint_extra.get("curve", []))
-                log.info("resume: visual experience already complete (%s)", before_path)
-            else:
-                t0 = time.perf_counter()
-                res = fit_autoencoder(model, ImageDataset(exp_ds.paths, size), mode="pretrain", lr=pretrain_lr,
-                                      epochs=int(pretrain_epochs), batch_size=batch_size, freeze_encoder=fe,
-                                      checkpoint_path=states / "experience.pt", resume=resume,
-                                      progress=cb("experience"), **common)
-                timings["experience_s"] = time.perf_counter() - t0
-                for r in res.curve:
-                    r["phase"] = "experience"
-                curves += res.curve
-                phases["experience"] = _phase_info(res, exp_ds.image_ids, out, "experience_order.csv")
-                phases["experience"]["freeze_encoder"] = fe
-                save_autoencoder(before_path, model, extra={"experience_settings": exp_settings,
-                                                            "experience": phases["experience"],
-                                                            "curve": res.curve})
-                with contextlib.suppress(FileNotFoundError):
-                    (states / "experience.pt").unlink()
+            res = fit_autoencoder(model, imgs, mode="pretrain", lr=lr, epochs=n_ep, batch_size=batch_size,
+                                  freeze_encoder=fe, checkpoint_path=states / "pretrain.pt",
+                                  resume=resume, progress=cb("pretrain"), **common)
+            timings["pretrain_s"] = time.perf_counter() - t0
+            _check_finite(model, res, "pretraining", lr, "--lr")
+            curves += res.curve
+            phases["pretrain"] = _phase_info(res, ds.image_ids, out, "pretrain_order.csv")
+            phases["pretrain"]["freeze_encoder"] = fe
         else:
-            save_autoencoder(before_path, model, extra={"experience": {"source": "none"}})
-        # (2) single exposure
-        t0 = time.perf_counter()
-        res = fit_autoencoder(model, ImageDataset(exposed.paths, size), mode="exposure", lr=lr,
-                              epochs=int(epochs or 1), checkpoint_path=states / "exposure.pt", resume=resume,
-                              progress=cb("exposure"), **common)
-        timings["exposure_s"] = time.perf_counter() - t0
-        curves += res.curve
-        frame = res.exposure_frame(exposed.image_ids).sort_values("order", kind="stable")
-        from ._io import atomic_path
+            # (1) visual experience
+            if exp_ds is not None:
+                fe = (init == "imagenet") if freeze_encoder is None else bool(freeze_encoder)
+                exp_settings = {"backbone": backbone, "init": init, "image_size": size, "seed": int(seed),
+                                "epochs": int(pretrain_epochs), "lr": pretrain_lr, "batch_size": int(batch_size),
+                                "loss": loss, "freeze_encoder": fe, "n_images": len(exp_ds),
+                                "experience": exp_info.get("source")}
+                reuse = None
+                if resume and before_path.is_file():
+                    with contextlib.suppress(Exception):
+                        cand = load_autoencoder(before_path)
+                        if cand.checkpoint_extra.get("experience_settings") == exp_settings:
+                            reuse = cand
+                if reuse is not None:
+                    model = reuse
+                    phases["experience"] = dict(reuse.checkpoint_extra.get("experience", {}), reused=True)
+                    curves += list(reuse.checkpoint_extra.get("curve", []))
+                    log.info("resume: visual experience already complete (%s)", before_path)
+                else:
+                    t0 = time.perf_counter()
+                    res = fit_autoencoder(model, ImageDataset(exp_ds.paths, size), mode="pretrain", lr=pretrain_lr,
+                                          epochs=int(pretrain_epochs), batch_size=batch_size, freeze_encoder=fe,
+                                          checkpoint_path=states / "experience.pt", resume=resume,
+                                          progress=cb("experience"), **common)
+                    timings["experience_s"] = time.perf_counter() - t0
+                    _check_finite(model, res, "visual experience", pretrain_lr, "--pretrain-lr")
+                    for r in res.curve:
+                        r["phase"] = "experience"
+                    curves += res.curve
+                    phases["experience"] = _phase_info(res, exp_ds.image_ids, out, "experience_order.csv")
+                    phases["experience"]["freeze_encoder"] = fe
+                    save_autoencoder(before_path, model, extra={"experience_settings": exp_settings,
+                                                                "experience": phases["experience"],
+                                                                "curve": res.curve})
+                    with contextlib.suppress(FileNotFoundError):
+                        (states / "experience.pt").unlink()
+            else:
+                save_autoencoder(before_path, model, extra={"experience": {"source": "none"}})
+            # (2) single exposure
+            t0 = time.perf_counter()
+            res = fit_autoencoder(model, ImageDataset(exposed.paths, size), mode="exposure", lr=lr,
+                                  epochs=int(epochs or 1), checkpoint_path=states / "exposure.pt", resume=resume,
+                                  progress=cb("exposure"), **common)
+            timings["exposure_s"] = time.perf_counter() - t0
+            _check_finite(model, res, "exposure", lr, "--lr")
+            curves += res.curve
+            frame = res.exposure_frame(exposed.image_ids).sort_values("order", kind="stable")
+            from ._io import atomic_path
 
-        with atomic_path(out / "exposure.csv") as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.8g")
-        phases["exposure"] = {k: v for k, v in res.summary().items() if k != "settings"}
-        phases["exposure"].update({"settings": res.settings, "presentations_per_image": res.epochs,
-                                   "order": f"seeded random permutation (seed {seed}) per pass",
-                                   "order_file": "exposure.csv", "loss_recorded": "at exposure, before the update"})
+            with atomic_path(out / "exposure.csv") as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.8g")
+            phases["exposure"] = {k: v for k, v in res.summary().items() if k != "settings"}
+            phases["exposure"].update({"settings": res.settings, "presentations_per_image": res.epochs,
+                                       "order": f"seeded random permutation (seed {seed}) per pass",
+                                       "order_file": "exposure.csv", "loss_recorded": "at exposure, before the update"})
 
-    if mode == "exposure" and exp_info.get("source") != "none":  # no experience at all is warned about above
-        caution = experience_caution(init, phases.get("experience") or exp_info,
-                                     [r.get("val_loss") for r in curves if r.get("phase") == "experience"])
-        if caution:
-            log.warning("%s", caution)
-    save_autoencoder(out / "autoencoder.pt", model, extra={"mode": mode, "phases": phases})
-    for name in ("exposure.pt", "pretrain.pt"):
-        with contextlib.suppress(FileNotFoundError):
-            (states / name).unlink()
-    with contextlib.suppress(OSError):
-        states.rmdir()
-    _write_curve(out, curves)
-    timings["total_s"] = time.perf_counter() - t_start
+        if mode == "exposure" and exp_info.get("source") != "none":  # no experience at all is warned about above
+            caution = experience_caution(init, phases.get("experience") or exp_info,
+                                         [r.get("val_loss") for r in curves if r.get("phase") == "experience"])
+            if caution:
+                log.warning("%s", caution)
+        save_autoencoder(out / "autoencoder.pt", model, extra={"mode": mode, "phases": phases})
+        for name in ("exposure.pt", "pretrain.pt"):
+            with contextlib.suppress(FileNotFoundError):
+                (states / name).unlink()
+        with contextlib.suppress(OSError):
+            states.rmdir()
+        _write_curve(out, curves)
+        timings["total_s"] = time.perf_counter() - t_start
 
-    source_p = Path(source)
-    manifest = {
-        "memlens_run": "train",
-        "versions": _versions(),
-        "device": {"requested": str(device), "used": str(dev),
-                   "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                   "torch_threads": threads or torch.get_num_threads()},
-        "seeds": {"seed": int(seed), "model_init": int(seed), "derivation": "sha256(seed/purpose)"},
-        "input": {"source": str(source_p.absolute()), "layout": ds.layout, "n_images": len(ds),
-                  "table_sha256": table_sha256(ds.table),
-                  "source_sha256": file_sha256(source_p) if source_p.is_file() else None},
-        "model": {"backbone": backbone, "init": init, "init_report": init_report, "config": model.config,
-                  "spec": model.spec.to_dict(), "parameters": int(sum(p.numel() for p in model.parameters()))},
-        "training": {"mode": mode, "experience": {**exp_info, **phases.get("experience", {})}
-                     if mode == "exposure" else None, **{k: v for k, v in phases.items() if k != "experience"}},
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "files": {name: file_sha256(out / name) for name in ("autoencoder.pt", "autoencoder_before.pt")
-                  if (out / name).is_file()},
-    }
-    atomic_write_json(out / "manifest.json", manifest)
-    return manifest
+        source_p = Path(source)
+        manifest = {
+            "memlens_run": "train",
+            "versions": _versions(),
+            "device": {"requested": str(device), "used": str(dev),
+                       "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                       "torch_threads": threads or torch.get_num_threads()},
+            "seeds": {"seed": int(seed), "model_init": int(seed), "derivation": "sha256(seed/purpose)"},
+            "input": {"source": str(source_p.absolute()), "layout": ds.layout, "n_images": len(ds),
+                      "table_sha256": table_sha256(ds.table),
+                      "source_sha256": file_sha256(source_p) if source_p.is_file() else None},
+            "model": {"backbone": backbone, "init": init, "init_report": init_report, "config": model.config,
+                      "spec": model.spec.to_dict(), "parameters": int(sum(p.numel() for p in model.parameters()))},
+            "training": {"mode": mode, "experience": {**exp_info, **phases.get("experience", {})}
+                         if mode == "exposure" else None, **{k: v for k, v in phases.items() if k != "experience"}},
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "files": {name: file_sha256(out / name) for name in ("autoencoder.pt", "autoencoder_before.pt")
+                      if (out / name).is_file()},
+        }
+        atomic_write_json(out / "manifest.json", manifest)
+        return manifest
 
 
 #: fewer optimiser steps of visual experience than this, from random weights, may leave the decoder untrained
@@ -1376,6 +1373,65 @@ def experience_caution(init: str | None, experience: Mapping[str, Any] | None,
             "little better than an untrained model, so its reconstruction errors may say more about the model than "
             "about the images; use a pretrained backbone (the default efficientnet_lite0 with --init imagenet) or a "
             "larger --experience corpus / more --pretrain-epochs")
+
+
+def _check_finite(model: nn.Module, res: TrainResult, phase: str, lr: float | None, flag: str) -> None:
+    """Raise :class:`TrainingError` when a phase ended with a non-finite loss or non-finite weights."""
+    losses = [r.get("loss") for r in res.curve]
+    bad_loss = next((k for k, v in enumerate(losses) if v is not None and not math.isfinite(float(v))), None)
+    bad_weights = any(not torch.isfinite(p).all() for p in model.parameters())
+    if bad_loss is None and not bad_weights:
+        return
+    where = f"the loss became {losses[bad_loss]} at step {bad_loss + 1} of {len(losses)}" if bad_loss is not None \
+        else "the weights are no longer finite"
+    rate = f" (it was {lr:g})" if isinstance(lr, (int, float)) else ""
+    raise TrainingError(f"the {phase} diverged: {where}; use a lower learning rate {flag}{rate}")
+
+
+_ASIDE = ".replaced-outputs"  # where the earlier run's files wait while a new training runs
+
+
+@contextlib.contextmanager
+def _set_aside(out: Path, names: Sequence[str]) -> Iterator[list[str]]:
+    """Move ``out/<name>`` (files or folders) to ``out/.replaced-outputs/`` for the duration of the block.
+
+    Yields the names moved. When the block raises (a bad image, a diverging loss, Ctrl-C) and there was an
+    earlier run, every file of ``names`` the block wrote is removed and the earlier files are put back, so a
+    failed training never leaves a run without its model or with a mix of two runs. Without an earlier run
+    the partial outputs stay, for ``--resume``. When the block completes, the earlier files are deleted.
+    Training states in ``checkpoints/`` are never touched here.
+    """
+    import os
+
+    aside = out / _ASIDE
+    if aside.exists():  # left by a killed process: the earlier run's files, put them back first
+        for p in sorted(aside.iterdir()):
+            if not (out / p.name).exists():
+                os.replace(p, out / p.name)
+        shutil.rmtree(aside, ignore_errors=True)
+    moved = []
+    for name in names:
+        if (out / name).exists() or (out / name).is_symlink():
+            aside.mkdir(exist_ok=True)
+            os.replace(out / name, aside / name)
+            moved.append(name)
+    try:
+        yield moved
+    except BaseException:
+        if moved:
+            for name in names:
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        target.unlink()
+            for name in moved:
+                os.replace(aside / name, out / name)
+            log.warning("the training did not complete: the earlier run's files in %s were put back", out)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _phase_info(res: TrainResult, ids: Sequence[str], out: Path, order_file: str) -> dict[str, Any]:
