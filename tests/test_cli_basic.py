@@ -111,3 +111,18 @@ def test_eof_and_file_system_errors_are_one_line_not_interrupted_or_internal(tmp
     assert main(["boom", "other"]) == 1 and "internal error (ConnectionResetError" in capsys.readouterr().err
     with pytest.raises(EOFError):
         main(["--debug", "boom", "eof"])
+
+
+@pytest.mark.parametrize("args", [
+    ["stats", "t.csv", "--x", "a", "--y", "b", "--confidence", "nan"],
+    ["analyze", "RUN", "--confidence", "nan"],
+    ["score", "--run", "RUN", "--gpus-per-worker", "inf"],
+    ["train", "DATA", "--out", "RUN", "--lr", "nan"],
+    ["train", "DATA", "--out", "RUN", "--experience-fraction", "nan"],
+    ["score", "--run", "RUN", "--index-memory-mb", "nan"],
+    ["explain", "RUN", "--smoothgrad-sigma", "nan"],
+])
+def test_non_finite_numbers_are_usage_errors(args, capsys):
+    """nan passes every bound check of click.FloatRange; memlens refuses it before any work (exit 2)."""
+    assert main(args) == 2
+    assert "is not a finite number" in capsys.readouterr().err

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which pass every bound check): exit 2."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        rv = super().convert(value, param, ctx)
+        if rv is not None and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
 
 
 def progress_enabled(ctx: click.Context | None = None) -> bool:

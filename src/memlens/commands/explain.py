@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import echo, progress_enabled
+from ._common import FiniteFloatRange, echo, progress_enabled
 
 
 @click.command("explain")
@@ -56,7 +56,7 @@ from ._common import echo, progress_enabled
 )
 @click.option(
     "--smoothgrad-sigma",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloatRange(min=0.0),
     default=0.1,
     show_default=True,
     help="SD of the SmoothGrad noise, in [0, 1] image units.",
@@ -93,7 +93,7 @@ from ._common import echo, progress_enabled
 )
 @click.option(
     "--delta-tolerance",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloatRange(min=0.0),
     default=0.05,
     show_default=True,
     help="Flag maps whose relative convergence delta exceeds this.",

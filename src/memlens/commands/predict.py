@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import progress_enabled
+from ._common import FiniteFloatRange, progress_enabled
 
 
 @click.command("predict")
@@ -22,7 +22,7 @@ from ._common import progress_enabled
               help="local: this process; ray: a Ray actor pool (pip install 'memlens[ray]').")
 @click.option("--address", default=None, help="ray: the cluster address [default: a local Ray on 127.0.0.1].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="ray: number of actors.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="ray: GPUs per actor.")
+@click.option("--gpus-per-worker", type=FiniteFloatRange(min=0), default=None, help="ray: GPUs per actor.")
 def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: int, device: str, engine: str,
             address: str | None, workers: int | None, gpus_per_worker: float | None) -> int:
     """Predict the memorability of IMAGES (files and/or folders, searched recursively).

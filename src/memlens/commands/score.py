@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import progress_enabled
+from ._common import FiniteFloatRange, progress_enabled
 
 
 def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -49,12 +49,12 @@ def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None
               help="Score in this process, or on a Ray cluster (needs memlens[ray]).")
 @click.option("--address", default=None, help="--engine ray: the Ray cluster (auto, HOST:6379, ray://HOST:10001) "
               "[default: a local Ray instance on 127.0.0.1].")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+@click.option("--gpus-per-worker", type=FiniteFloatRange(min=0), default=None,
               help="--engine ray: GPUs per model actor [default: 1 when the cluster has GPUs, else 0].")
 @click.option("--index", "index", type=click.Choice(["exact", "flat", "ivf", "hnsw"]), default="exact",
               show_default=True, help="Neighbour search for distinctiveness: exact, or FAISS flat (exact), ivf or "
               "hnsw (approximate; recall written to RUN/index.json; needs memlens[faiss]).")
-@click.option("--index-memory-mb", type=click.FloatRange(min=1), default=2048, show_default=True,
+@click.option("--index-memory-mb", type=FiniteFloatRange(min=1), default=2048, show_default=True,
               help="Memory budget of the FAISS index (ivf/hnsw pick a compressed encoding to fit it).")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32",
               show_default=True,

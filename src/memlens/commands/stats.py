@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ._common import FiniteFloatRange
+
 
 def _read_table(path: Path):  # -> pandas.DataFrame
     import pandas as pd
@@ -43,7 +45,7 @@ def _read_table(path: Path):  # -> pandas.DataFrame
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--ci", "ci_method", type=click.Choice(["percentile", "bca"]), default="percentile",
               show_default=True, help="Bootstrap interval type.")
-@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+@click.option("--confidence", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True)
 @click.option("--permutation", type=click.IntRange(min=0), default=0, show_default=True,
               help="Permutations for a permutation p-value (0: none).")

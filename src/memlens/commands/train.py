@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import progress_enabled
+from ._common import FiniteFloatRange, progress_enabled
 
 # kept here (not imported from memlens) so that importing this module stays light
 _LAYOUT_CHOICES = ["auto", "csv", "memcat", "lamem", "lnsim", "folder"]
@@ -67,11 +67,11 @@ class _Bar:
 @click.option("--experience", default=None, metavar="DIR|TABLE",
               help="Images for visual experience before exposure, disjoint from DATA [default: DATA/experience/ "
                    "when present, else a seeded 25% of DATA held out from exposure].")
-@click.option("--experience-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
+@click.option("--experience-fraction", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.25,
               show_default=True, help="Held-out fraction when no experience corpus exists.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=0), default=10, show_default=True,
               help="Epochs of visual experience (0 = none).")
-@click.option("--pretrain-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--pretrain-lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Learning rate of visual experience [default: 1e-3, cosine schedule].")
 @click.option("--freeze-encoder/--train-encoder", default=None,
               help="During visual experience / pretrain: fit only the decoder [default: frozen for --init imagenet].")
@@ -80,7 +80,7 @@ class _Bar:
                    "sum such as mse+0.5*dssim.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="exposure: passes (default 1, the paper); pretrain: epochs (default 10).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Learning rate [default: 1e-5 for exposure, 1e-3 for pretrain].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Mini-batch of visual experience / pretrain (exposure always uses 1).")
