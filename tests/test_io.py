@@ -58,3 +58,17 @@ def test_software_versions_name_the_packages_behind_the_numbers():
     assert v["scikit-learn"] == sklearn.__version__  # the predictors' library, imported by name "sklearn"
     assert v["scipy"] == metadata.version("scipy")
     assert "memlens_git" not in v or len(v["memlens_git"].removesuffix("-dirty")) == 40
+
+
+@pytest.mark.parametrize("command", [["fit-predictor", "{run}", "--cv", "3"], ["analyze", "{run}"]])
+def test_an_empty_per_image_table_is_a_one_line_error(tmp_path, capsys, command):
+    """(explain reads the table through the same read_run_table, after loading its predictor)"""
+    from memlens.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "per_image.csv").write_text("")
+    assert main([c.format(run=run) for c in command]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {run / 'per_image.csv'}: not a readable CSV table (No columns to parse from file); "
+                   f"make it again with: memlens score DATA --run {run}"]

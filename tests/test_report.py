@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from _fake_run import CATEGORIES, WEIRD_CATEGORY, WEIRD_IMAGE, make_fake_run, real_run
+from memlens.errors import RunDirError
 from memlens.report import SECTION_IDS, build_report
 from memlens.report import figures as F
 
@@ -342,10 +343,12 @@ def test_missing_files_degrade_gracefully(tmp_path):
     assert results["summary"]["n_images"] == len(df)
     assert results["predictor"] == {} and results["correlations"] == {}
 
-    empty = tmp_path / "empty"
+    assert page.count("not computed") >= 5  # every later stage's section says which command makes it
+    empty = tmp_path / "empty"  # a folder with no run file at all is not a run: refused, nothing written
     empty.mkdir()
-    page = build_report(empty).read_text()
-    assert page.count("not computed") >= 8
+    with pytest.raises(RunDirError, match="not a memlens run directory"):
+        build_report(empty)
+    assert not any(empty.iterdir())
 
 
 def test_correlations_computed_when_analyze_did_not_run(tmp_path):
@@ -471,6 +474,9 @@ def test_cli(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert (run / "report.html").is_file()
 
+    (tmp_path / "photos").mkdir()  # a folder that is not a run: refused, and nothing is written into it
+    assert main(["report", str(tmp_path / "photos")]) == 1
+    assert "not a memlens run directory" in capsys.readouterr().err and not any((tmp_path / "photos").iterdir())
     assert main(["report", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "nope" in err

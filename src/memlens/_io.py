@@ -179,3 +179,23 @@ def software_versions() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             pass
     return out
+
+
+def read_run_table(path: str | os.PathLike, made_by: str = "memlens score DATA --run RUN") -> Any:
+    """A run's CSV table (e.g. ``per_image.csv``) as a DataFrame, or a :class:`RunDirError` in one line.
+
+    Missing: names the command that makes it (``made_by``). Empty, truncated or not a CSV table: says so,
+    instead of pandas' exception.
+    """
+    import pandas as pd
+
+    from .errors import RunDirError
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path}: missing (make it with: {made_by})")
+    try:
+        return pd.read_csv(path)
+    except Exception as exc:  # EmptyDataError, ParserError, UnicodeDecodeError, ...
+        raise RunDirError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                          f"make it again with: {made_by}") from None

@@ -919,7 +919,7 @@ def explain_run(
 
     import pandas as pd
 
-    from ._io import atomic_path, atomic_write_json
+    from ._io import atomic_path, atomic_write_json, read_run_table
     from .data import load_image
     from .errors import DataError, RunDirError
     from .stats import correlate
@@ -941,7 +941,7 @@ def explain_run(
     dev = _resolve_device(device)
     model = _load_predictor(run / "predictor.pt", dev)
     size = _input_size(model, run)
-    table = pd.read_csv(run / "per_image.csv")
+    table = read_run_table(run / "per_image.csv", f"memlens score DATA --run {run}")
     if "image_id" not in table.columns:
         raise RunDirError(f"{run / 'per_image.csv'} has no image_id column")
     table["image_id"] = table["image_id"].astype(str)

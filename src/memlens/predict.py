@@ -1192,6 +1192,7 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
     """
     import pandas as pd
 
+    from ._io import read_run_table
     from .errors import DataError, RunDirError
     from .features import FEATURE_SETS
 
@@ -1200,9 +1201,7 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
                          f"({', '.join(sorted(FEATURE_SETS))}), got {inputs!r}")
     run = Path(run)
     table_path = run / "per_image.csv"
-    if not table_path.is_file():
-        raise RunDirError(f"{table_path} not found (make it with: memlens score DATA --run {run})")
-    df = pd.read_csv(table_path)
+    df = read_run_table(table_path, f"memlens score DATA --run {run}")
     for col in ("image_id", "score"):
         if col not in df.columns:
             raise DataError(f"{table_path}: no {col!r} column (found: {', '.join(map(str, df.columns))})")

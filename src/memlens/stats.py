@@ -990,20 +990,14 @@ def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman
     (DataFrame, dict)
         The correlation table and the JSON payload written to ``correlations.json``.
     """
-    import pandas as pd
 
-    from ._io import atomic_path, atomic_write_json
+    from ._io import atomic_path, atomic_write_json, read_run_table
 
     run = Path(run)
     table_path = run / "per_image.csv"
     if not run.is_dir():
         raise RunDirError(f"{run}: no such run directory")
-    if not table_path.is_file():
-        raise RunDirError(f"{table_path}: missing (run `memlens score DATA --run {run}` first)")
-    try:
-        df = pd.read_csv(table_path)
-    except Exception as exc:
-        raise RunDirError(f"{table_path}: not a readable CSV table ({exc})") from None
+    df = read_run_table(table_path, f"memlens score DATA --run {run}")
     if "score" not in df.columns:
         raise RunDirError(f"{table_path}: no 'score' column (columns: {', '.join(map(str, df.columns))}); "
                           "analysis needs memorability scores")

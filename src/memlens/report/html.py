@@ -1734,6 +1734,11 @@ def collect_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory (expected the folder written by `memlens run`/`train`)")
+    known = ("per_image.csv", "manifest.json", "config.json", "dataset.json", "pipeline.json", "correlations.csv",
+             "predictor_cv.csv", "training_curve.csv", "exposure.csv", "attributions")
+    if not any((run_dir / name).exists() for name in known):
+        raise RunDirError(f"{run_dir}: not a memlens run directory (none of {', '.join(known[:4])}, ... in it); "
+                          "give the folder written by `memlens run`/`train`")
     run = _Run(run_dir)
     per_image = run.per_image()
     ids = list(per_image["image_id"].astype(str)) if per_image is not None else None
