@@ -216,6 +216,7 @@ def test_score_precision_option(demo, tmp_path, capsys):
         (["--pool", "max"], 2, "pool"),
         (["--distinct-reference", "split"], 1, "split column"),
         (["--device", "tpu"], 1, "device"),
+        (["--distinct-k", str(N)], 1, f"--distinct-k {N}: needs more than {N} images; the data set has {N}"),
     ],
 )
 def test_score_errors(demo, tmp_path, capsys, args, code, message):

@@ -329,3 +329,16 @@ def test_stats_where_filters_rows_and_role_gets_a_note(capsys, table, tmp_path):
     assert rc == 2 and "COL one of" in err
     rc, _, err = _run(capsys, "stats", path, "--x", "x", "--y", "y", "--where", "role=none")
     assert rc == 1 and "no row has role = none" in err
+
+
+def test_reliability_without_any_usable_split_is_an_error(capsys, tmp_path, caplog):
+    path = tmp_path / "nan.npz"
+    np.savez(path, image=np.array(list("abcd")), half1=np.full((25, 4), np.nan), half2=np.full((25, 4), np.nan))
+    with caplog.at_level("WARNING", logger="memlens.stats"):
+        rc, out, err = _run(capsys, "reliability", path)
+    assert rc == 1 and out == ""
+    assert err.strip() == (f"error: {path}: no split-half correlation could be computed (4 images, 25 splits): each "
+                           "split needs at least 3 images with finite, non-constant scores in both halves")
+    # one summary line per method, not one per split
+    assert [r.getMessage().split(" (e.g.")[0] for r in caplog.records] == [
+        "25 of 25 splits gave no spearman correlation", "25 of 25 splits gave no pearson correlation"]

@@ -593,9 +593,15 @@ def _halves_arrays(halves: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]
 def _split_rs(h1: np.ndarray, h2: np.ndarray, method: str, groups: np.ndarray | None = None) -> np.ndarray:
     """Correlation between the halves for each split (NaN-aware, pairwise per split)."""
     rs = np.full(h1.shape[0], np.nan)
-    for i in range(h1.shape[0]):
-        res = correlate(h1[i], h2[i], method=method, n_boot=0, groups=groups, label=f"split {i}")
-        rs[i] = res.r
+    with _collected_warnings() as troubles:
+        for i in range(h1.shape[0]):
+            res = correlate(h1[i], h2[i], method=method, n_boot=0, groups=groups, label=f"split {i}")
+            rs[i] = res.r
+    for message in troubles:
+        log.debug("%s", message)
+    if troubles:  # one line, not one per split
+        log.warning("%d of %d splits gave no %s correlation (e.g. %s); every message at debug level (memlens -vv)",
+                    len(troubles), h1.shape[0], method, troubles[0])
     return rs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -36,6 +37,10 @@ def reliability(source: Path, method: str, fmt: str) -> None:
         path = source / "split_halves.npz"
     halves = load_split_halves(path)
     rel = {**split_half_reliability(halves, method=method), "source": str(path)}
+    if not math.isfinite(rel["ceiling"]):
+        raise DataError(f"{path}: no split-half correlation could be computed ({rel['n_images']} images, "
+                        f"{rel['n_splits']} splits): each split needs at least 3 images with finite, non-constant "
+                        "scores in both halves")
     if fmt == "json":
         clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in rel.items()}
         click.echo(json.dumps(clean, indent=2, allow_nan=False))

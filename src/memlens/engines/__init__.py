@@ -58,7 +58,7 @@ class ScoreJob:
 
 
 def prepare_run(run: str | os.PathLike, data: Any = None, *, metrics: Sequence[str] | None = None,
-                distinct_reference: str = "all", device: str = "auto") -> ScoreJob:
+                distinct_reference: str = "all", device: str = "auto", distinct_k: int = 1) -> ScoreJob:
     """Resolve the run directory, the data, the metrics and the device (no image is read).
 
     Same rules as :func:`memlens.measures.score_run`: ``data`` is a folder/table, a loaded Dataset, or None
@@ -87,6 +87,9 @@ def prepare_run(run: str | os.PathLike, data: Any = None, *, metrics: Sequence[s
     table = ds.table.reset_index(drop=True)
     if len(table) == 0:
         raise DataError(f"{getattr(ds, 'root', data)}: no images to score")
+    if int(distinct_k) >= len(table):  # every image would have fewer than k other images: all NaN
+        raise ConfigError(f"--distinct-k {distinct_k}: needs more than {distinct_k} images; the data set has "
+                          f"{len(table)}")
     ref_args = measures._reference_args(table, distinct_reference)
     dev = measures.resolve_device(device)
 
@@ -332,7 +335,8 @@ def _score_local(run: Any, data: Any, *, index: str, index_options: dict[str, An
     from ..measures import score_images
     from ..models import load_autoencoder
 
-    job = prepare_run(run, data, metrics=metrics, distinct_reference=distinct_reference, device=device)
+    job = prepare_run(run, data, metrics=metrics, distinct_reference=distinct_reference, device=device,
+                      distinct_k=distinct_k)
     model = load_autoencoder(job.checkpoint)
     before = load_autoencoder(job.before_checkpoint) if job.before_checkpoint is not None else None
     result = score_images(

@@ -412,7 +412,8 @@ def score_run_ray(
         raise ConfigError(f"workers must be at least 1, got {workers}")
     shard_size = int(shard_size or DEFAULT_SHARD_SIZE)
     # the driver only plans and merges: CPU here, whatever device the actors use
-    job = prepare_run(run, data, metrics=metrics, distinct_reference=distinct_reference, device="cpu")
+    job = prepare_run(run, data, metrics=metrics, distinct_reference=distinct_reference, device="cpu",
+                      distinct_k=distinct_k)
     names = job.metrics
     if len(set(names)) != len(names):
         raise ConfigError(f"metrics listed twice: {', '.join(names)}")
