@@ -72,3 +72,32 @@ def test_an_empty_per_image_table_is_a_one_line_error(tmp_path, capsys, command)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {run / 'per_image.csv'}: not a readable CSV table (No columns to parse from file); "
                    f"make it again with: memlens score DATA --run {run}"]
+
+
+def test_reserve_disk_turns_a_full_disk_into_a_named_error(tmp_path, monkeypatch):
+    """A memory map on a full disk dies with SIGBUS; allocating first gives ENOSPC with the final file's name."""
+    import errno
+
+    import numpy as np
+
+    from memlens._io import reserve_disk
+
+    path = tmp_path / ".latents.tmp.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(1000, 250))
+    reserve_disk(path)  # room enough: the blocks are allocated
+    assert os.stat(path).st_blocks * 512 >= 1_000_000
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as err:
+        reserve_disk(path, tmp_path / "latents.npy")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "latents.npy")
+    assert "not enough disk space for 1.0 MB" in str(err.value)
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    reserve_disk(path)  # a file system that cannot preallocate: written as before

@@ -199,3 +199,27 @@ def read_run_table(path: str | os.PathLike, made_by: str = "memlens score DATA -
     except Exception as exc:  # EmptyDataError, ParserError, UnicodeDecodeError, ...
         raise RunDirError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                           f"make it again with: {made_by}") from None
+
+
+def reserve_disk(path: str | os.PathLike, name: str | os.PathLike | None = None) -> None:
+    """Allocate the blocks of a freshly created (sparse) file, e.g. a memory-mapped ``.npy``.
+
+    Writing through a memory map into a file the disk cannot hold kills the process with SIGBUS, with no
+    message. Allocating first turns a full disk into an ``OSError(ENOSPC)`` naming ``name`` (default: the
+    file), which the CLI reports in one line. File systems without ``posix_fallocate`` are left as they are.
+    """
+    import errno
+
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - not on Linux
+        return
+    path = Path(path)
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise OSError(exc.errno, f"not enough disk space for {size / 1e6:.1f} MB", str(name or path)) from None
+        # EOPNOTSUPP, EINVAL: a file system that cannot preallocate; write as before
+    finally:
+        os.close(fd)

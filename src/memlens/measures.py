@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ._io import atomic_path
+from ._io import atomic_path, reserve_disk
 from .errors import ConfigError, DataError
 from .metrics import Metric, get_metric
 
@@ -224,8 +224,9 @@ class _NpyRows:
     first and are copied into the memory map in blocks at the end (memory stays bounded either way).
     """
 
-    def __init__(self, tmp: Path, n: int | None, dtype: Any):
+    def __init__(self, tmp: Path, n: int | None, dtype: Any, final: Path | None = None):
         self.tmp, self.n, self.dtype = tmp, n, np.dtype(dtype)
+        self.final = final or tmp  # the name errors give (the file the temporary one becomes)
         self.mm: np.memmap | None = None
         self.raw: Any = None
         self.rows = 0
@@ -237,6 +238,7 @@ class _NpyRows:
             self.width = int(block.shape[1])
             if self.n is not None:
                 self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(self.n, self.width))
+                reserve_disk(self.tmp, self.final)  # a full disk: ENOSPC now, not SIGBUS while writing
             else:
                 self.raw = open(self.tmp.with_suffix(".raw"), "wb")  # noqa: SIM115 - closed in finish()
         if self.mm is not None:
@@ -262,6 +264,7 @@ class _NpyRows:
         try:
             src = np.memmap(raw_path, dtype=self.dtype, mode="r", shape=(self.rows, self.width))
             dst = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(self.rows, self.width))
+            reserve_disk(self.tmp, self.final)
             step = max(1, (64 << 20) // max(1, self.width * self.dtype.itemsize))
             for s in range(0, self.rows, step):
                 dst[s : s + step] = src[s : s + step]
@@ -623,10 +626,11 @@ def score_images(
     with contextlib.ExitStack() as stack:
         lat_tmp = stack.enter_context(atomic_path(latents_path)) if latents_path is not None else None
         feat_tmp = stack.enter_context(atomic_path(features_path)) if (features and features_path is not None) else None
-        lat_w: Any = _NpyRows(lat_tmp, n_total, np_dtype) if lat_tmp is not None else _MemRows(np_dtype)
+        lat_w: Any = _NpyRows(lat_tmp, n_total, np_dtype, latents_path) if lat_tmp is not None else _MemRows(np_dtype)
         feat_w: Any = None
         if features:
-            feat_w = _NpyRows(feat_tmp, n_total, np.float32) if feat_tmp is not None else _MemRows(np.float32)
+            feat_w = (_NpyRows(feat_tmp, n_total, np.float32, features_path) if feat_tmp is not None
+                      else _MemRows(np.float32))
         try:
             with torch.inference_mode():
                 for ids, images, fimages in batches:

@@ -278,7 +278,7 @@ def _merge(folder: Path, run: Path, plan: list[tuple[int, int]], ids: list[str],
     """Concatenate the shards in order into ``RUN/latents.npy`` and ``RUN/features.npy``; return a ScoreResult."""
     import pandas as pd
 
-    from .._io import atomic_path
+    from .._io import atomic_path, reserve_disk
     from ..measures import ScoreResult
 
     parts = [pd.read_parquet(folder / f"{_shard_name(k)}.parquet") for k in range(len(plan))]
@@ -297,6 +297,7 @@ def _merge(folder: Path, run: Path, plan: list[tuple[int, int]], ids: list[str],
         dtype = arrays[0].dtype
         with atomic_path(run / f"{name}.npy") as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, width.pop()))
+            reserve_disk(tmp, run / f"{name}.npy")
             for (a, b), arr in zip(plan, arrays, strict=True):
                 if arr.shape[0] != b - a:
                     raise DataError(f"{folder}: {name} shard rows {a}:{b} hold {arr.shape[0]} rows")
