@@ -126,3 +126,9 @@ def test_non_finite_numbers_are_usage_errors(args, capsys):
     """nan passes every bound check of click.FloatRange; memlens refuses it before any work (exit 2)."""
     assert main(args) == 2
     assert "is not a finite number" in capsys.readouterr().err
+
+
+def test_run_on_missing_data_creates_no_run_folder(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nonexist.csv"), "--out", str(tmp_path / "rx")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nonexist.csv'}: no such file or folder"
+    assert not (tmp_path / "rx").exists()

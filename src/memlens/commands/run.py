@@ -176,8 +176,11 @@ def summarize(run_dir: Path, record: dict[str, Any]) -> None:
 def run(ctx: click.Context, data: Path, out: Path, config_file: Path | None, sets: tuple[str, ...], force: bool,
         skip: tuple[str, ...], **flags: Any) -> None:
     """Run the whole pipeline on DATA into the run directory OUT."""
+    from ..errors import DataError
     from ._pipeline import run_pipeline
 
     options = build_stage_options(config_file, sets, flags)
+    if not data.exists() and not (out / "pipeline.json").is_file():  # nothing to run, and no run to update
+        raise DataError(f"{data}: no such file or folder")
     record = run_pipeline(data, out, options, force=force, skip=skip, obj=ctx.find_root().obj)
     summarize(out, record)
