@@ -132,3 +132,14 @@ def test_run_on_missing_data_creates_no_run_folder(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nonexist.csv"), "--out", str(tmp_path / "rx")]) == 1
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nonexist.csv'}: no such file or folder"
     assert not (tmp_path / "rx").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "DATA", "--out", "RUN", "--backbone", "vgg17"], "unknown backbone 'vgg17'; choose one of small, vgg16"),
+    (["train", "DATA", "--out", "RUN", "--device", "gpu"], "'gpu': use auto, cpu, cuda or cuda:N"),
+    (["predict", "x.jpg", "--run", "RUN", "--device", "cuda0"], "'cuda0': use auto, cpu, cuda or cuda:N"),
+    (["run", "DATA", "--out", "RUN", "--set", "train.nope=1"], "train.nope: unknown option"),
+])
+def test_typos_in_options_are_usage_errors(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err

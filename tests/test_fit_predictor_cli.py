@@ -122,12 +122,12 @@ def test_user_errors(tmp_path, capsys):
     assert main(["fit-predictor", str(run), "--features", "latents"]) == 1
     assert "no row in" in capsys.readouterr().err
     assert main(["fit-predictor", str(tmp_path / "nowhere")]) == 1
-    assert "per_image.csv not found" in capsys.readouterr().err
+    assert "per_image.csv: missing (make it with: memlens score" in capsys.readouterr().err
     run2, _ = make_run(tmp_path / "second")
     assert main(["fit-predictor", str(run2), "--cv", "1"]) == 1
     assert "at least 2 folds" in capsys.readouterr().err
-    assert main(["fit-predictor", str(run2), "--device", "nonsense"]) == 1
-    assert "unknown device" in capsys.readouterr().err
+    assert main(["fit-predictor", str(run2), "--device", "nonsense"]) == 2  # a typo: usage error
+    assert "'nonsense': use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert main(["fit-predictor", str(run), "--hidden", "a,b"]) == 2
     assert main(["fit-predictor", str(run), "--split", "loo"]) == 2
 

@@ -330,7 +330,7 @@ def test_training_interrupted_after_the_visual_experience_resumes(data, tmp_path
 def test_a_bad_option_of_a_late_stage_fails_before_anything_runs(data, tmp_path):
     run = tmp_path / "run"
     rc, text = _run(str(data), "--out", str(run), *FAST[:-4], "--set", "report.nope=1")
-    assert rc == 1 and "report.nope: unknown option (report takes none)" in text
+    assert rc == 2 and "report.nope: unknown option (report takes none)" in text  # a usage error
     rc, text = _run(str(data), "--out", str(run), *FAST, "--set", "analyze.method=kendall")
     assert rc == 2 and "kendall" in text and "[check]" not in text
     assert not run.exists()

@@ -215,7 +215,7 @@ def test_score_precision_option(demo, tmp_path, capsys):
         (["--metrics", "ssim"], 1, "dssim"),
         (["--pool", "max"], 2, "pool"),
         (["--distinct-reference", "split"], 1, "split column"),
-        (["--device", "tpu"], 1, "device"),
+        (["--device", "tpu"], 2, "'tpu': use auto, cpu, cuda or cuda:N"),  # a typo: usage error
         (["--distinct-k", str(N)], 1, f"--distinct-k {N}: needs more than {N} images; the data set has {N}"),
     ],
 )

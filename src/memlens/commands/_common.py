@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import click
@@ -16,6 +17,24 @@ class FiniteFloatRange(click.FloatRange):
         if rv is not None and not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return rv
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback for ``--device``: auto, cpu, mps, cuda or cuda:N (a typo is a usage error, exit 2); whether
+    that device exists is checked when the command runs."""
+    if value is None or re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        return value
+    raise click.BadParameter(f"{value!r}: use auto, cpu, cuda or cuda:N")
+
+
+def check_backbone(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback for ``--backbone``: a registered autoencoder (exit 2 otherwise)."""
+    from ..models import list_autoencoders
+
+    names = list_autoencoders()
+    if value is None or value in names:
+        return value
+    raise click.BadParameter(f"unknown backbone {value!r}; choose one of {', '.join(names)}")
 
 
 def progress_enabled(ctx: click.Context | None = None) -> bool:

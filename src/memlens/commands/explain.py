@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, echo, progress_enabled
+from ._common import FiniteFloatRange, check_device, echo, progress_enabled
 
 
 @click.command("explain")
@@ -105,7 +105,7 @@ from ._common import FiniteFloatRange, echo, progress_enabled
     show_default=True,
     help="Seed (aggregate sample, SmoothGrad, randomised head, bootstrap).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.pass_context
 def explain(
     ctx: click.Context,

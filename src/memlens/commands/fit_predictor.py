@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import progress_enabled
+from ._common import check_device, progress_enabled
 
 
 def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -46,7 +46,7 @@ def _fmt(v: float, digits: int = 3) -> str:
               help="Hidden layer widths, comma-separated (e.g. 512,128).")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Upper bound on training epochs (early stopping usually ends sooner).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (training the MLP).")
+@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu, cuda or auto (training the MLP).")
 def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, model: str,
                   hidden: tuple[int, ...], max_epochs: int, device: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.

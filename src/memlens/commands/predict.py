@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, progress_enabled
+from ._common import FiniteFloatRange, check_device, progress_enabled
 
 
 @click.command("predict")
@@ -17,7 +17,7 @@ from ._common import FiniteFloatRange, progress_enabled
               help="CSV to write (columns image, predicted_score) [default: print to stdout].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass (scores do not depend on it).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: a Ray actor pool (pip install 'memlens[ray]').")
 @click.option("--address", default=None, help="ray: the cluster address [default: a local Ray on 127.0.0.1].")

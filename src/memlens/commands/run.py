@@ -105,12 +105,16 @@ def build_stage_options(config_file: Path | None, sets: tuple[str, ...], flags: 
                         base: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Merge base < config file < --set < flags into ``{stage: {option: value}}`` (validated)."""
     from ..config import PipelineConfig, load_config
+    from ..errors import ConfigError
 
     merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
     layers = []
     if config_file is not None:
         layers.append(load_config(config_file).to_dict())
-    layers.append(PipelineConfig(_parse_sets(sets)).to_dict())
+    try:
+        layers.append(PipelineConfig(_parse_sets(sets)).to_dict())
+    except ConfigError as exc:  # an unknown option or a bad value given on the command line: a usage error
+        raise click.BadParameter("; ".join(exc.lines()), param_hint="--set") from None
     for layer in layers:
         for stage, opts in layer.items():
             merged.setdefault(stage, {}).update(opts)

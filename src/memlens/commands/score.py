@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, progress_enabled
+from ._common import FiniteFloatRange, check_device, progress_enabled
 
 
 def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -44,7 +44,7 @@ def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Image-decoding worker processes; with --engine ray: model actors (0: one per GPU, else "
               "one per CPU).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Score in this process, or on a Ray cluster (needs memlens[ray]).")
 @click.option("--address", default=None, help="--engine ray: the Ray cluster (auto, HOST:6379, ray://HOST:10001) "

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import FiniteFloatRange, progress_enabled
+from ._common import FiniteFloatRange, check_backbone, check_device, progress_enabled
 
 # kept here (not imported from memlens) so that importing this module stays light
 _LAYOUT_CHOICES = ["auto", "csv", "memcat", "lamem", "lnsim", "folder"]
@@ -53,7 +53,7 @@ class _Bar:
 @click.command("train")
 @click.argument("data", type=click.Path(path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, callback=check_backbone,
               help=f"Autoencoder backbone: {_BACKBONES_HINT}.")
 @click.option("--init", default=None, metavar="scratch|imagenet|PATH",
               help="Initial weights [default: the backbone's: imagenet for efficientnet_lite*, scratch otherwise]; "
@@ -87,7 +87,7 @@ class _Bar:
 @click.option("--image-size", type=click.IntRange(min=8), default=None,
               help="Square input size [default: the backbone's, 64 for small, 224 otherwise].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order, splits.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same settings).")
 @click.option("--layout", type=click.Choice(_LAYOUT_CHOICES), default="auto", show_default=True,
               help="Data layout of DATA (see docs/datasets.md).")
