@@ -187,6 +187,13 @@ def test_tsv_and_semicolon_and_bom(tmp_path: Path):
     make_image(bom.parent / "p.jpg")
     bom.write_bytes("\ufeffimage,score\np.jpg,0.75\n".encode())
     assert load_dataset(bom).scores.tolist() == [0.75]
+    # Excel's "sep=;" first line: it names the separator, the header follows, line numbers stay the file's
+    semi.write_text("sep=;\nimage;score;note\np.jpg;0.25;a,b\n")
+    ds = load_dataset(semi)
+    assert ds.scores.tolist() == [0.25] and ds.table["note"].tolist() == ["a,b"]
+    semi.write_text("sep=;\nimage;score\np.jpg;2.5\n")
+    with pytest.raises(ValidationError, match=r"score 2\.5 outside \[0, 1\] \(t\.csv line 3\)"):
+        load_dataset(semi)
 
 
 def test_csv_without_scores(tmp_path: Path):

@@ -59,8 +59,10 @@ def test_stats_json_pooled_only(capsys, table):
 def test_stats_reads_semicolon_and_tab_tables_like_check(capsys, table, tmp_path):
     df = pd.read_csv(table)
     ref = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--n-boot", "0", "--format", "json")[1]
-    for name, sep in (("semi.csv", ";"), ("tabs.txt", "\t")):
-        df.to_csv(tmp_path / name, index=False, sep=sep, encoding="utf-8-sig")
+    (tmp_path / "excel.csv").write_text("sep=;\n" + df.to_csv(index=False, sep=";"))
+    for name, sep in (("semi.csv", ";"), ("tabs.txt", "\t"), ("excel.csv", None)):
+        if sep:
+            df.to_csv(tmp_path / name, index=False, sep=sep, encoding="utf-8-sig")
         rc, out, err = _run(capsys, "stats", tmp_path / name, "--x", "x", "--y", "y", "--n-boot", "0", "--format",
                             "json")
         assert rc == 0, err

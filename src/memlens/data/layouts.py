@@ -487,10 +487,14 @@ def _parse_table(path: Path, problems: list[Problem]) -> tuple[pd.DataFrame, pd.
         problems.append(Problem(str(path), "empty table (no header line, no rows): empty collection"))
         return None
     sep = _separator(path, text)
+    skip = 0
+    excel = re.fullmatch(r"sep=(.)", text.split("\n", 1)[0].strip())
+    if excel:  # Excel's "sep=;" first line names the separator; the header is the next line
+        sep, skip = excel.group(1), 1
     try:
         strings = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                              skip_blank_lines=False)
-        typed = pd.read_csv(io.StringIO(text), sep=sep, skip_blank_lines=False)
+                              skip_blank_lines=False, skiprows=skip)
+        typed = pd.read_csv(io.StringIO(text), sep=sep, skip_blank_lines=False, skiprows=skip)
     except (pd.errors.ParserError, ValueError) as exc:
         msg = " ".join(str(exc).split())
         problems.append(Problem(str(path), f"cannot parse the table ({msg})"))
@@ -500,7 +504,7 @@ def _parse_table(path: Path, problems: list[Problem]) -> tuple[pd.DataFrame, pd.
     if len(strings) != len(typed):  # pragma: no cover - both reads see the same rows
         typed = strings.copy()
     blank = (strings == "").all(axis=1).to_numpy() if len(strings.columns) else np.zeros(len(strings), bool)
-    lines = [i + 2 for i in range(len(strings)) if not blank[i]]
+    lines = [i + 2 + skip for i in range(len(strings)) if not blank[i]]
     strings = strings[~blank].reset_index(drop=True)
     typed = typed[~blank].reset_index(drop=True)
     # An unnamed first column holding 1..n or 0..n-1 is a row index written by R or pandas: drop it.
