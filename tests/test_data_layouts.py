@@ -191,6 +191,8 @@ def test_tsv_and_semicolon_and_bom(tmp_path: Path):
     semi.write_text("sep=;\nimage;score;note\np.jpg;0.25;a,b\n")
     ds = load_dataset(semi)
     assert ds.scores.tolist() == [0.25] and ds.table["note"].tolist() == ["a,b"]
+    semi.write_bytes("image\tscore\r\np.jpg\t0.5\r\n".encode("utf-16"))  # Excel's "Unicode text": UTF-16 + BOM
+    assert load_dataset(semi).scores.tolist() == [0.5]
     semi.write_text("sep=;\nimage;score\np.jpg;2.5\n")
     with pytest.raises(ValidationError, match=r"score 2\.5 outside \[0, 1\] \(t\.csv line 3\)"):
         load_dataset(semi)

@@ -440,12 +440,17 @@ def _strip_where(message: str, where: str) -> str:
 
 
 def _read_table_text(path: Path, problems: list[Problem]) -> str | None:
-    """The table's text (UTF-8, with or without BOM), or None with a problem."""
+    """The table's text (UTF-8 with or without BOM, or UTF-16 with BOM), or None with a problem."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         problems.append(Problem(str(path), f"cannot read the table ({exc.strerror or exc})"))
         return None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its byte-order mark (Excel's "Unicode text")
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass  # not UTF-16 after all: reported below
     if b"\x00" in data[:8192]:
         problems.append(Problem(str(path), "not a text table (binary content, e.g. a spreadsheet saved "
                                            "with a .csv name); export it as UTF-8 CSV"))
