@@ -125,7 +125,7 @@ def test_stats_missing_column_and_non_numeric(capsys, table):
     df["x"] = [f"{v:.3f}".replace(".", ",") for v in df.x]
     df.to_csv(table.parent / "comma.csv", sep=";", index=False)
     rc, _, err = _run(capsys, "stats", table.parent / "comma.csv", "--x", "x", "--y", "y")
-    assert rc == 1 and err.count("\n") == 1 and "they look like decimal commas" in err
+    assert rc == 1 and err.count("\n") == 1 and "they look like numbers written with a comma (0,73 or 1,234)" in err
     rc, _, err = _run(capsys, "stats", table.parent / "absent.csv", "--x", "x", "--y", "y")
     assert rc == 1 and "absent.csv: no such table file" in err
     rc, _, err = _run(capsys, "stats", table, "--x", "x", "--y", "y", "--method", "kendall")

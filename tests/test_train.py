@@ -413,6 +413,8 @@ def test_a_failed_retrain_puts_the_earlier_run_back(tmp_path, capsys):
     assert "not an image file" in capsys.readouterr().err
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before and not (run / ".replaced-outputs").exists()
+    # and the failed training left no state that a --resume could continue next to the earlier run's files
+    assert not (run / "checkpoints").exists()
     (data / exposed).write_bytes(good)
     # a learning rate that makes the loss overflow: a clear error, and the earlier run is still there
     assert main(["train", str(data), "--out", str(run), *_FAST, "--lr", "1e30", "--overwrite"]) == 1
@@ -424,3 +426,26 @@ def test_a_failed_retrain_puts_the_earlier_run_back(tmp_path, capsys):
     assert not (run / "per_image.csv").exists() and not (run / ".replaced-outputs").exists()
     assert (run / "autoencoder.pt").read_bytes() != before["autoencoder.pt"]
     assert json.loads((run / "manifest.json").read_text())["seeds"]["seed"] == 5
+
+
+def test_a_killed_retrain_is_undone_before_the_next_one(tmp_path, capsys):
+    """A retrain killed (SIGKILL, out of memory) while the earlier run waited in .replaced-outputs/: the next
+    train puts that run back whole first, so its checks see the earlier run's later outputs."""
+    data = _csv_set(tmp_path / "set")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *_FAST]) == 0
+    (run / "per_image.csv").write_text("image_id,recon_mse\nim00.png,0.1\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    aside = run / ".replaced-outputs"  # the state a kill during the exposure leaves behind
+    aside.mkdir()
+    for p in list(run.iterdir()):
+        if p.is_file():
+            p.rename(aside / p.name)
+    (run / "autoencoder_before.pt").write_bytes(b"partial new model")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "exposure.pt").write_bytes(b"state of the killed training")
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(run), *_FAST, "--seed", "9"]) == 1  # no --overwrite
+    assert "per_image.csv" in capsys.readouterr().err  # refused: the earlier run's later outputs are back
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert not aside.exists() and not (run / "checkpoints").exists()

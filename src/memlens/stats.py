@@ -703,7 +703,8 @@ def _numeric(df: pd.DataFrame, col: str, where: str = "table") -> np.ndarray:
         texts = s[bad].astype(str).str.strip()
         hint = ""
         if texts.str.fullmatch(r"[-+]?\d*,\d+").mean() > 0.5:
-            hint = "; they look like decimal commas (0,73): save the table with decimal points"
+            hint = ("; they look like numbers written with a comma (0,73 or 1,234): save the table with decimal "
+                    "points and no thousands separators")
         raise DataError(f"{where}: column {col!r} is not numeric ({int(bad.sum())} non-numeric values, "
                         f"e.g. {example!r} in {row}){hint}")
     return conv.to_numpy(dtype=float)
@@ -1017,7 +1018,7 @@ def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman
         n_experience = int((~keep).sum())
         if n_experience:
             log.info("%d experience images (%s) left out of the exposure analysis", n_experience, exp_file.name)
-            df = df[keep].reset_index(drop=True)
+            df = df[keep]  # the index stays the file's row numbers, which error messages name
     if by == _AUTO:
         by = "category" if "category" in df.columns and df["category"].nunique(dropna=True) >= 2 else None
     recon, dist = _measure_columns(df)

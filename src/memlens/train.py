@@ -1124,6 +1124,7 @@ def train_run(
     make_loss(loss)
     # resuming an interrupted training (its checkpoints, or the visual experience done and the exposure not)
     # keeps the directory as it is; anything else, --resume or not, is a new training
+    _recover_set_aside(shared_out)  # a killed retrain's earlier run first: the checks below must see it
     stale = [] if (resume and has_resumable_state(shared_out)) else later_outputs(shared_out)
     if stale and not overwrite:
         shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
@@ -1382,8 +1383,9 @@ def _check_finite(model: nn.Module, res: TrainResult, phase: str, lr: float | No
     bad_weights = any(not torch.isfinite(p).all() for p in model.parameters())
     if bad_loss is None and not bad_weights:
         return
-    where = f"the loss became {losses[bad_loss]} at step {bad_loss + 1} of {len(losses)}" if bad_loss is not None \
-        else "the weights are no longer finite"
+    unit = "step" if phase == "exposure" else "epoch"  # the curve has a row per image, or per epoch
+    where = f"the loss became {losses[bad_loss]} at {unit} {bad_loss + 1} of {len(losses)}" \
+        if bad_loss is not None else "the weights are no longer finite"
     rate = f" (it was {lr:g})" if isinstance(lr, (int, float)) else ""
     raise TrainingError(f"the {phase} diverged: {where}; use a lower learning rate {flag}{rate}")
 
@@ -1391,24 +1393,51 @@ def _check_finite(model: nn.Module, res: TrainResult, phase: str, lr: float | No
 _ASIDE = ".replaced-outputs"  # where the earlier run's files wait while a new training runs
 
 
+def _put_back_earlier_run(out: Path, aside: Path, names: Sequence[str]) -> None:
+    """Put the earlier run back: remove what a failed training wrote (``names`` and its training states in
+    ``checkpoints/``), then move everything in ``aside`` back into ``out``."""
+    import os
+
+    for name in {*names, *(p.name for p in aside.iterdir())}:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+    for name in TRAIN_STATES:  # a resume must not continue the failed training next to the earlier run's files
+        with contextlib.suppress(FileNotFoundError):
+            (out / "checkpoints" / name).unlink()
+    with contextlib.suppress(OSError):
+        (out / "checkpoints").rmdir()
+    for p in sorted(aside.iterdir()):
+        os.replace(p, out / p.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _recover_set_aside(out: Path) -> None:
+    """A ``.replaced-outputs/`` folder left by a killed retrain: put that earlier run back, whole."""
+    aside = Path(out) / _ASIDE
+    if aside.is_dir():
+        _put_back_earlier_run(Path(out), aside, RUN_FILES)
+        log.warning("%s: an earlier training was killed while replacing a run; that run's files were put back",
+                    out)
+
+
 @contextlib.contextmanager
 def _set_aside(out: Path, names: Sequence[str]) -> Iterator[list[str]]:
     """Move ``out/<name>`` (files or folders) to ``out/.replaced-outputs/`` for the duration of the block.
 
     Yields the names moved. When the block raises (a bad image, a diverging loss, Ctrl-C) and there was an
-    earlier run, every file of ``names`` the block wrote is removed and the earlier files are put back, so a
-    failed training never leaves a run without its model or with a mix of two runs. Without an earlier run
-    the partial outputs stay, for ``--resume``. When the block completes, the earlier files are deleted.
-    Training states in ``checkpoints/`` are never touched here.
+    earlier run, every file of ``names`` the block wrote and its training states are removed and the earlier
+    files are put back, so a failed training never leaves a run without its model or with a mix of two runs
+    (such a retrain is started again, not resumed). Without an earlier run the partial outputs and states
+    stay, for ``--resume``. When the block completes, the earlier files are deleted. A process killed inside
+    the block leaves the folder for :func:`_recover_set_aside`.
     """
     import os
 
     aside = out / _ASIDE
-    if aside.exists():  # left by a killed process: the earlier run's files, put them back first
-        for p in sorted(aside.iterdir()):
-            if not (out / p.name).exists():
-                os.replace(p, out / p.name)
-        shutil.rmtree(aside, ignore_errors=True)
     moved = []
     for name in names:
         if (out / name).exists() or (out / name).is_symlink():
@@ -1419,15 +1448,7 @@ def _set_aside(out: Path, names: Sequence[str]) -> Iterator[list[str]]:
         yield moved
     except BaseException:
         if moved:
-            for name in names:
-                target = out / name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        target.unlink()
-            for name in moved:
-                os.replace(aside / name, out / name)
+            _put_back_earlier_run(out, aside, names)
             log.warning("the training did not complete: the earlier run's files in %s were put back", out)
         shutil.rmtree(aside, ignore_errors=True)
         raise

@@ -20,9 +20,9 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback for ``--device``: auto, cpu, mps, cuda or cuda:N (a typo is a usage error, exit 2); whether
-    that device exists is checked when the command runs."""
-    if value is None or re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+    """Callback for ``--device``: auto, cpu, cuda or cuda:N (a typo is a usage error, exit 2); whether that
+    device exists is checked when the command runs."""
+    if value is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         return value
     raise click.BadParameter(f"{value!r}: use auto, cpu, cuda or cuda:N")
 

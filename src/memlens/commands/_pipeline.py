@@ -240,7 +240,8 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
             save()
     except BaseException as exc:
         if running is not None and run.is_dir():  # never leave "running" behind
-            stopped = isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort))
+            stopped = isinstance(exc, KeyboardInterrupt) or (  # click's Abort also wraps an EOFError: a failure
+                isinstance(exc, click.exceptions.Abort) and not isinstance(exc.__cause__ or exc.__context__, EOFError))
             stages_state[running] = {**stages_state[running], "status": "interrupted" if stopped else "failed"}
             with contextlib.suppress(OSError):
                 save()

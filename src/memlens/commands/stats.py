@@ -25,7 +25,7 @@ def _read_table(path: Path):  # -> pandas.DataFrame
             head = fh.readline()
         # the separator as memlens check detects it (comma, tab or semicolon, from the header line, or Excel's
         # "sep=;" first line)
-        excel = re.fullmatch(r"sep=(.)", head.strip())
+        excel = re.fullmatch(r"sep=(.)", head.rstrip("\r\n"))  # not strip(): sep=\t and sep= (space)
         df = pd.read_csv(path, sep=excel.group(1) if excel else _separator(path, head), encoding="utf-8-sig",
                          skiprows=1 if excel else 0)
     except UnicodeDecodeError:

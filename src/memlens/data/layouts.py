@@ -493,7 +493,7 @@ def _parse_table(path: Path, problems: list[Problem]) -> tuple[pd.DataFrame, pd.
         return None
     sep = _separator(path, text)
     skip = 0
-    excel = re.fullmatch(r"sep=(.)", text.split("\n", 1)[0].strip())
+    excel = re.fullmatch(r"sep=(.)", text.split("\n", 1)[0].rstrip("\r"))  # sep=\t and sep= are kept
     if excel:  # Excel's "sep=;" first line names the separator; the header is the next line
         sep, skip = excel.group(1), 1
     try:

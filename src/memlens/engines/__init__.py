@@ -87,7 +87,7 @@ def prepare_run(run: str | os.PathLike, data: Any = None, *, metrics: Sequence[s
     table = ds.table.reset_index(drop=True)
     if len(table) == 0:
         raise DataError(f"{getattr(ds, 'root', data)}: no images to score")
-    if int(distinct_k) >= len(table):  # every image would have fewer than k other images: all NaN
+    if int(distinct_k) > 1 and int(distinct_k) >= len(table):  # fewer than k other images for all: all NaN
         raise ConfigError(f"--distinct-k {distinct_k}: needs more than {distinct_k} images; the data set has "
                           f"{len(table)}")
     ref_args = measures._reference_args(table, distinct_reference)
@@ -183,6 +183,8 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
                         f"({len(ids)} scored, {len(table)} in the table)")
     if any("\n" in i for i in ids):  # pragma: no cover - ids are file paths
         raise DataError("an image id contains a line break; latent_ids.txt cannot hold it")
+    # at once: latents.npy and features.npy are already in place, and their rows are these images
+    atomic_write_text(run / "latent_ids.txt", "".join(f"{i}\n" for i in ids))
 
     out = pd.DataFrame({c: table[c] for c in measures._LEADING if c in table.columns})
     for col in result.table.columns[1:]:
@@ -212,8 +214,6 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         log.warning("source columns replaced by computed ones: %s", ", ".join(clashes))
     for c in passthrough:
         out[c] = table[c].to_numpy()
-    # the tables are written only now that everything is computed (a failing index leaves the old ones)
-    atomic_write_text(run / "latent_ids.txt", "".join(f"{i}\n" for i in ids))
     with atomic_path(run / "per_image.csv") as tmp:
         out.to_csv(tmp, index=False)
 
