@@ -231,7 +231,19 @@ def test_predictor_file_errors(tmp_path):
     recipe = [{"kind": "autoencoder", "checkpoint": "autoencoder.pt", "sha256": "0" * 64, "pool": "avg",
                "size": 16, "dim": 8}]
     save_predictor(tmp_path / "predictor.pt", est, recipe)
-    with pytest.raises(CheckpointError, match="changed since the predictor was fitted"):
+    with pytest.raises(CheckpointError, match="changed since the predictor was fitted"):  # an older predictor
+        load_memorability_model(tmp_path / "predictor.pt")
+    # newer predictors compare the weights, not the file: the same weights saved again (other timings in the
+    # file) are accepted, other weights are refused
+    from memlens.models import create_autoencoder, save_autoencoder
+    from memlens.predict import weights_sha256
+
+    save_autoencoder(tmp_path / "autoencoder.pt", ae, extra={"seconds": 12.3})
+    save_predictor(tmp_path / "predictor.pt", est, [{**recipe[0], "weights_sha256": weights_sha256(ae)}])
+    assert load_memorability_model(tmp_path / "predictor.pt").predict(torch.rand(2, 3, 16, 16)).shape == (2,)
+    other = create_autoencoder(ae.spec.name, **{k: v for k, v in ae.config.items() if k != "seed"}, seed=7)
+    save_autoencoder(tmp_path / "autoencoder.pt", other)
+    with pytest.raises(CheckpointError, match="holds other weights than the autoencoder the predictor was fitted on"):
         load_memorability_model(tmp_path / "predictor.pt")
     torch.save({"hello": 1}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a memlens predictor"):

@@ -798,6 +798,21 @@ def read_predictor(path: str | os.PathLike, map_location: Any = "cpu") -> dict[s
     return obj
 
 
+def weights_sha256(module: Any) -> str:
+    """SHA-256 of a module's state (every tensor's name, dtype, shape and values, in name order).
+
+    Two checkpoint files with the same weights give the same value, whatever else they store.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _build_encoder(r: dict[str, Any], folder: Path, map_location: Any) -> Any:
     from ._io import file_sha256
     from .errors import CheckpointError
@@ -810,11 +825,16 @@ def _build_encoder(r: dict[str, Any], folder: Path, map_location: Any) -> Any:
         ck = ck if ck.is_absolute() else folder / ck
         if not ck.is_file():
             raise CheckpointError(f"the predictor needs the autoencoder {ck}, which is missing")
-        want = r.get("sha256")
-        if want and file_sha256(ck) != want:
+        want, want_weights = r.get("sha256"), r.get("weights_sha256")
+        if want and not want_weights and file_sha256(ck) != want:  # a predictor saved before weights_sha256
             raise CheckpointError(f"{ck} changed since the predictor was fitted (SHA-256 differs); "
                                   "refit it: memlens fit-predictor RUN")
-        return load_autoencoder(ck, map_location=map_location)
+        model = load_autoencoder(ck, map_location=map_location)
+        # the weights, not the file: a checkpoint also holds timings, so the same weights saved twice differ
+        if want_weights and weights_sha256(model) != want_weights:
+            raise CheckpointError(f"{ck} holds other weights than the autoencoder the predictor was fitted on; "
+                                  "refit it: memlens fit-predictor RUN")
+        return model
     if kind == "pretrained":
         from .models.efficientnet import pooled_feature_extractor
 
@@ -1124,8 +1144,9 @@ def _latent_recipe(run: Path, dim: int) -> dict[str, Any]:
         raise RunDirError(f"{run}/latents.npy has {dim} columns but the autoencoder's latent "
                           f"{tuple(z.shape[1:])} gives {full} (flattened) or {chans} (pooled); "
                           "rescore the run (memlens score) or record score.layer in config.json")
-    return {"kind": "autoencoder", "checkpoint": "autoencoder.pt", "sha256": file_sha256(ckpt), "pool": pool,
-            "layer": layer, "size": size, "dim": dim, "name": ae.spec.name}
+    return {"kind": "autoencoder", "checkpoint": "autoencoder.pt", "sha256": file_sha256(ckpt),
+            "weights_sha256": weights_sha256(ae), "pool": pool, "layer": layer, "size": size, "dim": dim,
+            "name": ae.spec.name}
 
 
 def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str], *,
