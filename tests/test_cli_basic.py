@@ -143,3 +143,11 @@ def test_run_on_missing_data_creates_no_run_folder(tmp_path, capsys):
 def test_typos_in_options_are_usage_errors(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_submodules_are_attributes_of_the_package():
+    """memlens.explain.overlay_figure works in a fresh interpreter, without importing memlens.explain first."""
+    code = ("import memlens; f = memlens.explain.overlay_figure; g = memlens.stats.fdr_bh\n"
+            "try:\n    memlens.nonexistent\nexcept AttributeError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "module 'memlens' has no attribute 'nonexistent'"

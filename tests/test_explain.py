@@ -111,6 +111,22 @@ def test_baselines():
         make_baseline(x, torch.zeros(3, 4, 4))
 
 
+def test_every_layer_gets_its_own_mode_back(images):
+    """Fine-tuning with a frozen BatchNorm, or Monte-Carlo dropout in an eval model: each layer's mode returns."""
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 1))
+    net.train()
+    net[1].eval()
+    integrated_gradients(net, images[:1], n_steps=4)
+    assert net.training and not net[1].training and net[2].training
+    net.eval()
+    net[2].train()
+    integrated_gradients(net, images[:1], n_steps=4)
+    assert not net.training and not net[1].training and net[2].training
+
+
 def test_maps_are_batch_invariant_and_model_is_put_in_eval_mode(images):
     model = Toy()
     model.train()

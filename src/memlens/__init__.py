@@ -58,6 +58,12 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
+        # a submodule (memlens.explain, memlens.stats, ...): available as an attribute without importing it first
+        try:
+            return importlib.import_module(f"memlens.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"memlens.{name}":
+                raise
         raise AttributeError(f"module 'memlens' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

@@ -263,6 +263,14 @@ def integrated_gradients(
         Number of noisy copies for SmoothGrad (:class:`captum.attr.NoiseTunnel`, ``nt_type="smoothgrad"``);
         0 = plain IG. The noise is Gaussian with SD ``smoothgrad_sigma`` (image units, [0, 1] scale) and is
         seeded from ``seed`` and the image content.
+    smoothgrad_sigma
+        SD of the SmoothGrad noise, on the [0, 1] image scale (noisy copies are clipped to [0, 1]).
+    seed
+        Seed of the SmoothGrad noise (combined with each image's content, so a map does not depend on the
+        other images of the call); unused without SmoothGrad. The global torch RNG is not touched.
+    method
+        captum's integration rule: ``"gausslegendre"`` (default), ``"riemann_trapezoid"``, ``"riemann_left"``,
+        ``"riemann_right"`` or ``"riemann_middle"``.
     delta_tolerance
         Images whose relative convergence delta exceeds this are flagged (and logged as a warning).
     blur_sigma
@@ -292,7 +300,7 @@ def integrated_gradients(
     baseline_name = baseline if isinstance(baseline, str) else "tensor"
     device = _model_device(model)
     wrapped = _ScalarOutput(model)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each layer's own mode (e.g. a frozen BatchNorm)
     model.eval()
     n = x_all.shape[0]
     attrs = np.zeros(tuple(x_all.shape), dtype=np.float32)
@@ -345,7 +353,8 @@ def integrated_gradients(
                 if progress is not None:
                     progress(1)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     gap = np.abs(f_x - f_b)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(

@@ -110,6 +110,7 @@ DEFAULT_FEATURE_SET = "lite01"
 
 
 def list_feature_sets() -> list[str]:
+    """Names of the registered feature sets (``--features`` of ``memlens fit-predictor``), sorted."""
     return sorted(FEATURE_SETS)
 
 
@@ -190,7 +191,26 @@ def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DE
     """Feature-set columns (N, F) float32 of image files, in order (decoded with the set's aspect rule).
 
     Images of one shape are batched (``batch_size``); the result does not depend on the batching.
-    Raises :class:`memlens.errors.ImageReadError` for an unreadable file.
+
+    Parameters
+    ----------
+    paths : sequence of paths
+        Image files, in the order of the rows returned.
+    feature_set : str or FeatureSet
+        A registered set (:func:`list_feature_sets`, default ``"lite01"``) or a :class:`FeatureSet`.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    batch_size : int
+        Images per forward pass (of one shape).
+    model : FeatureSetExtractor, optional
+        An extractor already built for ``feature_set`` (saves loading its weights again).
+    progress : callable, optional
+        ``progress(k)`` after each batch of ``k`` images.
+
+    Raises
+    ------
+    memlens.data.images.ImageReadError
+        For a file that cannot be decoded (a :class:`memlens.errors.DataError`).
     """
     from .data.images import load_image, load_image_aspect
 

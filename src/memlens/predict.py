@@ -604,15 +604,16 @@ def _per_branch(value: Any, n: int, name: str) -> list[Any]:
 
 
 class MemorabilityModel(nn.Module):
-    """Images in [0, 1] (N, 3, H, W) -> predicted memorability (N,): encoder(s) + pooling + MLP head.
+    """Images in [0, 1] (N, 3, H, W) -> predicted memorability (N,): encoder(s) + pooling + regression head.
 
     Parameters
     ----------
     encoder : nn.Module or sequence of nn.Module
         Maps images to a latent (N, C, h, w) or features (N, D). An autoencoder is used through its
         ``encode``. Several encoders are concatenated in order (e.g. latents and pretrained features).
-    head : MemorabilityRegressor or nn.Module
-        A fitted regressor (converted with :meth:`MemorabilityRegressor.to_torch`) or a module (N, D) -> (N,).
+    head : MemorabilitySVR, MemorabilityRegressor or nn.Module
+        A fitted regressor (the SVR, memlens's default, or the MLP; converted with its ``to_torch``) or a
+        module (N, D) -> (N,).
     pool : {"none", "avg"} or a sequence of them
         ``none`` flattens each latent, ``avg`` averages over positions first (as ``memlens score --pool``).
     sizes : int or sequence of int, optional
@@ -625,8 +626,8 @@ class MemorabilityModel(nn.Module):
     Attributes
     ----------
     encoder : nn.Module (a ``ModuleList`` for several encoders)
-    head : nn.Module (input scaler, MLP, inverse target scaler)
-    regressor : the fitted :class:`MemorabilityRegressor`, when given
+    head : nn.Module (input scaler, SVR kernel expansion or MLP, inverse target scaler)
+    regressor : the fitted :class:`MemorabilitySVR` or :class:`MemorabilityRegressor`, when given
     input_size : the side images should have (the first encoder's), or None
 
     Encoders always stay in eval mode (batch-norm statistics are part of the fitted pipeline), so a

@@ -457,6 +457,7 @@ def fit_autoencoder(
     augment : pretrain: random resized crop + horizontal flip.
     bn : ``"auto"`` (exposure: frozen, pretrain: train), ``"frozen"`` or ``"train"``.
     freeze_encoder : train only the decoder (encoder in eval mode, no gradients).
+    weight_decay : Adam's L2 penalty on the weights (default 0).
     checkpoint_path, checkpoint_every, resume : atomic training-state checkpoints and resumption.
     max_steps : stop after this many steps in total (the state is checkpointed; resume continues).
     progress : ``progress(done, total, info)`` after each step (info: phase, epoch, loss when known).
