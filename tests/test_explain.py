@@ -151,12 +151,12 @@ def test_maps_are_batch_invariant_and_model_is_put_in_eval_mode(images):
 def test_too_few_steps_on_a_nonlinear_model_is_flagged_not_hidden(images, caplog):
     model = Wiggly()
     with caplog.at_level(logging.WARNING, logger="memlens.explain"):
-        coarse = integrated_gradients(model, images, n_steps=2, internal_batch_size=2)
+        coarse = integrated_gradients(model, images, n_steps=2, internal_batch_size=2, error_check=False)
     assert coarse.flagged.all() and coarse.n_flagged == 5
     assert (coarse.relative_delta > 0.05).all()
     assert coarse.maps.shape == (5, 1, H, W) and np.isfinite(coarse.maps).all()  # kept, not dropped
     assert any("did not converge for 5 of 5" in r.getMessage() for r in caplog.records)
-    fine = integrated_gradients(model, images, n_steps=96, internal_batch_size=32)
+    fine = integrated_gradients(model, images, n_steps=96, internal_batch_size=32, error_check=False)
     assert not fine.flagged.any()
     assert np.abs(fine.delta).max() < 1e-3 * np.abs(fine.scores - fine.baseline_scores).min()
     np.testing.assert_allclose(
@@ -169,6 +169,29 @@ def test_too_few_steps_on_a_nonlinear_model_is_flagged_not_hidden(images, caplog
         rtol=1e-4,
         atol=1e-3,
     )
+
+
+def test_map_error_estimate_tracks_the_real_error_and_flags_by_it(images, caplog):
+    """The default flag: each map's error estimated from a half-step pass, checked against a 512-step map."""
+    model = Wiggly()
+    ref = integrated_gradients(model, images, n_steps=512, internal_batch_size=64).attributions.reshape(5, -1)
+    missed = 0
+    for steps in (4, 6, 8, 12, 16, 24):
+        res = integrated_gradients(model, images, n_steps=steps, internal_batch_size=16)
+        a = res.attributions.reshape(5, -1).astype(np.float64)
+        true = np.abs(a - ref).sum(1) / np.abs(ref).sum(1)
+        np.testing.assert_array_equal(res.flagged, res.map_error > 0.1)
+        missed += int(np.sum((true > 0.1) & ~res.flagged))  # an inaccurate map that passes: never
+    assert missed == 0
+    with caplog.at_level(logging.WARNING, logger="memlens.explain"):
+        coarse = integrated_gradients(model, images, n_steps=2, internal_batch_size=2)
+    assert coarse.flagged.all() and coarse.summary()["flag_criterion"] == "map_error"
+    assert any("the maps of 5 of 5 images are not accurate yet" in r.getMessage() for r in caplog.records)
+    fine = integrated_gradients(model, images, n_steps=96, internal_batch_size=32)
+    assert not fine.flagged.any() and fine.summary()["max_map_error"] < 0.1
+    # one step has no half: no estimate, the delta criterion decides
+    one = integrated_gradients(model, images[:1], n_steps=1)
+    assert np.isnan(one.map_error).all() and one.summary()["flag_criterion"] == "relative_delta"
 
 
 def test_smoothgrad_reproducible_per_seed_and_leaves_global_rng_alone(images):
@@ -379,6 +402,10 @@ def test_explain_run_writes_every_output(tmp_path, patched_model):
     n_maps = len(z["image_ids"])
     assert z["maps"].shape == (n_maps, 1, S, S) and z["flagged"].dtype == bool
     assert np.isfinite(z["deltas"]).all() and z["aggregate_top"].shape == (S, S)
+    # the default flag: each map's estimated error (from a pass at half the steps)
+    assert np.isfinite(z["map_errors"]).all() and np.array_equal(z["flagged"], z["map_errors"] > 0.1)
+    assert summary["integrated_gradients"]["flag_criterion"] == "map_error"
+    assert summary["integrated_gradients"]["max_map_error"] == pytest.approx(float(z["map_errors"].max()))
     assert z["aggregate_top"].sum() == pytest.approx(1.0, abs=1e-5)
     assert set(top_ids + bottom_ids + ["img_05.png"]) <= set(z["image_ids"].tolist())
     with torch.no_grad():  # the stored prediction is the model's output for that image
@@ -467,6 +494,7 @@ def test_explain_cli(tmp_path, patched_model, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "integrated gradients: " in out.out and "sanity check: mean Spearman" in out.out
+    assert "estimated map error median" in out.out
     assert (run / "descriptors.csv").is_file()
     info = json.loads((run / "attributions" / "explain.json").read_text())
     assert info["integrated_gradients"]["baseline"] == "blur" and info["integrated_gradients"]["n_steps"] == 4

@@ -650,6 +650,7 @@ def test_real_run_results_match_the_stage_files(real):
     assert ex["sanity"]["passed"] is sanity["passed"]
     sec = _section(page, "explanations")
     assert ("passed" if sanity["passed"] else "FAILED") in sec
+    assert f"{100 * explain['integrated_gradients']['max_map_error']:.1f}%)" in sec  # the maps' estimated accuracy
     assert sec.count("<img") == 4 + 1  # overlays + the quartile figure (it holds the three single maps)
 
     # descriptors: explain's correlations with both targets

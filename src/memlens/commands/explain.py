@@ -96,7 +96,20 @@ from ._common import FiniteFloatRange, check_device, echo, progress_enabled
     type=FiniteFloatRange(min=0.0),
     default=0.05,
     show_default=True,
-    help="Flag maps whose relative convergence delta exceeds this.",
+    help="With --no-error-check: flag maps whose relative convergence delta exceeds this.",
+)
+@click.option(
+    "--error-tolerance",
+    type=FiniteFloatRange(min=0.0),
+    default=0.1,
+    show_default=True,
+    help="Flag maps whose estimated error (from a pass at half the steps, relative to the map) exceeds this.",
+)
+@click.option(
+    "--error-check/--no-error-check",
+    default=True,
+    show_default=True,
+    help="Estimate each map's error from a second pass at half the steps (about 50% more time).",
 )
 @click.option(
     "--seed",
@@ -122,6 +135,8 @@ def explain(
     sanity_max: int,
     n_boot: int,
     delta_tolerance: float,
+    error_tolerance: float,
+    error_check: bool,
     seed: int,
     device: str,
 ) -> None:
@@ -158,19 +173,24 @@ def explain(
             sanity_max=sanity_max,
             n_boot=n_boot,
             delta_tolerance=delta_tolerance,
+            error_tolerance=error_tolerance,
+            error_check=error_check,
             device=device,
             progress=factory,
         )
     ig = summary["integrated_gradients"]
     n_maps = ig["n_images"]
+    checked = ig.get("flag_criterion") == "map_error"
+    accuracy = (f"estimated map error median {100 * ig['median_map_error']:.1f}%, max "
+                f"{100 * ig['max_map_error']:.1f}%; " if checked and ig.get("max_map_error") is not None else "")
     echo(
-        f"integrated gradients: {n_maps} maps ({ig['baseline']} baseline, {ig['n_steps']} steps), "
-        f"{ig['n_flagged']} flagged as not converged"
+        f"integrated gradients: {n_maps} maps ({ig['baseline']} baseline, {ig['n_steps']} steps), {accuracy}"
+        f"{ig['n_flagged']} flagged as " + ("not accurate yet" if checked else "not converged")
     )
     if ig["n_flagged"]:
         echo(
-            f"  not converged (rerun with more --steps): {', '.join(summary['flagged_ids'][:10])}"
-            + (" ..." if len(summary["flagged_ids"]) > 10 else "")
+            f"  {'not accurate yet' if checked else 'not converged'} (rerun with more --steps): "
+            f"{', '.join(summary['flagged_ids'][:10])}" + (" ..." if len(summary["flagged_ids"]) > 10 else "")
         )
     sanity = summary["sanity"]
     if sanity.get("mean_spearman") is not None:

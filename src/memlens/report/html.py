@@ -1287,14 +1287,16 @@ def _overlay_entries(att: Path, explain: Any, overlays: Sequence[Path]) -> list[
                 seen.add(e["file"])
                 out.append({"group": group, "rank": rank, "file": e["file"], "image_id": _clean(e.get("image_id")),
                             "score": _num(e.get("score")), "predicted_score": _num(e.get("predicted_score")),
-                            "flagged": bool(e.get("flagged")), "relative_delta": _num(e.get("relative_delta"))})
+                            "flagged": bool(e.get("flagged")), "relative_delta": _num(e.get("relative_delta")),
+                            "map_error": _num(e.get("map_error"))})
     for p in overlays:
         if p.name in seen:
             continue
         m = _OVERLAY_NAME.match(p.name)
         group, rank = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else ("other", None)
         out.append({"group": group, "rank": rank, "file": p.relative_to(att).as_posix(), "image_id": None,
-                    "score": None, "predicted_score": None, "flagged": None, "relative_delta": None})
+                    "score": None, "predicted_score": None, "flagged": None, "relative_delta": None,
+                    "map_error": None})
     return out
 
 
@@ -1359,11 +1361,21 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
                 f"{ig.get('n_images')} images" if ig.get("n_images") is not None else None]
         parts.append(_note("Settings: " + esc(", ".join(b for b in bits if b)) + "."))
         n_flagged = ig.get("n_flagged")
+        checked = ig.get("flag_criterion") == "map_error"
+        if checked and _isnum(ig.get("max_map_error")):
+            parts.append(_note(esc(f"Accuracy: each map's error, estimated from a second pass at half the steps, "
+                                   f"is {100 * ig['median_map_error']:.1f}% of the map's mass (median; largest "
+                                   f"{100 * ig['max_map_error']:.1f}%).")))
         if _isnum(n_flagged) and n_flagged > 0:
-            parts.append(_note(esc(f"{int(n_flagged)} of {ig.get('n_images')} maps did not converge (completeness "
-                                   f"error above {ig.get('delta_tolerance')} of the score difference; largest "
-                                   f"{fmt(ig.get('max_relative_delta'), 2)}): rerun memlens explain with more "
-                                   "--steps for exact maps."), True))
+            if checked:
+                parts.append(_note(esc(f"{int(n_flagged)} of {ig.get('n_images')} maps are not accurate yet "
+                                       f"(estimated error above {100 * ig.get('error_tolerance', 0.05):g}% of the map): "
+                                       "rerun memlens explain with more --steps."), True))
+            else:
+                parts.append(_note(esc(f"{int(n_flagged)} of {ig.get('n_images')} maps did not converge (completeness "
+                                       f"error above {ig.get('delta_tolerance')} of the score difference; largest "
+                                       f"{fmt(ig.get('max_relative_delta'), 2)}): rerun memlens explain with more "
+                                       "--steps for exact maps."), True))
 
     def grid(items: Sequence[tuple[Path, str, Sequence[str]]]) -> str:
         cells = []
@@ -1389,7 +1401,9 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
                 # the explained model is the final one, fitted on every image: not the gallery's out-of-fold value
                 lines.append(f"score {_f3(e['score'])} · in-sample prediction {_f3(e['predicted_score'])}")
             if e["flagged"]:
-                lines.append(f"not converged (relative error {fmt(e['relative_delta'], 2)})")
+                lines.append(f"not accurate yet (estimated error {100 * e['map_error']:.0f}%)"
+                             if e.get("map_error") is not None else
+                             f"not converged (relative error {fmt(e['relative_delta'], 2)})")
             items.append((att / e["file"], title, lines))
         if items:
             parts.append(f"<h3>{esc(heading)}</h3>" + grid(items))
