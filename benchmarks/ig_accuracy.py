@@ -1,0 +1,70 @@
+"""How accurate are a run's Integrated Gradients maps, and which flag tells? (docs/explain.md, "Accuracy of a map")
+
+Usage::
+
+    python benchmarks/ig_accuracy.py memlens-demo/run                    # 48 images, reference 1,024 steps
+    python benchmarks/ig_accuracy.py runs/lnsim --n 4 --reference 256    # 224-px models are slow on a CPU
+
+For ``--n`` images of the run (a seeded sample), the maps at each of ``--steps`` are compared with a map of
+``--reference`` steps: the "true" error is the L1 distance relative to the reference map's mass. Printed per
+step count: the true error (median, max), memlens's estimate ``map_error`` (from a second pass at half the
+steps) as a ratio to the true error, how many maps are really above 5 % and how many the completeness-delta flag
+(``relative_delta > 0.05``) catches, and the Spearman correlation of each criterion with the true error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import memlens  # noqa: F401
+except ImportError:  # a bare checkout: use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from memlens.data import load_image
+from memlens.explain import _input_size, _load_predictor, _load_run_dataset, integrated_gradients
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a run directory with predictor.pt (memlens run / fit-predictor)")
+    ap.add_argument("--n", type=int, default=48, help="images (a seeded sample of the run's)")
+    ap.add_argument("--reference", type=int, default=1024, help="steps of the reference maps")
+    ap.add_argument("--steps", default="8,16,32,64,128", help="step counts to assess, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.disable(logging.WARNING)  # the flags' warnings are what this script counts
+    torch.set_num_threads(args.threads)
+    model = _load_predictor(args.run / "predictor.pt", torch.device("cpu"))
+    size = _input_size(model, args.run)
+    ds = _load_run_dataset(args.run)
+    pick = np.random.default_rng(args.seed).choice(len(ds.paths), min(args.n, len(ds.paths)), replace=False)
+    x = torch.stack([torch.from_numpy(np.array(load_image(ds.paths[i], size)).transpose(2, 0, 1)) for i in pick])
+    x = x.float() / 255.0
+    ref = integrated_gradients(model, x, n_steps=args.reference, internal_batch_size=64, error_check=False)
+    ref_a = ref.attributions.reshape(len(x), -1).astype(np.float64)
+    print(f"{args.run}: {len(x)} images at {size} px, reference {args.reference} steps")
+    print("steps  true error median (max)  map_error/true  true>5%  delta flag  rho(map_error)  rho(rel. delta)")
+    for steps in (int(s) for s in args.steps.split(",")):
+        res = integrated_gradients(model, x, n_steps=steps, internal_batch_size=64)
+        a = res.attributions.reshape(len(x), -1).astype(np.float64)
+        true = np.abs(a - ref_a).sum(1) / np.abs(ref_a).sum(1)
+        ratio = res.map_error / true
+        rho_e = spearmanr(true, res.map_error)[0] if len(x) > 2 else float("nan")
+        rho_d = spearmanr(true, res.relative_delta)[0] if len(x) > 2 else float("nan")
+        print(f"{steps:5d}  {100 * np.median(true):6.1f} % ({100 * true.max():5.1f} %)        "
+              f"{ratio.min():.2f}-{ratio.max():.2f}  {int((true > 0.05).sum()):7d}  "
+              f"{int((res.relative_delta > 0.05).sum()):10d}  {rho_e:14.2f}  {rho_d:15.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
