@@ -189,9 +189,28 @@ def test_map_error_estimate_tracks_the_real_error_and_flags_by_it(images, caplog
     assert any("the maps of 5 of 5 images are not accurate yet" in r.getMessage() for r in caplog.records)
     fine = integrated_gradients(model, images, n_steps=96, internal_batch_size=32)
     assert not fine.flagged.any() and fine.summary()["max_map_error"] < 0.1
-    # one step has no half: no estimate, the delta criterion decides
+    # one step has no half: no estimate, the delta criterion decides; the same for Riemann rules below 4 steps
     one = integrated_gradients(model, images[:1], n_steps=1)
     assert np.isnan(one.map_error).all() and one.summary()["flag_criterion"] == "relative_delta"
+    for steps in (2, 3):
+        r = integrated_gradients(model, images[:1], n_steps=steps, method="riemann_trapezoid")
+        assert not r.error_checked and np.isnan(r.map_error).all()
+    assert integrated_gradients(model, images[:1], n_steps=4, method="riemann_trapezoid").error_checked
+
+
+def test_map_error_is_bounded_when_a_map_is_all_zero(images):
+    """A score flat on the first part of the path: the 1-point pass (node 0.5) gives a zero map, the 2-point
+    pass (nodes 0.21, 0.79) does not. The error is relative to the larger map: 0.5, not infinite."""
+    from torch import nn
+
+    class Kink(nn.Module):
+        def forward(self, x):
+            return torch.relu(x.mean(dim=(1, 2, 3)) - 0.3) * 10
+
+    x = torch.full((1, 3, H, W), 0.5)
+    res = integrated_gradients(Kink(), x, n_steps=2)
+    assert res.error_checked and res.map_error[0] == pytest.approx(0.5) and res.flagged[0]
+    assert res.summary()["flag_criterion"] == "map_error" and res.summary()["max_map_error"] is not None
 
 
 def test_smoothgrad_reproducible_per_seed_and_leaves_global_rng_alone(images):

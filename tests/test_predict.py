@@ -245,6 +245,10 @@ def test_predictor_file_errors(tmp_path):
     save_autoencoder(tmp_path / "autoencoder.pt", other)
     with pytest.raises(CheckpointError, match="holds other weights than the autoencoder the predictor was fitted on"):
         load_memorability_model(tmp_path / "predictor.pt")
+    # the same tensors with another input normalisation compute something else: another hash
+    renorm = create_autoencoder(ae.spec.name, **{**ae.config, "normalize": "none"})
+    renorm.load_state_dict(ae.state_dict())
+    assert weights_sha256(renorm) != weights_sha256(ae)
     torch.save({"hello": 1}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a memlens predictor"):
         load_memorability_model(tmp_path / "foreign.pt")

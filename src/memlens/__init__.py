@@ -58,6 +58,8 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
+        if name.startswith("_") or "." in name:  # private modules, dunder probes, dotted names: not attributes
+            raise AttributeError(f"module 'memlens' has no attribute {name!r}")
         # a submodule (memlens.explain, memlens.stats, ...): available as an attribute without importing it first
         try:
             return importlib.import_module(f"memlens.{name}")

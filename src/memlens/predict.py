@@ -800,15 +800,21 @@ def read_predictor(path: str | os.PathLike, map_location: Any = "cpu") -> dict[s
 
 
 def weights_sha256(module: Any) -> str:
-    """SHA-256 of a module's state (every tensor's name, dtype, shape and values, in name order).
+    """SHA-256 of a module's state: every tensor's name, dtype, shape and values, in name order, and for an
+    autoencoder its backbone name and configuration (input size, normalisation), which change what it computes.
 
-    Two checkpoint files with the same weights give the same value, whatever else they store.
+    Two checkpoint files with the same model give the same value, whatever else they store (timings).
     """
     import hashlib
+    import json
 
     h = hashlib.sha256()
+    spec = getattr(module, "spec", None)
+    if spec is not None or hasattr(module, "config"):
+        h.update(json.dumps({"name": getattr(spec, "name", None), "config": getattr(module, "config", None)},
+                            sort_keys=True, default=str).encode())
     for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().resolve_conj().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -1369,7 +1369,7 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
         if _isnum(n_flagged) and n_flagged > 0:
             if checked:
                 parts.append(_note(esc(f"{int(n_flagged)} of {ig.get('n_images')} maps are not accurate yet "
-                                       f"(estimated error above {100 * ig.get('error_tolerance', 0.05):g}% of the map): "
+                                       f"(estimated error above {100 * ig.get('error_tolerance', 0.1):g}% of the map): "
                                        "rerun memlens explain with more --steps."), True))
             else:
                 parts.append(_note(esc(f"{int(n_flagged)} of {ig.get('n_images')} maps did not converge (completeness "
@@ -1401,7 +1401,7 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
                 # the explained model is the final one, fitted on every image: not the gallery's out-of-fold value
                 lines.append(f"score {_f3(e['score'])} · in-sample prediction {_f3(e['predicted_score'])}")
             if e["flagged"]:
-                lines.append(f"not accurate yet (estimated error {100 * e['map_error']:.0f}%)"
+                lines.append(f"not accurate yet (estimated error {100 * e['map_error']:.1f}%)"
                              if e.get("map_error") is not None else
                              f"not converged (relative error {fmt(e['relative_delta'], 2)})")
             items.append((att / e["file"], title, lines))
