@@ -735,7 +735,8 @@ def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[st
     """Write ``predictor.pt`` atomically: the head's state plus the encoder recipe (no pickled objects).
 
     ``recipe`` lists one dict per encoder, in the order of the head's input columns:
-    ``{"kind": "autoencoder", "checkpoint": <path, relative to the file's folder>, "sha256": ..., "pool":
+    ``{"kind": "autoencoder", "checkpoint": <path, relative to the file's folder>, "sha256": ...,
+    "weights_sha256": ... (:func:`weights_sha256`; checked when present, else the file's ``sha256``), "pool":
     "none"|"avg", "layer": None|name, "size": int, "dim": int}`` or ``{"kind": "pretrained", "name":
     "efficientnet_lite0", "pool": "none", "size": 224, "dim": 1280}`` or ``{"kind": "featureset", "name":
     <a feature set of memlens.features>, "pool": "none", "size": None, "dim": int}``.
