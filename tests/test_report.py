@@ -200,6 +200,18 @@ def test_training_caution_for_an_untrained_scratch_model(tmp_path):
     assert "no visual experience" in experience_caution("scratch", {"source": "none"})
 
 
+def test_a_failed_sanity_check_is_said_before_the_maps(tmp_path):
+    fake = make_fake_run(tmp_path, n=24)
+    path = fake.run / "attributions" / "sanity.json"
+    sanity = json.loads(path.read_text())
+    sec = _section(build_report(fake.run).read_text(encoding="utf-8"), "explanations")
+    assert sanity["passed"] and "Read these maps with caution" not in sec
+    path.write_text(json.dumps({**sanity, "passed": False, "mean_spearman": 0.71}))
+    sec = _section(build_report(fake.run).read_text(encoding="utf-8"), "explanations")
+    i = sec.find("Read these maps with caution: the randomisation check below failed (mean Spearman 0.71")
+    assert i != -1 and i < sec.find("<img")
+
+
 def test_correlation_cells_fixed_decimals_ceiling_and_permutation(tmp_path):
     """rho with three decimals (never 7.00e-04, never -0.000), each row's ceiling, and p_perm when it was run."""
     from memlens.stats import analyze_run
@@ -651,6 +663,11 @@ def test_real_run_results_match_the_stage_files(real):
     sec = _section(page, "explanations")
     assert ("passed" if sanity["passed"] else "FAILED") in sec
     assert f"{100 * explain['integrated_gradients']['max_map_error']:.1f}%)" in sec  # the maps' estimated accuracy
+    # a failed randomisation check is said before the maps, not only in its own section below them
+    caution = sec.find("Read these maps with caution")
+    assert (caution != -1) is (not sanity["passed"])
+    if caution != -1:
+        assert caution < sec.find("<img") and f"over {sanity['n_images']} images" in sec
     assert sec.count("<img") == 4 + 1  # overlays + the quartile figure (it holds the three single maps)
 
     # descriptors: explain's correlations with both targets

@@ -1436,6 +1436,14 @@ def _section_explanations(ctx: _Ctx) -> tuple[str, dict]:
         parts.append(_note("No PNG maps in <code>attributions/</code>.", True))
     sanity_path = att / "sanity.json"
     sanity = ctx.run.json("attributions/sanity.json") if sanity_path.is_file() else None
+    if isinstance(sanity, Mapping) and sanity.get("passed") is False:
+        # said before the maps, where they are read: the check below decides how far they can be trusted
+        at = 2 if len(parts) > 1 else 1
+        parts.insert(at, _note(esc(
+            f"Read these maps with caution: the randomisation check below failed (mean Spearman "
+            f"{fmt(sanity.get('mean_spearman'), 2)} between the maps of the trained and the randomised predictor, "
+            f"over {sanity.get('n_images')} images). Much of their structure comes from the image or the encoder, "
+            "not from what the predictor learned."), True))
     parts.append("<h3>Sanity check: model randomisation</h3>")
     if isinstance(sanity, Mapping):
         res["sanity"] = sanity
