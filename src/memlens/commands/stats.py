@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
@@ -23,11 +22,8 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     try:
         with open(path, encoding="utf-8-sig", errors="strict") as fh:
             head = fh.readline()
-        # the separator as memlens check detects it (comma, tab or semicolon, from the header line, or Excel's
-        # "sep=;" first line)
-        excel = re.fullmatch(r"sep=(.)", head.rstrip("\r\n"))  # not strip(): sep=\t and sep= (space)
-        df = pd.read_csv(path, sep=excel.group(1) if excel else _separator(path, head), encoding="utf-8-sig",
-                         skiprows=1 if excel else 0)
+        sep, skip = _separator(path, head)  # as memlens check detects it
+        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", skiprows=skip)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (save the table as UTF-8 CSV)") from None
     except Exception as exc:

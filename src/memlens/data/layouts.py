@@ -471,13 +471,19 @@ def _read_table_text(path: Path, problems: list[Problem]) -> str | None:
     return None
 
 
-def _separator(path: Path, text: str) -> str:
+def _separator(path: Path, text: str) -> tuple[str, int]:
+    """(separator, lines before the header): Excel's ``sep=;`` first line names it (not ``strip()``: ``sep=\t``
+    and ``sep=`` + space are kept), a ``.tsv``/``.tab`` file uses tabs, otherwise the most frequent of
+    ``,`` ``\t`` ``;`` in the header line."""
+    first = text.split("\n", 1)[0].rstrip("\r\n")
+    excel = re.fullmatch(r"sep=(.)", first)
+    if excel:
+        return excel.group(1), 1
     if path.suffix.lower() in (".tsv", ".tab"):
-        return "\t"
-    header = text.split("\n", 1)[0]
-    counts = {sep: header.count(sep) for sep in (",", "\t", ";")}
+        return "\t", 0
+    counts = {sep: first.count(sep) for sep in (",", "\t", ";")}
     best = max(counts, key=lambda s: counts[s])
-    return best if counts[best] > 0 else ","
+    return (best if counts[best] > 0 else ","), 0
 
 
 def _parse_table(path: Path, problems: list[Problem]) -> tuple[pd.DataFrame, pd.DataFrame, list[int]] | None:
@@ -491,11 +497,7 @@ def _parse_table(path: Path, problems: list[Problem]) -> tuple[pd.DataFrame, pd.
     if not text.strip():
         problems.append(Problem(str(path), "empty table (no header line, no rows): empty collection"))
         return None
-    sep = _separator(path, text)
-    skip = 0
-    excel = re.fullmatch(r"sep=(.)", text.split("\n", 1)[0].rstrip("\r"))  # sep=\t and sep= are kept
-    if excel:  # Excel's "sep=;" first line names the separator; the header is the next line
-        sep, skip = excel.group(1), 1
+    sep, skip = _separator(path, text)
     try:
         strings = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
                               skip_blank_lines=False, skiprows=skip)
