@@ -888,6 +888,12 @@ def _ceilings(df: pd.DataFrame, ceiling: Any, by: str | None, gvals: np.ndarray 
     return out
 
 
+def fixed_decimals(v: float, digits: int = 3) -> str:
+    """A correlation with fixed decimals and no negative zero (``-0.0004`` at 3 digits is ``0.000``)."""
+    text = f"{float(v):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
     """A compact plain-text rendering of a :func:`correlation_table` result.
 
@@ -903,8 +909,7 @@ def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
     def f(v: Any, d: int = digits) -> str:
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             return "nan"
-        text = f"{v:.{d}f}"
-        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
+        return fixed_decimals(v, d)
 
     def fp(v: Any) -> str:
         return "nan" if v is None or not math.isfinite(v) else f"{v:.2g}"

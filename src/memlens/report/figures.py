@@ -183,8 +183,9 @@ def binned_means(x: Sequence[float], y: Sequence[float], n_bins: int = 10) -> li
 
 def signed(v: float, digits: int = 2) -> str:
     """A correlation with fixed decimals and no negative zero (``-0.001`` at 2 digits is ``0.00``)."""
-    text = f"{float(v):.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
+    from ..stats import fixed_decimals
+
+    return fixed_decimals(v, digits)
 
 
 def _corr_title(r: float | None, ci: tuple[float, float] | None, n: int | None, symbol: str = "ρ") -> str:
