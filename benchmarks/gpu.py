@@ -10,7 +10,7 @@ Parts (in this order; a part that would not fit the time budget is skipped and s
 1. ``exposure``: single-exposure training images/s, eager batch-1 steps versus memlens's CUDA-graph fast
    path, by running ``benchmarks/gpu_exposure.py`` (imported; its JSON line is embedded as is).
    Goal: fast >= 2.5x eager.
-2. ``scoring``: ``memlens.measures.score_images`` images/s on synthetic images already on the GPU (the model
+2. ``scoring``: ``memlens.scoring.score_images`` images/s on synthetic images already on the GPU (the model
    alone: MSE, latents copied back to host memory, no pretrained features), bf16 autocast and float32;
    goal >= 3,000 images/s for vgg16 at 224 px in bf16. Then ``with_decoding``: the same from JPEG files
    (lnsim-dev when present, else synthetic JPEGs) through DataLoader workers, with a cold and a warm
@@ -192,8 +192,8 @@ def part_scoring(args: argparse.Namespace, device: Any, clock: Clock) -> dict[st
     import torch
 
     from memlens.data import ImageCache
-    from memlens.measures import score_images
     from memlens.models import create_autoencoder
+    from memlens.scoring import score_images
 
     model = create_autoencoder(args.backbone, input_size=args.size, seed=args.seed).to(device).eval()
     g = torch.Generator(device=device).manual_seed(args.seed)

@@ -15,7 +15,7 @@ The reference approach, re-implemented plainly as the published scripts work:
 2. every ``.npy`` file read back and stacked into one (N, D) matrix;
 3. scikit-learn ``NearestNeighbors(algorithm="ball_tree")`` on the flattened latents (1-NN, ``n_jobs=-1``).
 
-memlens's path: ``memlens.measures.score_images`` (batched, ``torch.inference_mode``, channels-last, a cold
+memlens's path: ``memlens.scoring.score_images`` (batched, ``torch.inference_mode``, channels-last, a cold
 decode cache, the latent rows streamed into one memory-mapped ``.npy`` matrix) then
 ``memlens.neighbors.distinctiveness(k=1)`` on that matrix; once per ``--precision`` (float32, bfloat16
 autocast where the hardware runs it natively, and int8 on the CPU: an int8 copy of the model made by
@@ -220,8 +220,8 @@ class MemlensPath:
         self.calibration = calibration
 
     def run_block(self, paths: list[str]) -> None:
-        from memlens.measures import score_images
         from memlens.quantize import Int8Autoencoder, quantize_autoencoder
+        from memlens.scoring import score_images
 
         with self.timer(SCORE):
             if self.precision == "int8" and not isinstance(self.model, Int8Autoencoder):
@@ -383,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from memlens.measures import resolve_device
     from memlens.models import get_spec
     from memlens.quantize import calibration_indices
+    from memlens.scoring import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -78,8 +78,8 @@ def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
 
     from memlens import models
     from memlens.data import make_demo_set
-    from memlens.engines import score_run
-    from memlens.measures import score_run as local_score_run
+    from memlens.scoring import score_run
+    from memlens.scoring import score_run as local_score_run
 
     work = Path(args.workdir) / "ray"
     shutil.rmtree(work, ignore_errors=True)

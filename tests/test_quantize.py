@@ -10,17 +10,18 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from memlens import measures, models
+from memlens import models
 from memlens.cli import main
 from memlens.data import load_dataset, load_image, make_demo_set
 from memlens.errors import ConfigError
-from memlens.measures import score_images
 from memlens.quantize import (
     INT8_CALIBRATION_IMAGES,
     Int8Autoencoder,
     calibration_indices,
     quantize_autoencoder,
 )
+from memlens.scoring import execute as scoring_execute
+from memlens.scoring import score_images
 
 N = 24
 SIZE = 32
@@ -216,7 +217,7 @@ def test_int8_errors(trained, paths, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     auto = score_images(trained, paths[:4], metrics=("mse",), features=False, precision="int8", device="auto")
     assert auto.info["device"] == "cpu"
-    monkeypatch.setattr(measures, "resolve_device", lambda _d: torch.device("cuda"))
+    monkeypatch.setattr(scoring_execute, "resolve_device", lambda _d: torch.device("cuda"))
     with pytest.raises(ConfigError, match="CPU only"):
         score_images(trained, paths[:4], metrics=("mse",), features=False, precision="int8", device="cuda")
 

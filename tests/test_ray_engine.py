@@ -20,9 +20,9 @@ pytest.importorskip("pyarrow", reason="pyarrow is not installed")
 from memlens import models  # noqa: E402
 from memlens.cli import main  # noqa: E402
 from memlens.data import make_demo_set  # noqa: E402
-from memlens.engines import score_run  # noqa: E402
 from memlens.errors import ConfigError, DataError  # noqa: E402
-from memlens.measures import score_run as local_score_run  # noqa: E402
+from memlens.scoring import score_run  # noqa: E402
+from memlens.scoring import score_run as local_score_run  # noqa: E402
 
 N = 40
 FEATURE_SIZE = 64
@@ -185,8 +185,8 @@ def test_missing_extra_and_bad_settings_are_clear(demo, tmp_path, monkeypatch, c
 
 def test_predict_through_ray_equals_local(cluster, demo, tmp_path):
     from memlens._io import file_sha256
-    from memlens.engines.ray_engine import predict_images_ray
     from memlens.inference import predict_images
+    from memlens.inference_ray import predict_images_ray
     from memlens.predict import MemorabilityRegressor, save_predictor
 
     run = _make_run(tmp_path / "run")

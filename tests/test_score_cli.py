@@ -161,14 +161,14 @@ def test_score_options_and_dataset_json(demo, tmp_path, capsys):
 def test_faiss_index_without_faiss_fails_before_scoring(demo, tmp_path, capsys, monkeypatch):
     import sys
 
-    from memlens.engines import score_run
+    from memlens.scoring import score_run
 
     run = _make_run(tmp_path / "run", demo_root=demo)
     assert main(["-q", "score", "--run", str(run), "--metrics", "mse", "--feature-size", "32"]) == 0
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError, as without the extra
     calls = []
-    monkeypatch.setattr("memlens.measures.score_images", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("memlens.scoring.engines.score_images", lambda *a, **k: calls.append(1))
     capsys.readouterr()
     assert main(["-q", "score", "--run", str(run), "--metrics", "mse", "--feature-size", "64", "--index", "ivf"]) == 1
     assert "need the faiss extra: pip install 'memlens[faiss]'" in capsys.readouterr().err
@@ -238,7 +238,7 @@ def test_split_halves_copied_from_the_data_root(demo, tmp_path):
     import dataclasses
 
     from memlens.data import load_dataset
-    from memlens.measures import score_run
+    from memlens.scoring import score_run
 
     ds = dataclasses.replace(load_dataset(demo), halves=None)
     run = _make_run(tmp_path / "run")

@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "get_metric": "memlens.metrics",
     "list_metrics": "memlens.metrics",
     "distinctiveness": "memlens.neighbors",
-    "score_images": "memlens.measures",
+    "score_images": "memlens.scoring",
     # statistics
     "correlate": "memlens.stats",
     "correlation_table": "memlens.stats",

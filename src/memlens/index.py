@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .neighbors import _group_codes as _groups_of
-from .neighbors import _reference_mask
+from .neighbors import group_codes, reference_mask
 
 __all__ = ["INDEX_KINDS", "ApproxIndex", "IndexReport", "ShardedLatents", "distinctiveness_index", "nearest_index",
            "exact_knn", "estimate_index_bytes", "choose_encoding", "recall_at_k", "require_faiss"]
@@ -630,8 +629,8 @@ def nearest_index(
         faiss.omp_set_num_threads(int(threads))
     opts = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
             "ef_construction": ef_construction, "encoding": encoding, "extra_candidates": extra_candidates}
-    ref_mask = _reference_mask(reference, n)
-    codes = _groups_of(groups, n)
+    ref_mask = reference_mask(reference, n)
+    codes = group_codes(groups, n)
     report = IndexReport(kind=index, metric=metric, k=k, n=n, dim=dim, memory_budget_bytes=int(memory_budget_mb * 2**20),
                          recall_k=k, seed=int(seed))
     dist = np.full((n, k), np.nan)
@@ -717,7 +716,7 @@ def distinctiveness_index(
 
         arr = src.as_array(tmp_dir)
         kind = "exact"
-        n_ref = int(_reference_mask(reference, n).sum())
+        n_ref = int(reference_mask(reference, n).sum())
         if index == "flat":
             require_faiss()
             kind = "faiss-flat" if n_ref * dim * 4 <= memory_budget_mb * 2**20 else "exact"

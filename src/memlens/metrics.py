@@ -420,7 +420,12 @@ _LPIPS_MODELS: dict[str, Any] = {}
 LPIPS_NETS = ("alex", "squeeze", "vgg")
 
 
-def _lpips_model(device: torch.device, net: str = "alex") -> torch.nn.Module:
+def lpips_model(device: torch.device, net: str = "alex") -> torch.nn.Module:
+    """The LPIPS network ``net`` on ``device`` (built once, then shared); a ConfigError without the extra.
+
+    Building it also fetches its weights when they are not cached, so calling it first tells whether the
+    ``lpips`` metric can run at all (``memlens score`` skips an optional lpips that cannot).
+    """
     key = f"{net}@{device}"
     with _EXTRACTOR_LOCK:
         model = _LPIPS_MODELS.get(key)
@@ -440,7 +445,7 @@ def _lpips_model(device: torch.device, net: str = "alex") -> torch.nn.Module:
 
 
 def _lpips(x: Tensor, y: Tensor, net: str) -> Tensor:
-    model = _lpips_model(x.device, net)
+    model = lpips_model(x.device, net)
     with _no_autocast(x.device):
         out = model(x.float() * 2 - 1, y.float() * 2 - 1)
     return out.reshape(x.shape[0], -1).mean(1)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["distinctiveness", "nearest_neighbors"]
+__all__ = ["distinctiveness", "nearest_neighbors", "reference_mask", "group_codes"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ def nearest_neighbors(
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if not memory_budget_mb or memory_budget_mb <= 0:
         raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
-    ref_mask = _reference_mask(reference, n)
-    group_codes = _group_codes(groups, n)
+    ref_mask = reference_mask(reference, n)
+    codes = group_codes(groups, n)
     ops = _make_ops(backend, device)
     budget = int(memory_budget_mb * 2**20)
 
@@ -155,8 +155,8 @@ def nearest_neighbors(
     out_d = np.full((n, k), np.nan)
     out_i = np.full((n, k), -1, dtype=np.int64)
     all_idx = np.arange(n)
-    for g in range(int(group_codes.max()) + 1 if n else 0):
-        q_idx = all_idx[group_codes == g]
+    for g in range(int(codes.max()) + 1 if n else 0):
+        q_idx = all_idx[codes == g]
         r_idx = q_idx[ref_mask[q_idx]]
         if len(q_idx) == 0:
             continue
@@ -200,7 +200,8 @@ class _Source:
         return np.ascontiguousarray(block, dtype=dtype)
 
 
-def _reference_mask(reference: Any, n: int) -> np.ndarray:
+def reference_mask(reference: Any, n: int) -> np.ndarray:
+    """The rows that may be neighbours, as a boolean mask (n,): all for None, else a mask or row indices."""
     if reference is None:
         return np.ones(n, dtype=bool)
     ref = np.asarray(reference)
@@ -217,7 +218,8 @@ def _reference_mask(reference: Any, n: int) -> np.ndarray:
     return mask
 
 
-def _group_codes(groups: Any, n: int) -> np.ndarray:
+def group_codes(groups: Any, n: int) -> np.ndarray:
+    """Integer codes (n,) of per-row group labels in order of first appearance (all 0 for None; NaNs one group)."""
     if groups is None:
         return np.zeros(n, dtype=np.int64)
     labels = list(groups)

@@ -44,7 +44,7 @@ def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: in
         update = bar.update
     try:
         if engine == "ray":
-            from ..engines.ray_engine import predict_images_ray
+            from ..inference_ray import predict_images_ray
 
             result = predict_images_ray(images, run, address=address, workers=workers,
                                         gpus_per_worker=gpus_per_worker, batch_size=batch_size, device=device,

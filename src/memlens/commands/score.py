@@ -76,13 +76,10 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
     is used. --engine ray spreads shards of the images over Ray actors (same numbers); --index picks the
     neighbour search behind distinctiveness.
     """
-    from ..measures import score_run
+    from ..scoring import score_run
 
-    scorer = score_run
     extra: dict = {}
     if engine != "local" or index != "exact":
-        from ..engines import score_run as scorer  # the engine- and index-aware superset
-
         extra = {"engine": engine, "index": index}
         if index != "exact":
             extra["index_options"] = {"memory_budget_mb": index_memory_mb}
@@ -99,7 +96,7 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
         update = bar.update
     t0 = time.perf_counter()
     try:
-        table = scorer(run_dir, data, metrics=metrics, batch_size=batch_size, layer=layer, pool=pool,
+        table = score_run(run_dir, data, metrics=metrics, batch_size=batch_size, layer=layer, pool=pool,
                        latent_dtype=latent_dtype, distinct_k=distinct_k, distinct_metric=distinct_metric,
                        distinct_reference=distinct_reference, num_workers=workers, device=device,
                        feature_size=feature_size, progress=update, precision=precision, **extra)

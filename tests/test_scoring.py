@@ -10,7 +10,7 @@ from torch import nn
 
 from memlens import metrics as M
 from memlens.errors import ConfigError, DataError
-from memlens.measures import score_images
+from memlens.scoring import score_images
 
 METRICS = ("mse", "l1", "dssim", "ms-dssim", "perceptual")
 
@@ -284,11 +284,11 @@ def test_category_reference_leaves_uncategorised_images_alone(caplog):
     """--distinct-reference category: images without a category are not one shared "nan" category."""
     import pandas as pd
 
-    from memlens.measures import _reference_args
     from memlens.neighbors import distinctiveness
+    from memlens.scoring.plan import reference_args as _reference_args
 
     table = pd.DataFrame({"category": ["a", "a", None, "b", "b", " ", None]})
-    with caplog.at_level("WARNING", logger="memlens.measures"):
+    with caplog.at_level("WARNING", logger="memlens.scoring.plan"):
         args = _reference_args(table, "category")
     assert "3 image(s) have no category" in caplog.text
     x = np.array([[0.0], [1.0], [5.0], [10.0], [12.0], [5.5], [5.2]])
