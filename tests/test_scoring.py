@@ -294,3 +294,52 @@ def test_category_reference_leaves_uncategorised_images_alone(caplog):
     x = np.array([[0.0], [1.0], [5.0], [10.0], [12.0], [5.5], [5.2]])
     d = distinctiveness(x, k=1, **args)
     np.testing.assert_allclose(d, [1.0, 1.0, np.nan, 2.0, 2.0, np.nan, np.nan])
+
+
+def test_batch_scorer_is_the_per_batch_function(images):
+    """score_images is a loop over BatchScorer: one batch scored alone gives the same rows as in a full run."""
+    from memlens.metrics import get_metric
+    from memlens.scoring import BatchScorer
+
+    full = _score(images, batch_size=16, before_model=ToyAE(seed=3))
+    model, before, feats = ToyAE().eval(), ToyAE(seed=3).eval(), ToyFeatures().eval()
+    scorer = BatchScorer(model, [get_metric(m) for m in METRICS], device=torch.device("cpu"), before_model=before,
+                         feature_model=feats, feature_size=48, resize_features=True)
+    assert scorer.columns == list(full.table.columns[1:])
+    with torch.inference_mode(), scorer.hooked():
+        numbers = scorer(images[16:24])
+    assert numbers.latent_shape == full.latent_shape
+    np.testing.assert_allclose(numbers.latents, full.latents[16:24], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(numbers.features, full.features[16:24], rtol=1e-5, atol=1e-6)
+    for col, values in numbers.columns.items():
+        np.testing.assert_allclose(values, full.table[col].to_numpy()[16:24], rtol=1e-5, atol=1e-7)
+    # a layer's output replaces the bottleneck; the hook is gone after the block
+    layered = BatchScorer(model, [get_metric("mse")], device=torch.device("cpu"), layer="encoder.2")
+    with torch.inference_mode(), layered.hooked():
+        assert layered(images[:4]).latent_shape == (6, 16, 16)
+    assert not model.encoder[2]._forward_hooks
+
+
+def test_register_engine(tmp_path):
+    """A registered engine is reachable through score_run(engine=...); a second one of the same name is refused."""
+    from memlens.scoring import engines
+
+    calls = []
+
+    def recording(run, data, **kw):
+        calls.append((run, data, sorted(kw)))
+        return pd.DataFrame({"image_id": ["a"]})
+
+    engines.register_engine("recording-test", recording)
+    try:
+        out = engines.score_run(tmp_path, "DATA", engine="recording-test", batch_size=3)
+        assert out["image_id"].tolist() == ["a"]
+        run, data, keys = calls[0]
+        assert (run, data) == (tmp_path, "DATA")
+        assert {"index", "cluster", "num_workers", "device", "cache", "metrics", "batch_size", "precision"} <= set(keys)
+        with pytest.raises(ConfigError, match="registered already"):
+            engines.register_engine("recording-test", recording)
+        with pytest.raises(ConfigError, match="engine must be one of local, ray, recording-test"):
+            engines.score_run(tmp_path, engine="nope")
+    finally:
+        engines.ENGINES.pop("recording-test", None)

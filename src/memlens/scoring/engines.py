@@ -11,7 +11,7 @@ their recall against exact search is measured on a random sample and recorded in
 ``RUN/config.json``). See :mod:`memlens.index`.
 
 A new engine plugs in here: a function with :func:`score_local`'s contract (plan with ``prepare_run``, score
-the planned table in order, hand a ``ScoreResult`` to ``finish_run``), and its name in :data:`ENGINES`.
+the planned table in order, hand a ``ScoreResult`` to ``finish_run``), added with :func:`register_engine`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ from .execute import score_images
 from .plan import prepare_run
 from .write import finish_run
 
-__all__ = ["ENGINES", "INDEXES", "score_run", "score_local"]
+__all__ = ["ENGINES", "INDEXES", "register_engine", "score_run", "score_local", "score_ray"]
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
+#: an engine: see :func:`register_engine`
+EngineFn = Callable[..., pd.DataFrame]
+#: engine name -> function (``local`` and ``ray`` built in; :func:`register_engine` adds one)
+ENGINES: dict[str, EngineFn] = {}
 INDEXES = ("exact", "flat", "ivf", "hnsw")
 
 
@@ -101,26 +104,23 @@ def score_run(
         from ..index import require_faiss
 
         require_faiss()
-    common = {"metrics": metrics, "batch_size": batch_size, "layer": layer, "pool": pool,
-              "latent_dtype": latent_dtype, "distinct_k": distinct_k, "distinct_metric": distinct_metric,
-              "distinct_reference": distinct_reference, "feature_size": feature_size, "progress": progress,
-              "precision": precision}
-    if engine == "ray":
-        from .ray_engine import score_run_ray
-
-        return score_run_ray(run, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-                             cpus_per_worker=cpus_per_worker, shard_size=shard_size, keep_shards=keep_shards,
-                             index=index, index_options=index_options, device=device, decode_workers=num_workers,
-                             _inject=_inject, **common)
-    return score_local(run, data, index=index, index_options=index_options, num_workers=num_workers,
-                        device=device, cache=cache, **common)
+    cluster = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
+               "cpus_per_worker": cpus_per_worker, "shard_size": shard_size, "keep_shards": keep_shards,
+               "_inject": _inject}
+    return ENGINES[engine](run, data, index=index, index_options=index_options, cluster=cluster,
+                           num_workers=num_workers, device=device, cache=cache, metrics=metrics,
+                           batch_size=batch_size, layer=layer, pool=pool, latent_dtype=latent_dtype,
+                           distinct_k=distinct_k, distinct_metric=distinct_metric,
+                           distinct_reference=distinct_reference, feature_size=feature_size, progress=progress,
+                           precision=precision)
 
 
 def score_local(run: Any, data: Any, *, index: str, index_options: dict[str, Any] | None, metrics: Any,
-                 batch_size: int, layer: str | None, pool: str, latent_dtype: str, distinct_k: int,
-                 distinct_metric: str, distinct_reference: str, feature_size: int | None, progress: Any,
-                 precision: str, num_workers: int, device: str, cache: Any) -> Any:
-    """The local engine: :func:`prepare_run` + :func:`score_images` + :func:`finish_run`."""
+                batch_size: int, layer: str | None, pool: str, latent_dtype: str, distinct_k: int,
+                distinct_metric: str, distinct_reference: str, feature_size: int | None, progress: Any,
+                precision: str, num_workers: int, device: str, cache: Any,
+                cluster: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The local engine: :func:`prepare_run` + :func:`score_images` + :func:`finish_run` (``cluster`` unused)."""
     from ..models import load_autoencoder
 
     job = prepare_run(run, data, metrics=metrics, distinct_reference=distinct_reference, device=device,
@@ -138,3 +138,32 @@ def score_local(run: Any, data: Any, *, index: str, index_options: dict[str, Any
                       batch_size=batch_size, distinct_k=distinct_k, distinct_metric=distinct_metric,
                       distinct_reference=distinct_reference, index=index, index_options=index_options,
                       settings={"engine": "local"})
+
+
+def score_ray(run: Any, data: Any, *, index: str, index_options: dict[str, Any] | None, cluster: dict[str, Any],
+              num_workers: int, device: str, cache: Any, **settings: Any) -> pd.DataFrame:
+    """The Ray engine (:func:`memlens.scoring.ray_engine.score_run_ray`; ``num_workers`` decode in each actor;
+    ``cache`` unused: every actor decodes its own shard)."""
+    from .ray_engine import score_run_ray
+
+    return score_run_ray(run, data, index=index, index_options=index_options, device=device,
+                         decode_workers=num_workers, **cluster, **settings)
+
+
+def register_engine(name: str, fn: EngineFn) -> EngineFn:
+    """Add an engine to :data:`ENGINES` (``memlens score --engine NAME``, ``score_run(engine=NAME)``).
+
+    ``fn(run, data, *, index, index_options, cluster, num_workers, device, cache, **settings) -> DataFrame``
+    with ``settings`` = ``metrics, batch_size, layer, pool, latent_dtype, distinct_k, distinct_metric,
+    distinct_reference, feature_size, progress, precision``; it plans with :func:`prepare_run`, scores the
+    planned table in order through :func:`score_images` (or its :class:`~memlens.scoring.batch.BatchScorer`)
+    and writes with :func:`finish_run`, as :func:`score_local` does.
+    """
+    if name in ENGINES:
+        raise ConfigError(f"engine {name!r} is registered already")
+    ENGINES[name] = fn
+    return fn
+
+
+register_engine("local", score_local)
+register_engine("ray", score_ray)
