@@ -171,3 +171,12 @@ def test_lnsim_dev_scores_check_passes(capsys):
     assert main(["check", str(table)]) == 0
     out = capsys.readouterr().out
     assert "1,974 images" in out and "OK: no problems found" in out
+
+
+def test_progress_bar_has_rate_and_eta(valid_set: Path, capsys, monkeypatch):
+    """In a terminal the CLI shows one kind of progress bar (tqdm): a count, a rate and an ETA."""
+    monkeypatch.setattr("memlens.commands.check.progress_enabled", lambda *a: True)
+    assert main(["check", str(valid_set)]) == 0
+    err = capsys.readouterr().err
+    assert "decoding images:" in err and "/6 [" in err  # count of a known total (refreshes are throttled)
+    assert "img/s]" in err and "<" in err  # tqdm's "[elapsed<remaining, rate]" part

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from typing import Any
 
 import click
 
@@ -42,6 +43,17 @@ def progress_enabled(ctx: click.Context | None = None) -> bool:
     ctx = ctx or click.get_current_context(silent=True)
     quiet = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
     return (not quiet) and sys.stderr.isatty()
+
+
+def progress_bar(desc: str, total: int | None = None, unit: str = "img", initial: int = 0) -> Any:
+    """The one progress bar of the CLI (tqdm on stderr): count, rate and, with a ``total``, an ETA.
+
+    Call only when :func:`progress_enabled`; close it (or use it as a context manager) when done.
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, leave=False,
+                file=sys.stderr)
 
 
 def echo(msg: str = "", err: bool = False) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import progress_enabled
+from ._common import progress_bar, progress_enabled
 
 # Kept here (not imported from memlens.data) so that importing this module stays light.
 _LAYOUT_CHOICES = ["auto", "csv", "memcat", "lamem", "lnsim", "folder"]
@@ -45,11 +45,10 @@ def check(data: str, layout: str, image_col: str | None, score_col: str | None, 
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=total, label="decoding images", file=click.get_text_stream("stderr"))
-            bar.__enter__()
+            bar = progress_bar("decoding images", total)
         bar.update(1)
         if done == total:
-            bar.__exit__(None, None, None)
+            bar.close()
 
     report = validate_dataset(
         data, layout, image_col=image_col, score_col=score_col, category_col=category_col,

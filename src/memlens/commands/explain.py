@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, check_device, echo, progress_enabled
+from ._common import FiniteFloatRange, check_device, echo, progress_bar, progress_enabled
 
 
 @click.command("explain")
@@ -153,9 +153,7 @@ def explain(
         if progress_enabled(ctx):
 
             def factory(stage: str, total: int):
-                bar = stack.enter_context(
-                    click.progressbar(length=total, label=stage, file=click.get_text_stream("stderr"))
-                )
+                bar = stack.enter_context(progress_bar(stage, total, unit="step"))
                 return bar.update
 
         summary = explain_run(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, check_device, progress_enabled
+from ._common import FiniteFloatRange, check_device, progress_bar, progress_enabled
 
 
 @click.command("predict")
@@ -38,9 +38,7 @@ def predict(images: tuple[str, ...], run: Path, out: Path | None, batch_size: in
     bar = None
     update = None
     if progress_enabled():
-        from tqdm import tqdm
-
-        bar = tqdm(unit="img", desc="predicting", dynamic_ncols=True, leave=False)
+        bar = progress_bar("predicting")
         update = bar.update
     try:
         if engine == "ray":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, check_device, progress_enabled
+from ._common import FiniteFloatRange, check_device, progress_bar, progress_enabled
 
 
 def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -90,9 +90,7 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
     bar = None
     update = None
     if progress_enabled():
-        from tqdm import tqdm
-
-        bar = tqdm(unit="img", desc="scoring", dynamic_ncols=True, leave=False)
+        bar = progress_bar("scoring")
         update = bar.update
     t0 = time.perf_counter()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import FiniteFloatRange, check_backbone, check_device, progress_enabled
+from ._common import FiniteFloatRange, check_backbone, check_device, progress_bar, progress_enabled
 
 # kept here (not imported from memlens) so that importing this module stays light
 _LAYOUT_CHOICES = ["auto", "csv", "memcat", "lamem", "lnsim", "folder"]
@@ -30,22 +30,20 @@ class _Bar:
             self.close()
             self.phase, self.t0, self.last, self.images = phase, time.perf_counter(), done - 1, 0
             label = {"experience": "visual experience", "exposure": "single exposure"}.get(phase, phase)
-            self.bar = click.progressbar(length=total, label=label, file=click.get_text_stream("stderr"),
-                                         show_pos=True, item_show_func=lambda s: s)
-            self.bar.__enter__()
-            self.bar.update(max(done - 1, 0))
+            self.bar = progress_bar(label, total, unit="step", initial=max(done - 1, 0))
         self.images += int(info.get("batch", 1))
         rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
         loss = info.get("loss")
-        text = f"{rate:.1f} images/s" + (f"  loss {loss:.4g}" if isinstance(loss, float) else "")
-        self.bar.update(done - self.last, current_item=text)
+        self.bar.set_postfix_str(f"{rate:.1f} images/s" + (f"  loss {loss:.4g}" if isinstance(loss, float) else ""),
+                                 refresh=False)
+        self.bar.update(done - self.last)
         self.last = done
         if done >= total:
             self.close()
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.close()
             self.bar = None
             self.phase = None
 
