@@ -217,13 +217,13 @@ def test_parts_sampler_and_errors(monkeypatch):
     assert [sum((p[j] for p in parts), []) for j in range(2)] == batches  # together: the global batches
 
     # the augmentation of a rank's part equals the same images' augmentation within the whole batch
-    from memlens.train import _generator, augment_batch
+    from memlens.train import augment_batch, seeded_generator
 
     x = _images()[:5]
-    whole = augment_batch(x, _generator(0, "augment", 0, 0))
+    whole = augment_batch(x, seeded_generator(0, "augment", 0, 0))
     ctx = distributed.DistContext(rank=1, world_size=2, local_rank=1, backend="gloo", device=torch.device("cpu"))
     a, z = ctx.part(5)
-    torch.testing.assert_close(ctx.augment(x[a:z], _generator(0, "augment", 0, 0), a), whole[a:z], rtol=0, atol=0)
+    torch.testing.assert_close(ctx.augment(x[a:z], seeded_generator(0, "augment", 0, 0), a), whole[a:z], rtol=0, atol=0)
     with pytest.raises(ConfigError, match="cannot be split over 2 processes"):
         distributed.check_batches([(0, 4), (4, 5)], ctx)
 

@@ -378,7 +378,7 @@ def test_auto_threads_ignore_the_machine_load(monkeypatch):
     """'auto' must not follow the load: training numbers depend on the thread count, and a rerun must match."""
     import os
 
-    from memlens.train import _busy_machine_note, auto_threads
+    from memlens.train import auto_threads, busy_machine_note
 
     prev = torch.get_num_threads()
     try:
@@ -388,10 +388,10 @@ def test_auto_threads_ignore_the_machine_load(monkeypatch):
         monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
         assert auto_threads() == idle == 2
         cores = len(os.sched_getaffinity(0))
-        assert "--threads 1 is usually faster" in _busy_machine_note(2) and f"on {cores} cores" in _busy_machine_note(2)
-        assert _busy_machine_note(1) is None  # one thread cannot be oversubscribed
+        assert "--threads 1 is usually faster" in busy_machine_note(2) and f"on {cores} cores" in busy_machine_note(2)
+        assert busy_machine_note(1) is None  # one thread cannot be oversubscribed
         monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-        assert _busy_machine_note(2) is None
+        assert busy_machine_note(2) is None
     finally:
         torch.set_num_threads(prev)
 
