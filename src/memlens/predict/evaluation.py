@@ -1,0 +1,221 @@
+"""Evaluation of predictors: stratified train/val/test splits, prediction metrics, the ridge baseline and
+:func:`cross_validate` (per-fold metrics and out-of-fold predictions, with mean rows by :func:`summarize_cv`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from .mlp import MemorabilityRegressor
+from .svr import MemorabilitySVR
+
+#: ridge baseline penalties (on standardised inputs; RidgeCV picks one by efficient leave-one-out)
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))
+
+
+def strata_labels(scores: np.ndarray, categories: Sequence[Any] | None = None) -> np.ndarray:
+    """Stratum per image: category x (score above the median or not), as strings."""
+    scores = np.asarray(scores, dtype=float)
+    above = np.where(scores > np.median(scores), "hi", "lo")
+    if categories is None:
+        return above.astype(object)
+    return np.array([f"{c}|{a}" for c, a in zip(categories, above, strict=True)], dtype=object)
+
+
+def make_splits(strata: Sequence[Any], split: str = "kfold", n_splits: int = 5,
+                seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Stratified, disjoint train/val/test index sets.
+
+    Rows are ordered stratum by stratum (random order within each stratum, strata in random order) and
+    dealt out in that order: ``kfold`` gives fold ``j`` the rows at positions ``j, j + K, ...`` (each row is
+    tested exactly once; ``val`` is empty: early stopping splits the training folds); ``paper`` deals a
+    repeating pattern of 6 train, 1 validation and 3 test rows (60/10/30), ``n_splits`` times with different
+    seeds. Either way every stratum is spread over the sets in the same proportions (up to one row).
+
+    Returns a list of dicts with sorted ``train``, ``val``, ``test`` index arrays.
+    """
+    strata = np.asarray(list(strata), dtype=object)
+    n = len(strata)
+    if split not in ("kfold", "paper"):
+        raise ValueError(f"split must be 'kfold' or 'paper', got {split!r}")
+    if n_splits < 1 or (split == "kfold" and n_splits < 2):
+        raise ValueError(f"n_splits must be >= 2 for kfold and >= 1 for paper, got {n_splits}")
+
+    def dealt_order(rng: np.random.Generator) -> np.ndarray:
+        labels = sorted(set(strata.tolist()), key=str)
+        labels = [labels[i] for i in rng.permutation(len(labels))]
+        return np.concatenate([rng.permutation(np.flatnonzero(strata == lab)) for lab in labels]) \
+            if labels else np.zeros(0, dtype=int)
+
+    out: list[dict[str, np.ndarray]] = []
+    if split == "kfold":
+        if n < n_splits:
+            raise ValueError(f"{n} rows cannot make {n_splits} folds")
+        rng = np.random.default_rng(seed)
+        order = dealt_order(rng)
+        fold = np.empty(n, dtype=int)
+        fold[order] = (np.arange(n) + int(rng.integers(n_splits))) % n_splits
+        for j in range(n_splits):
+            out.append({"train": np.flatnonzero(fold != j), "val": np.zeros(0, dtype=int),
+                        "test": np.flatnonzero(fold == j)})
+        return out
+    pattern = np.array(["train", "test", "train", "train", "val", "test", "train", "train", "test", "train"])
+    for r in range(n_splits):
+        rng = np.random.default_rng([seed, r])
+        order = dealt_order(rng)
+        role = np.empty(n, dtype=object)
+        role[order] = pattern[(np.arange(n) + int(rng.integers(len(pattern)))) % len(pattern)]
+        out.append({k: np.flatnonzero(role == k) for k in ("train", "val", "test")})
+    return out
+
+
+def prediction_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Spearman, Pearson, MSE and the AUC of telling above- from below-median images (test median)."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    yt = np.asarray(y_true, dtype=float)
+    yp = np.asarray(y_pred, dtype=float)
+    out = {"n": int(len(yt)), "spearman": math.nan, "pearson": math.nan,
+           "mse": float(np.mean((yt - yp) ** 2)) if len(yt) else math.nan, "auc": math.nan}
+    if len(yt) >= 3 and np.ptp(yt) > 0 and np.ptp(yp) > 0:
+        out["spearman"] = float(spearmanr(yt, yp)[0])
+        out["pearson"] = float(pearsonr(yt, yp)[0])
+    labels = yt > np.median(yt) if len(yt) else yt
+    if len(yt) and 0 < labels.sum() < len(labels):
+        out["auc"] = float(roc_auc_score(labels, yp))
+    return out
+
+
+def ridge_baseline(alphas: Sequence[float] = RIDGE_ALPHAS) -> Any:
+    """Standardise + RidgeCV (alpha by efficient leave-one-out on the training rows)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=tuple(alphas)))
+
+
+def _blas_threads(n: int | None) -> Any:
+    """Limit BLAS/LAPACK threads (restored on exit); None: leave them alone."""
+    import contextlib
+
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, int(n)), user_api="blas")
+
+
+@dataclass
+class CVResult:
+    """Per-fold metrics of each model (``table``) and out-of-fold predictions (``oof``)."""
+
+    table: Any  # DataFrame: fold, model, n_train, n_val, n_test, spearman, pearson, mse, auc, ...
+    oof: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (N,) predictions (NaN if never tested)
+    estimators: list[dict[str, Any]] = field(default_factory=list)  # per split: model -> fitted estimator
+
+
+def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
+                   regressor: MemorabilityRegressor | None = None, ridge: bool = True,
+                   svr: MemorabilitySVR | None = None, mlp: bool = True,
+                   ceiling: Callable[[np.ndarray], dict[str, float]] | None = None,
+                   progress: Callable[[str], Any] | None = None, return_estimators: bool = False) -> CVResult:
+    """Fit the MLP, the kernel model (``svr``) and the ridge baseline on each split's training rows; score
+    its test rows (``mlp=False`` skips the MLP).
+
+    The MLP stops early on the split's ``val`` rows when there are any, else on its own inner split of the
+    training rows (nested: test rows never influence training). Ridge fits on train + val (its penalty is
+    chosen by leave-one-out inside them; BLAS threads follow the regressor's ``num_threads``). Every scaler
+    is fitted inside the training rows.
+    ``ceiling(test_index)`` may return ``{"human_consistency": ..., "spearman_brown": ...}`` for the fold.
+    ``return_estimators`` keeps the fitted models (``CVResult.estimators``).
+    """
+    import pandas as pd
+
+    y = np.asarray(y, dtype=float)
+    base = regressor if regressor is not None else MemorabilityRegressor()
+    rows: list[dict[str, Any]] = []
+    oof = {"mlp": np.full(len(y), np.nan)} if mlp else {}
+    if svr is not None:
+        oof["svr"] = np.full(len(y), np.nan)
+    if ridge:
+        oof["ridge"] = np.full(len(y), np.nan)
+    fitted: list[dict[str, Any]] = []
+    for j, sp in enumerate(splits):
+        tr, va, te = sp["train"], sp["val"], sp["test"]
+        extra = ceiling(te) if ceiling is not None else {}
+        fold_fits: dict[str, Any] = {}
+        if mlp:
+            t0 = time.perf_counter()
+            est = clone(base)
+            if base.random_state is not None:
+                est.set_params(random_state=int(base.random_state) + j)
+            vd = (X[va], y[va]) if len(va) else None
+            est.fit(X[tr], y[tr], validation_data=vd)
+            pred = est.predict(X[te])
+            oof["mlp"][te] = pred
+            metrics = prediction_metrics(y[te], pred)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": "mlp", "n_train": len(tr), "n_val": len(va), "n_test": len(te),
+                         **metrics, **extra, "epochs": est.best_epoch_,
+                         "seconds": time.perf_counter() - t0})
+            fold_fits["mlp"] = est
+        if svr is not None:
+            t0 = time.perf_counter()
+            fit_rows = np.concatenate([tr, va])
+            sv = clone(svr).fit(X[fit_rows], y[fit_rows])
+            pred_s = sv.predict(X[te])
+            oof["svr"][te] = pred_s
+            metrics = prediction_metrics(y[te], pred_s)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": "svr", "n_train": len(fit_rows), "n_val": 0, "n_test": len(te),
+                         **metrics, **extra, "seconds": time.perf_counter() - t0})
+            fold_fits["svr"] = sv
+        if ridge:
+            t0 = time.perf_counter()
+            fit_rows = np.concatenate([tr, va])
+            with _blas_threads(base.num_threads):
+                rg = ridge_baseline().fit(X[fit_rows], y[fit_rows])
+            pred_r = rg.predict(X[te])
+            oof["ridge"][te] = pred_r
+            metrics = prediction_metrics(y[te], pred_r)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": "ridge", "n_train": len(fit_rows), "n_val": 0, "n_test": len(te),
+                         **metrics, **extra,
+                         "alpha": float(rg[-1].alpha_), "seconds": time.perf_counter() - t0})
+        if ridge:
+            fold_fits["ridge"] = rg
+        if return_estimators:
+            fitted.append(fold_fits)
+        if progress is not None:
+            last = [r for r in rows if r["fold"] == j]
+            progress(f"fold {j + 1}/{len(splits)}: " + ", ".join(
+                f"{r['model']} rho={r['spearman']:.3f}" for r in last))
+    table = pd.DataFrame(rows)
+    return CVResult(table, oof, fitted)
+
+
+def summarize_cv(table: Any) -> Any:
+    """Append one ``fold="mean"`` row per model (means over folds; ``n_*`` summed)."""
+    import pandas as pd
+
+    means = []
+    for model, g in table.groupby("model", sort=False):
+        row: dict[str, Any] = {"fold": "mean", "model": model}
+        for c in g.columns:
+            if c in ("fold", "model"):
+                continue
+            v = pd.to_numeric(g[c], errors="coerce")
+            if v.notna().any():
+                row[c] = int(v.sum()) if c.startswith("n_") else float(v.mean())
+        means.append(row)
+    out = pd.concat([table.astype({"fold": object}), pd.DataFrame(means)], ignore_index=True)
+    return out
+
