@@ -450,3 +450,21 @@ def test_detect_layout_rules(tmp_path: Path):
     memcat_file.parent.mkdir()
     memcat_file.write_text("image_file\n")
     assert detect_layout(memcat_file) == "memcat" and detect_layout(memcat_file.parent) == "memcat"
+
+
+def test_every_registered_layout_is_detected_and_offered_by_the_cli():
+    """Registering a layout means: the registry, the detection order and the CLI's --layout choices."""
+    import click
+
+    from memlens.commands.check import check
+    from memlens.commands.train import train
+    from memlens.data.layouts import DETECTION_ORDER, LAYOUTS, get_layout
+
+    assert sorted(DETECTION_ORDER) == sorted(LAYOUTS) and len(set(LAYOUTS)) == len(LAYOUTS)
+    assert DETECTION_ORDER[-1] == "folder"  # matches any folder: the last rule
+    assert [get_layout(name).name for name in LAYOUTS] == list(LAYOUTS)
+    with pytest.raises(ConfigError, match="unknown layout"):
+        get_layout("nope")
+    for command in (check, train):
+        option = next(p for p in command.params if p.name == "layout")
+        assert isinstance(option.type, click.Choice) and list(option.type.choices) == ["auto", *LAYOUTS]

@@ -242,7 +242,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer failed")
 
-    monkeypatch.setattr(demo, "_render", broken)
+    monkeypatch.setattr(demo.build, "render_scene", broken)
     with pytest.raises(RuntimeError, match="renderer failed"):
         make_demo_set(tmp_path / "set", **SMALL)
     assert list(tmp_path.iterdir()) == []

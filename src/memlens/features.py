@@ -62,12 +62,12 @@ class FeatureSet:
         return max(s for _, s in self.backbones)
 
     def _layout(self) -> list[tuple[str, int, int, dict[int, tuple[int, int]]]]:
-        from .models.efficientnet import LITE_VARIANTS, _stage_plan
+        from .models.efficientnet import LITE_VARIANTS, stage_plan
 
         out = []
         start = 0
         for variant, _size in self.backbones:
-            chans = [32] + [cout for *_, cout in _stage_plan(LITE_VARIANTS[variant])] + [1280]
+            chans = [32] + [cout for *_, cout in stage_plan(LITE_VARIANTS[variant])] + [1280]
             cols: dict[int, tuple[int, int]] = {}
             pos = start
             for j in MEAN_STAGES:

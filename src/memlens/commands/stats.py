@@ -17,12 +17,12 @@ def _read_table(path: Path):  # -> pandas.DataFrame
 
     if not path.is_file():
         raise DataError(f"{path}: no such table file")
-    from ..data.layouts import _separator
+    from ..data.layouts import table_separator
 
     try:
         with open(path, encoding="utf-8-sig", errors="strict") as fh:
             head = fh.readline()
-        sep, skip = _separator(path, head)  # as memlens check detects it
+        sep, skip = table_separator(path, head)  # as memlens check detects it
         df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", skiprows=skip)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (save the table as UTF-8 CSV)") from None

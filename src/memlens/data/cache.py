@@ -24,11 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_path
-from .images import PIPELINE_VERSION
 
-__all__ = ["ImageCache"]
+__all__ = ["ImageCache", "PIPELINE_VERSION"]
 
 log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1
+"""Bumped whenever the pixels produced by :func:`~memlens.data.images.load_image` change (part of the cache
+key, so that entries made by an older pipeline are not read back)."""
 
 
 class ImageCache:

@@ -22,15 +22,13 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .cache import ImageCache
+from .cache import PIPELINE_VERSION, ImageCache  # bump PIPELINE_VERSION when the pixels made here change
 
 __all__ = [
     "read_image",
@@ -50,8 +48,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused (decompression-bomb guard)."""
 BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited on this colour (white)."""
-PIPELINE_VERSION = 1
-"""Bumped whenever the pixels produced by :func:`load_image` change (part of the cache key)."""
 
 _ORIENTATION_TAG = 0x0112
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (

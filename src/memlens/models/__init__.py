@@ -8,8 +8,8 @@ Every model maps images in [0, 1] (N, 3, H, W) to reconstructions in [0, 1].
 from __future__ import annotations
 
 from .base import Autoencoder, BackboneSpec, check_image_range
-from .checkpoint import load_autoencoder, read_checkpoint, save_autoencoder
-from .registry import create_autoencoder, get_spec, list_autoencoders, register_autoencoder
+from .checkpoint import read_checkpoint, save_autoencoder
+from .registry import create_autoencoder, get_spec, list_autoencoders, load_autoencoder, register_autoencoder
 
 __all__ = [
     "Autoencoder",

@@ -9,6 +9,8 @@ Every file is read with ``torch.load(weights_only=True)`` (no arbitrary code run
 Foreign or malformed files raise :class:`~memlens.errors.CheckpointError`. Loading weights into a model
 always goes through :func:`load_mapped_state_dict`, which maps keys explicitly and refuses to load unless
 every parameter and buffer of the target found a tensor of the right shape and no source key was left over.
+Rebuilding a model from its file (``load_autoencoder``) needs the backbone registry, so it lives in
+:mod:`memlens.models.registry`; this module does not depend on the registry.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ __all__ = [
     "VERSION",
     "TRAIN_STATE_FORMAT",
     "save_autoencoder",
-    "load_autoencoder",
     "read_checkpoint",
+    "torch_load_safe",
     "read_state_dict",
     "load_mapped_state_dict",
     "strip_prefix",
@@ -51,8 +53,10 @@ TRAIN_STATE_FORMAT = "memlens.train_state"
 _MAX_LISTED = 12
 
 
-def _torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a ``CheckpointError``."""
+def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: no code in the file runs, and every failure (missing file,
+    a pickle that needs more than tensors and plain data, a damaged or foreign file) is a ``CheckpointError``
+    naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -85,7 +89,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     ``module.`` prefixes are removed. Raises ``CheckpointError`` when no tensor dict is found.
     """
-    obj = _torch_load(path)
+    obj = torch_load_safe(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         obj = obj.get("state_dict")
     elif isinstance(obj, Mapping) and not _is_tensor_dict(obj):
@@ -191,7 +195,7 @@ def save_autoencoder(path: str | os.PathLike, model: Autoencoder, extra: Mapping
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read and validate a memlens autoencoder file; returns its dict (``CheckpointError`` if foreign)."""
-    obj = _torch_load(path, map_location)
+    obj = torch_load_safe(path, map_location)
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
         found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
@@ -205,27 +209,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if problems or not _is_tensor_dict(obj["state_dict"]):
         raise CheckpointError(f"{path}: malformed memlens checkpoint (bad or missing {problems or ['state_dict']})")
     return dict(obj)
-
-
-def load_autoencoder(path: str | os.PathLike, map_location: Any = "cpu") -> Autoencoder:
-    """Rebuild the autoencoder saved at ``path`` and load its weights (every key must match).
-
-    The model is returned in eval mode; the file's ``extra`` dict is attached as ``model.checkpoint_extra``.
-    """
-    from .registry import create_autoencoder
-
-    ck = read_checkpoint(path, map_location)
-    try:
-        model = create_autoencoder(ck["name"], init="scratch", **dict(ck["config"]))
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: its config does not rebuild {ck['name']!r} ({exc})") from None
-    sd = ck["state_dict"]
-    load_mapped_state_dict(model, sd, {k: k for k in model.state_dict()}, what=f"autoencoder {path}")
-    model.init = ck.get("init") or f"checkpoint:{path}"
-    model.checkpoint_extra = dict(ck.get("extra") or {})
-    if map_location is not None and str(map_location) != "cpu":
-        model.to(map_location)
-    return model.eval()
 
 
 # -- training states (resume) ----------------------------------------------------------------------
@@ -242,7 +225,7 @@ def save_train_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training state written by :func:`save_train_state` (``CheckpointError`` when foreign)."""
-    obj = _torch_load(path)
+    obj = torch_load_safe(path)
     if not isinstance(obj, Mapping) or obj.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path} is not a memlens training state (cannot resume from it)")
     return dict(obj)

@@ -42,6 +42,7 @@ from .checkpoint import load_mapped_state_dict, read_state_dict
 
 __all__ = [
     "LITE_VARIANTS",
+    "stage_plan",
     "EfficientNetLite",
     "EfficientNetAutoencoder",
     "FeatureExtractor",
@@ -105,8 +106,10 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return int(new)
 
 
-def _stage_plan(variant: _Variant) -> list[tuple[int, int, int, int, int]]:
-    """(repeats, kernel, stride, expand, out) per stage; Lite keeps the first and last stages' repeats."""
+def stage_plan(variant: _Variant) -> list[tuple[int, int, int, int, int]]:
+    """(repeats, kernel, stride, expand ratio, output channels) per stage of ``variant`` (a value of
+    :data:`LITE_VARIANTS`); Lite keeps the first and last stages' repeats. The last stage's output channels
+    are the latent channels; ``memlens.features`` lays out its feature columns from the plan."""
     plan = []
     last = len(_BASE_STAGES) - 1
     for i, (r, k, s, e, c) in enumerate(_BASE_STAGES):
@@ -200,7 +203,7 @@ class EfficientNetLite(nn.Module):
         self.stage_ends: list[int] = []
         self.stage_channels: list[int] = []
         cin = 32
-        for reps, k, s, e, cout in _stage_plan(variant):
+        for reps, k, s, e, cout in stage_plan(variant):
             for j in range(reps):
                 blocks.append(_MBConv(cin, cout, k, s if j == 0 else 1, e))
                 cin = cout

