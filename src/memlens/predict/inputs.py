@@ -207,7 +207,7 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
             recipe.append(_latent_recipe(run, mat.shape[1]) if need_recipe else
                           {"kind": "autoencoder", "dim": int(mat.shape[1])})
         else:
-            from ..measures import FEATURE_SIZE
+            from ..scoring.batch import FEATURE_SIZE
 
             recipe.append({"kind": "pretrained", "name": "efficientnet_lite0", "pool": "none",
                            "layer": None, "size": FEATURE_SIZE, "dim": int(mat.shape[1])})
