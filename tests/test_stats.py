@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-import memlens.stats as S
+import memlens.stats.resampling as R
 from memlens.data.halves import SplitHalves
 from memlens.errors import DataError
 from memlens.stats import CorrResult, correlate, correlation_table, split_half_reliability
@@ -66,7 +66,7 @@ def test_rank_rows_matches_rankdata_with_ties():
     v = rng.integers(0, 6, size=40).astype(float)
     uniq, ids = np.unique(v, return_inverse=True)
     idx = rng.integers(0, 40, size=(5, 40))
-    got = S._rank_rows(ids[idx], len(uniq))
+    got = R._rank_rows(ids[idx], len(uniq))
     want = sps.rankdata(v[idx], axis=1)
     np.testing.assert_array_equal(got, want)
 
@@ -113,7 +113,7 @@ def test_same_seed_same_result_other_seed_differs():
 def test_chunk_size_does_not_change_result(monkeypatch):
     x, y = _pair(300, 0.5, seed=9)
     a = correlate(x, y, n_boot=500, seed=3, ci="bca")
-    monkeypatch.setattr(S, "_CHUNK_ELEMENTS", 5000)
+    monkeypatch.setattr(R, "_CHUNK_ELEMENTS", 5000)
     b = correlate(x, y, n_boot=500, seed=3, ci="bca")
     assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
 
@@ -157,7 +157,7 @@ def test_bca_jackknife_subset_close_to_full(monkeypatch):
     x, y = _pair(400, 0.5, seed=14)
     y = np.exp(y)
     full = correlate(x, y, method="pearson", n_boot=2000, ci="bca", seed=2)
-    monkeypatch.setattr(S, "_JACKKNIFE_MAX", 200)
+    monkeypatch.setattr(R, "_JACKKNIFE_MAX", 200)
     sub = correlate(x, y, method="pearson", n_boot=2000, ci="bca", seed=2)
     width = full.ci_high - full.ci_low
     assert abs(sub.ci_low - full.ci_low) < 0.05 * width
