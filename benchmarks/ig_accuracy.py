@@ -31,7 +31,10 @@ import torch
 from scipy.stats import spearmanr
 
 from memlens.data import load_image
-from memlens.explain import _input_size, _load_predictor, _load_run_dataset, integrated_gradients
+from memlens.explain import integrated_gradients
+from memlens.explain.stage import load_predictor as _load_predictor
+from memlens.explain.stage import load_run_data as _load_run_dataset
+from memlens.explain.stage import predictor_input_size as _input_size
 
 
 def main(argv: list[str] | None = None) -> int:

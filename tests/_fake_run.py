@@ -57,7 +57,7 @@ def make_fake_run(base: Path, n: int = 48, seed: int = 0, *, simulated: bool = F
     ``demo_config.json``, ``README.txt``), as ``memlens demo`` leaves it.
     """
     from memlens.descriptors import DESCRIPTOR_COLUMNS, image_descriptors
-    from memlens.explain import _safe_name
+    from memlens.explain.stage import safe_name as _safe_name
     from memlens.predict import summarize_cv
     from memlens.stats import analyze_run, correlate
 

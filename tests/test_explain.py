@@ -376,10 +376,10 @@ def _fake_run(tmp_path, n: int = 12, with_predicted: bool = False):
 
 @pytest.fixture
 def patched_model(monkeypatch):
-    import memlens.explain as ex
+    import memlens.explain.stage as stage
 
     model = SizedToy().eval()
-    monkeypatch.setattr(ex, "_load_predictor", lambda path, device: model)
+    monkeypatch.setattr(stage, "load_predictor", lambda path, device: model)
     return model
 
 
