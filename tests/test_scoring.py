@@ -343,3 +343,27 @@ def test_register_engine(tmp_path):
             engines.score_run(tmp_path, engine="nope")
     finally:
         engines.ENGINES.pop("recording-test", None)
+
+
+@pytest.mark.parametrize("old, names", [
+    ("memlens.measures", ["score_images", "score_run", "ScoreResult", "resolve_device", "FEATURE_SIZE"]),
+    ("memlens.engines", ["score_run", "prepare_run", "finish_run", "ENGINES"]),
+    ("memlens.engines.ray_engine", ["score_run_ray", "predict_images_ray", "shard_plan", "ray_session"]),
+])
+def test_old_scoring_paths_warn_and_alias(old, names, monkeypatch):
+    """The pre-0.2 module paths still work, as aliases of the new homes, and say they are deprecated."""
+    import importlib
+    import sys
+
+    for mod in [m for m in sys.modules if m == old or m.startswith(old + ".")]:
+        monkeypatch.delitem(sys.modules, mod)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        module = importlib.import_module(old)
+    import memlens.inference_ray
+    import memlens.ray_cluster
+    import memlens.scoring
+    import memlens.scoring.ray_engine
+
+    homes = [memlens.scoring, memlens.scoring.ray_engine, memlens.inference_ray, memlens.ray_cluster]
+    for name in names:
+        assert any(getattr(h, name, None) is getattr(module, name) for h in homes), name

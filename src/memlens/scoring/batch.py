@@ -24,7 +24,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..metrics import Metric
 
-__all__ = ["FEATURE_SIZE", "LATENT_DTYPES", "CPU_CHUNK_PIXELS", "BatchNumbers", "BatchScorer", "resolve_device",
+__all__ = ["FEATURE_SIZE", "LATENT_DTYPES", "CPU_CHUNK_PIXELS", "BatchNumbers", "BatchScorer", "check_batch_settings",
+           "resolve_device",
            "pretrained_features", "pool_features", "find_layer", "is_channels_last", "forward_chunk",
            "encode_decode", "latent_block"]
 
@@ -35,6 +36,16 @@ LATENT_DTYPES = {"float32": np.float32, "float16": np.float16}
 #: on the CPU the autoencoders run on chunks of about this many pixels (one 224 x 224 image for vgg16): with
 #: oneDNN, a chunk whose activations stay in cache is faster per image than a large batch (docs/benchmarks.md)
 CPU_CHUNK_PIXELS = 224 * 224
+
+
+def check_batch_settings(pool: str, latent_dtype: str, batch_size: int) -> None:
+    """A :class:`ConfigError` for a ``pool``, ``latent_dtype`` or ``batch_size`` no engine accepts."""
+    if pool not in ("none", "avg"):
+        raise ConfigError(f"pool must be 'none' or 'avg', got {pool!r}")
+    if latent_dtype not in LATENT_DTYPES:
+        raise ConfigError(f"latent_dtype must be one of {', '.join(LATENT_DTYPES)}, got {latent_dtype!r}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -53,6 +53,7 @@ from .batch import (
     FEATURE_SIZE,
     LATENT_DTYPES,
     BatchScorer,
+    check_batch_settings,
     is_channels_last,
     pretrained_features,
     resolve_device,
@@ -167,12 +168,7 @@ def score_images(
     -------
     ScoreResult
     """
-    if pool not in ("none", "avg"):
-        raise ConfigError(f"pool must be 'none' or 'avg', got {pool!r}")
-    if latent_dtype not in LATENT_DTYPES:
-        raise ConfigError(f"latent_dtype must be one of {', '.join(LATENT_DTYPES)}, got {latent_dtype!r}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_settings(pool, latent_dtype, batch_size)
     batch_size = int(batch_size)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -149,7 +149,7 @@ def check_same_data(run: Path, ds: Any) -> None:
     (image ids, scores, categories and the other columns; ``manifest.json`` of train), wherever it lies."""
     import json
 
-    from ..train import table_sha256
+    from ..train.records import table_sha256
 
     later = [n for n in ANALYSIS_OUTPUTS if (run / n).exists()]
     if not later:

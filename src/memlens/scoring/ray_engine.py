@@ -49,7 +49,7 @@ from ..ray_cluster import (
     require_ray,
     shard_plan,
 )
-from .batch import LATENT_DTYPES, find_layer, pretrained_features, resolve_device
+from .batch import check_batch_settings, find_layer, pretrained_features, resolve_device
 from .execute import ScoreResult, score_images
 from .plan import prepare_run
 from .sources import model_input_size
@@ -326,12 +326,7 @@ def score_run_ray(
 
     t_start = time.perf_counter()
     require_ray(local=address is None)
-    if pool not in ("none", "avg"):
-        raise ConfigError(f"pool must be 'none' or 'avg', got {pool!r}")
-    if latent_dtype not in LATENT_DTYPES:
-        raise ConfigError(f"latent_dtype must be one of {', '.join(LATENT_DTYPES)}, got {latent_dtype!r}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_settings(pool, latent_dtype, batch_size)
     if workers is not None and int(workers) < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     shard_size = int(shard_size or DEFAULT_SHARD_SIZE)
