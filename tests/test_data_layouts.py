@@ -468,3 +468,23 @@ def test_every_registered_layout_is_detected_and_offered_by_the_cli():
     for command in (check, train):
         option = next(p for p in command.params if p.name == "layout")
         assert isinstance(option.type, click.Choice) and list(option.type.choices) == ["auto", *LAYOUTS]
+
+
+def test_a_layout_is_one_module(tmp_path: Path, monkeypatch):
+    """The registry finds every module that defines LAYOUT, placed by its order and detection rank."""
+    from memlens.data.layouts.registry import discover_layouts
+
+    pkg = tmp_path / "extra_layouts_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("X = 1\n")  # no LAYOUT: not a layout
+    for name, order in (("zeta", 1), ("alpha", 2)):
+        (pkg / f"{name}.py").write_text(
+            "from memlens.data.layouts.reader import Layout\n"
+            f"LAYOUT = Layout({name!r}, detect=lambda p: False, read=lambda s, o, pr: None, order={order})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [lay.name for lay in discover_layouts(pkg, "extra_layouts_pkg")] == ["zeta", "alpha"]
+    # the package's own: the five built-in layouts, and none of its shared modules
+    from memlens.data.layouts import LAYOUTS
+
+    assert LAYOUTS == ("csv", "memcat", "lamem", "lnsim", "folder")

@@ -20,6 +20,27 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
+class LayoutChoice(click.Choice):
+    """``--layout``: ``auto`` or a registered data layout (:data:`memlens.data.layouts.LAYOUTS`).
+
+    The registry is read when the option is first used (parsing, help, completion), so that a command
+    module imports only click and a new layout module appears here by itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__([], case_sensitive=True)
+
+    @property
+    def choices(self):  # type: ignore[override]  # noqa: ANN201 - click's attribute
+        from ..data.layouts import LAYOUTS
+
+        return ["auto", *LAYOUTS]
+
+    @choices.setter
+    def choices(self, value) -> None:  # noqa: ANN001 - click sets it in __init__
+        pass
+
+
 def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Callback for ``--device``: auto, cpu, cuda or cuda:N (a typo is a usage error, exit 2); whether that
     device exists is checked when the command runs."""

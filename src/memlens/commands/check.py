@@ -8,16 +8,15 @@ from typing import Any
 
 import click
 
-from ._common import progress_bar, progress_enabled
+from ._common import LayoutChoice, progress_bar, progress_enabled
 
 # Kept here (not imported from memlens.data) so that importing this module stays light.
-_LAYOUT_CHOICES = ["auto", "csv", "memcat", "lamem", "lnsim", "folder"]
 _MAX_CATEGORIES_SHOWN = 20
 
 
 @click.command("check")
 @click.argument("data", type=click.Path(path_type=str))
-@click.option("--layout", type=click.Choice(_LAYOUT_CHOICES), default="auto", show_default=True,
+@click.option("--layout", type=LayoutChoice(), default="auto", show_default=True,
               help="Data layout; auto detects it (see docs/datasets.md).")
 @click.option("--image-col", default=None, metavar="C", help="Table column with the image paths.")
 @click.option("--score-col", default=None, metavar="C", help="Table column with the memorability scores.")

@@ -8,10 +8,16 @@ from typing import Any
 
 import click
 
-from ._common import FiniteFloatRange, check_backbone, check_device, progress_bar, progress_enabled
+from ._common import (
+    FiniteFloatRange,
+    LayoutChoice,
+    check_backbone,
+    check_device,
+    progress_bar,
+    progress_enabled,
+)
 
 # kept here (not imported from memlens) so that importing this module stays light
-_LAYOUT_CHOICES = ["auto", "csv", "memcat", "lamem", "lnsim", "folder"]
 _BACKBONES_HINT = "small, vgg16, efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2"
 
 
@@ -87,7 +93,7 @@ class _Bar:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order, splits.")
 @click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same settings).")
-@click.option("--layout", type=click.Choice(_LAYOUT_CHOICES), default="auto", show_default=True,
+@click.option("--layout", type=LayoutChoice(), default="auto", show_default=True,
               help="Data layout of DATA (see docs/datasets.md).")
 @click.option("--image-col", default=None, metavar="C", help="Table column with the image paths.")
 @click.option("--score-col", default=None, metavar="C", help="Table column with the memorability scores.")

@@ -115,4 +115,4 @@ def read_csv_layout(src: Path, options: ReadOptions, problems: list[Problem]) ->
     return raw
 
 
-LAYOUT = Layout("csv", detect=detect_csv, read=read_csv_layout)
+LAYOUT = Layout("csv", detect=detect_csv, read=read_csv_layout, order=0, detect_rank=40)

@@ -28,4 +28,4 @@ def read_folder(src: Path, options: ReadOptions, problems: list[Problem]) -> Raw
     return raw
 
 
-LAYOUT = Layout("folder", detect=detect_folder, read=read_folder)
+LAYOUT = Layout("folder", detect=detect_folder, read=read_folder, order=4, detect_rank=100)

@@ -109,4 +109,4 @@ def _same_number(a: Any, b: Any) -> bool | None:
 
 
 
-LAYOUT = Layout("lamem", detect=detect_lamem, read=read_lamem)
+LAYOUT = Layout("lamem", detect=detect_lamem, read=read_lamem, order=2, detect_rank=30)

@@ -56,4 +56,4 @@ def read_lnsim(src: Path, options: ReadOptions, problems: list[Problem]) -> RawT
     return raw
 
 
-LAYOUT = Layout("lnsim", detect=detect_lnsim, read=read_lnsim)
+LAYOUT = Layout("lnsim", detect=detect_lnsim, read=read_lnsim, order=3, detect_rank=20)

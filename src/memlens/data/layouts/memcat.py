@@ -93,4 +93,4 @@ def read_memcat(src: Path, options: ReadOptions, problems: list[Problem]) -> Raw
     return raw
 
 
-LAYOUT = Layout("memcat", detect=detect_memcat, read=read_memcat)
+LAYOUT = Layout("memcat", detect=detect_memcat, read=read_memcat, order=1, detect_rank=10)

@@ -8,9 +8,10 @@ None only when nothing usable could be read (after appending a problem that says
 :func:`~memlens.data.layouts.checks.finalize` then checks paths, scores and duplicates for all layouts
 alike and builds the uniform table.
 
-To add a layout: write a module with a reader and a ``LAYOUT = Layout(...)``, register it in
-:mod:`memlens.data.layouts.registry` (and its detection rank), add it to the CLI's ``--layout`` choices
-(``commands/check.py``, ``commands/train.py``) and to ``docs/datasets.md``, and add a test.
+To add a layout: write a module in this package with a reader and a ``LAYOUT = Layout(...)`` (its
+``detect_rank`` says when auto-detection tries it), and add a test; the registry finds every module here that
+defines ``LAYOUT`` (:mod:`memlens.data.layouts.registry`), and ``--layout`` offers it. Describe it in
+``docs/datasets.md``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class Layout:
     name: str
     detect: Callable[[Path], bool]
     read: Callable[[Path, ReadOptions, list[Problem]], RawTable | None]
+    #: position in :data:`~memlens.data.layouts.LAYOUTS` (messages, ``--layout`` choices); ties by name
+    order: int = 100
+    #: when auto-detection tries this layout's ``detect`` (lower first; the first match wins)
+    detect_rank: int = 50
 
 
 def strip_where(message: str, where: str) -> str:

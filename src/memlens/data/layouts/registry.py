@@ -1,9 +1,10 @@
 """The layout registry and auto-detection: which layouts exist, in which order they are tried, and
 :func:`detect_layout`.
 
-A layout is registered by adding its module's ``LAYOUT`` to ``_REGISTERED`` (the order of :data:`LAYOUTS`,
-used in messages) and its name to :data:`DETECTION_ORDER` (where its ``detect`` rule is tried; the first
-match wins, so more specific rules come first and ``folder``, which matches any folder, comes last).
+Every module of this package that defines ``LAYOUT`` (a :class:`~.reader.Layout`) is a layout: adding one is
+adding one module. ``Layout.order`` places it in :data:`LAYOUTS` (messages, the CLI's ``--layout`` choices);
+``Layout.detect_rank`` places its ``detect`` rule in :data:`DETECTION_ORDER` (the first match wins, so more
+specific rules come first and ``folder``, which matches any folder, comes last).
 """
 
 from __future__ import annotations
@@ -12,17 +13,41 @@ import os
 from pathlib import Path
 
 from ...errors import ConfigError, DataError
-from . import csv, folder, lamem, lnsim, memcat
 from .reader import Layout
 
-__all__ = ["LAYOUTS", "DETECTION_ORDER", "get_layout", "detect_layout"]
+__all__ = ["LAYOUTS", "DETECTION_ORDER", "get_layout", "detect_layout", "discover_layouts"]
 
-_REGISTERED: tuple[Layout, ...] = (csv.LAYOUT, memcat.LAYOUT, lamem.LAYOUT, lnsim.LAYOUT, folder.LAYOUT)
+
+
+#: the modules of this package that hold the machinery every layout shares (not layouts themselves)
+_SHARED_MODULES = frozenset({"checks", "dataset", "image_files", "loading", "reader", "registry", "tables"})
+
+
+def discover_layouts(folder: Path | None = None, package: str | None = None) -> tuple[Layout, ...]:
+    """The ``LAYOUT`` of every module of ``package`` (default: this one, less its shared machinery), by
+    ``order`` (then name)."""
+    import importlib
+    import pkgutil
+
+    folder, package = folder or Path(__file__).parent, package or __package__
+    found = []
+    for info in pkgutil.iter_modules([str(folder)]):
+        if package == __package__ and info.name in _SHARED_MODULES:
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        layout = getattr(module, "LAYOUT", None)
+        if isinstance(layout, Layout):
+            found.append(layout)
+    return tuple(sorted(found, key=lambda lay: (lay.order, lay.name)))
+
+
+_REGISTERED: tuple[Layout, ...] = discover_layouts()
 _BY_NAME: dict[str, Layout] = {layout.name: layout for layout in _REGISTERED}
 
 LAYOUTS: tuple[str, ...] = tuple(_BY_NAME)
 """The names of the registered layouts."""
-DETECTION_ORDER: tuple[str, ...] = ("memcat", "lnsim", "lamem", "csv", "folder")
+DETECTION_ORDER: tuple[str, ...] = tuple(lay.name for lay in sorted(_REGISTERED, key=lambda lay: (lay.detect_rank,
+                                                                                                    lay.name)))
 """The order in which :func:`detect_layout` tries the layouts' rules (every layout once)."""
 
 
