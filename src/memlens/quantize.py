@@ -8,9 +8,9 @@ all-black and an all-white image), widened by :data:`INT8_RANGE_MARGIN`: an imag
 calibration ones is then not clipped. (Torch's default, ranges fitted to the calibration images' histogram,
 moved single lnsim-dev images' MSE by up to 20 % when the 8 calibration images lacked such an image; widened
 min/max ranges keep every image within a few percent.) On a CPU with AVX512-VNNI the vgg16 autoencoder runs
-about 4x faster than in float32 and 2x faster than in bfloat16 (docs/benchmarks.md); on 500 lnsim-dev images
-per-image reconstruction errors stayed within 3.9 % of float32 (median 0.13 %, Spearman 0.99994) and
-nearest-neighbour distances in latent space within 3.9 % (median 0.7 %). How far int8 moved the calibration
+about 4x faster than in float32 and 2x faster than in bfloat16 (docs/benchmarks.md); on 250 lnsim-dev images
+that took no part in choosing the margin, per-image reconstruction errors stayed within 1.8 % of float32
+(median 0.17 %; Intel Xeon, 2026-12; the x2 margin chosen earlier on an AMD EPYC reached 5.2 % there). How far int8 moved the calibration
 images' own errors is measured on every quantization (:attr:`Int8Autoencoder.calibration_error`, recorded in the
 run's config) and a warning is logged above :data:`INT8_WARN_REL_MSE`: some models quantize worse than others.
 
