@@ -77,7 +77,7 @@ def score_run(
         ``recon_<m>_before`` columns, ``exposure.csv`` the ``recon_exposure`` column).
     data : a folder/table for :func:`memlens.data.load_dataset`, a loaded ``Dataset``, or None to reload the
         data described by ``RUN/dataset.json``.
-    engine : ``"local"`` or ``"ray"``.
+    engine : a registered engine (:data:`ENGINES`: ``"local"``, ``"ray"``; :func:`register_engine` adds one).
     index : ``"exact"``, ``"flat"``, ``"ivf"`` or ``"hnsw"`` (the last three need the ``faiss`` extra).
     index_options : keyword arguments of :func:`memlens.index.distinctiveness_index` (``memory_budget_mb``,
         ``recall_sample``, ``nlist``, ``nprobe``, ``hnsw_m``, ``ef_search``, ``seed``, ...).
