@@ -3,22 +3,28 @@
 Usage::
 
     python benchmarks/lnsim.py                       # both parts, ../shared/data/lnsim-dev, temporary folders
-    python benchmarks/lnsim.py --part predictor      # the predictor only (about 10 minutes on 2 cores)
+    python benchmarks/lnsim.py --part predictor      # the predictor only (about 15 minutes on 2 cores)
     python benchmarks/lnsim.py --part pipeline --out RUN
 
-Part ``predictor`` -- what ``memlens fit-predictor`` does with its defaults, through the same library
-functions, without an autoencoder: the ``lite01`` feature set extracted from every image, then 5-fold
-cross-validation of the default model (``svr``), the MLP and the ridge baseline on the same folds, for fold
-seeds 0, 1 and 2 (``--seeds``), with the noise ceiling of the split halves. Timed: feature extraction and
-the seed-0 cross-validation (the extra seeds are reported apart).
+Part ``predictor`` -- the predictor measured on images that no choice saw. lnsim-dev is split once (seed 0,
+stratified by above/below-median score; :func:`memlens.predict.holdout_split`) into 1,474 *tuning* images and
+500 *untouched* images, listed in ``benchmarks/lnsim_untouched_500.txt`` (the script checks that the split it
+makes is that list). Every choice -- memlens's defaults and what ``fit-predictor`` chooses inside -- is made on
+the tuning images: ``memlens fit-predictor`` runs with its default options on a run holding only them (it sets
+its own 20 % holdout aside inside them and prints its estimate), and the saved predictor is then applied with
+``memlens predict``'s code to the 500 untouched images. Beside it, on the same images and fitted on the same
+1,474: ridge on EfficientNet-Lite0 multi-stage features (``lite0-crop``), and the paper's MLP on autoencoder latents (the
+latent codes of ``--latents-run RUN`` -- a run of the pipeline part -- or, by default, of memlens's default
+autoencoder with its ImageNet encoder before visual experience and exposure). Spearman with paired bootstrap
+95 % CIs; the gap between the run's own estimate and its score on the untouched images.
 
 Part ``pipeline`` -- the stages of ``memlens run`` that produce numbers, with their default options: train
 (visual experience on a held-out 25 % + single exposure), score, analyze and fit-predictor; prints the
 correlations of reconstruction error and distinctiveness with memorability (95 % bootstrap CIs) and every
 stage's wall time.
 
-Goals (issue 6): predictor Spearman >= 0.60 with the default configuration, in under 20 minutes on a
-2-core CPU.
+Goals (issue 19): on the untouched images Spearman >= 0.62 (bar), 0.65 (goal); the run's own estimate within
+0.03 of it; fit-predictor under 30 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+UNTOUCHED = Path(__file__).resolve().parent / "lnsim_untouched_500.txt"
+N_UNTOUCHED = 500
 
 
 def _stage(name: str, argv: list[str], times: dict[str, float]) -> None:
@@ -43,57 +52,125 @@ def _stage(name: str, argv: list[str], times: dict[str, float]) -> None:
         raise SystemExit(f"stage {name} failed with exit code {rc}")
 
 
-def _predictor_part(data: Path, seeds: list[int]) -> None:
+def untouched_split(table, seed: int = 0):
+    """(tuning rows, untouched rows) of lnsim-dev: the split every predictor choice stays out of."""
     import numpy as np
 
+    from memlens.predict import holdout_split, strata_labels
+
+    y = table["score"].to_numpy(dtype=float)
+    hs = holdout_split(strata_labels(y), N_UNTOUCHED / len(y), seed=seed)
+    return hs["select"], hs["holdout"], np.asarray(table["image_id"].astype(str))
+
+
+def _latents(paths: list, latents_run: Path | None, ids: list[str]):
+    """Flattened latent codes: of a trained run (``latents.npy``), or of the default autoencoder at init."""
+    import numpy as np
+    import torch
+
+    if latents_run is not None:
+        order = {i: k for k, i in enumerate((latents_run / "latent_ids.txt").read_text().split())}
+        mat = np.load(latents_run / "latents.npy", mmap_mode="r")
+        return np.asarray(mat[[order[i] for i in ids]], dtype=np.float32), f"latents of {latents_run}"
+    from memlens.data.images import load_image
+    from memlens.models import create_autoencoder
+
+    ae = create_autoencoder("efficientnet_lite0", init="imagenet").eval()
+    out = []
+    with torch.inference_mode():
+        for a in range(0, len(paths), 32):
+            x = torch.from_numpy(np.stack([load_image(p, 224) for p in paths[a:a + 32]])).permute(0, 3, 1, 2)
+            out.append(ae.encode(x.float() / 255.0).flatten(1).numpy())
+    return np.concatenate(out), "latents of the default autoencoder (ImageNet encoder, before training)"
+
+
+def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path | None) -> None:
+    import json
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from memlens.cli import main as cli
     from memlens.data import load_dataset
-    from memlens.features import DEFAULT_FEATURE_SET, FEATURE_SETS, extract_feature_set
-    from memlens.predict import (
-        MemorabilityRegressor,
-        MemorabilitySVR,
-        cross_validate,
-        make_splits,
-        strata_labels,
-        summarize_cv,
-    )
-    from memlens.stats import split_half_reliability
+    from memlens.features import extract_feature_set
+    from memlens.inference import predict_images
+    from memlens.predict import MemorabilityRegressor, prediction_metrics, read_predictor, ridge_baseline
+    from memlens.predict.selection import estimate
 
     ds = load_dataset(data)
-    table = ds.table
+    table = ds.table.reset_index(drop=True)
     y = table["score"].to_numpy(dtype=float)
-    print(f"\n== predictor: {len(y)} images, feature set {DEFAULT_FEATURE_SET} ==", flush=True)
+    tune, test, ids = untouched_split(table)
+    listed = [line.strip() for line in UNTOUCHED.read_text().splitlines() if line.strip()] if UNTOUCHED.is_file() \
+        else None
+    made = sorted(ids[test].tolist())
+    if listed is None:
+        UNTOUCHED.write_text("".join(f"{i}\n" for i in made))
+        print(f"wrote the untouched split to {UNTOUCHED}")
+    elif listed != made:
+        raise SystemExit(f"the split differs from {UNTOUCHED}: the data or the split code changed")
+    print(f"\n== predictor: {len(tune)} tuning images, {len(test)} untouched images ({UNTOUCHED.name}) ==",
+          flush=True)
+    tmp = tempfile.TemporaryDirectory(prefix="memlens-lnsim-pred-")
+    run = Path(tmp.name) / "run" if keep is None else keep
+    run.mkdir(parents=True, exist_ok=True)
+    # a run holding only the tuning images: what fit-predictor reads (scores, where the images are, split halves)
+    table.iloc[tune][["image_id", "score"]].to_csv(run / "per_image.csv", index=False)
+    (run / "dataset.json").write_text(json.dumps({"source": str((data / "scores.csv").resolve()), "layout": "csv"}))
+    if (data / "split_halves.npz").is_file():
+        shutil.copy(data / "split_halves.npz", run / "split_halves.npz")
     t0 = time.perf_counter()
-    X = extract_feature_set(table["path"].tolist(), DEFAULT_FEATURE_SET)
-    t_feat = time.perf_counter() - t0
-    print(f"features {X.shape} in {t_feat:.0f} s", flush=True)
-    rel = split_half_reliability(ds.halves) if ds.halves is not None else None
-    rows = {}
-    t_cv = {}
-    for seed in seeds:
-        t0 = time.perf_counter()
-        splits = make_splits(strata_labels(y, None), split="kfold", n_splits=5, seed=seed)
-        res = cross_validate(X, y, splits, regressor=MemorabilityRegressor(random_state=seed),
-                             svr=MemorabilitySVR(blocks=FEATURE_SETS[DEFAULT_FEATURE_SET].blocks()))
-        t_cv[seed] = time.perf_counter() - t0
-        m = summarize_cv(res.table)
-        m = m[m["fold"] == "mean"].set_index("model")
-        rows[seed] = {k: float(m.loc[k, "spearman"]) for k in ("svr", "mlp", "ridge")}
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[seed].items())
-              + f"  ({t_cv[seed]:.0f} s)", flush=True)
-    print("\n5-fold CV Spearman (mean over folds)")
-    print("seed  " + "".join(f"{m:>8}" for m in ("svr", "mlp", "ridge")))
-    for seed, r in rows.items():
-        print(f"{seed:<6}" + "".join(f"{r[m]:8.3f}" for m in ("svr", "mlp", "ridge")))
-    print("mean  " + "".join(f"{np.mean([r[m] for r in rows.values()]):8.3f}" for m in ("svr", "mlp", "ridge")))
-    if rel is not None:
-        print(f"noise ceiling: human split-half Spearman {rel['spearman_mean']:.3f} "
+    rc = cli(["fit-predictor", str(run), "--seed", str(seed)])
+    t_fit = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"fit-predictor failed with exit code {rc}")
+    info = read_predictor(run / "predictor.pt")["info"]
+    own = info["estimate"]
+    paths = table["path"].tolist()
+    t0 = time.perf_counter()
+    pred = predict_images([paths[i] for i in test], run, batch_size=32, device="cpu").table
+    t_pred = time.perf_counter() - t0
+    by_path = dict(zip(pred["image"].astype(str), pred["predicted_score"], strict=True))
+    p_default = np.array([by_path[str(paths[i])] for i in test])
+
+    rows = []
+
+    def add(name: str, inputs: str, p: np.ndarray, reported: float | None = None) -> None:
+        e = estimate(y[test], p, seed=seed)
+        auc = prediction_metrics(y[test], p)["auc"]
+        rows.append({"model": name, "inputs": inputs, "reported": reported, **e, "auc": auc})
+
+    add(f"memlens default ({info['model']})", info["inputs"], p_default, own["spearman"])
+    t0 = time.perf_counter()
+    F0 = extract_feature_set(paths, "lite0-crop")
+    rg = ridge_baseline().fit(F0[tune], y[tune])
+    add("ridge", "EfficientNet-Lite0 multi-stage features (lite0-crop, 2,168)", rg.predict(F0[test]))
+    L, lat_label = _latents(paths, latents_run, ids.tolist())
+    mlp = MemorabilityRegressor(random_state=seed).fit(L[tune], y[tune])
+    add("paper's MLP", lat_label, mlp.predict(L[test]))
+    t_base = time.perf_counter() - t0
+    out = pd.DataFrame(rows)
+    print(f"\nSpearman on the {len(test)} untouched images (paired bootstrap 95 % CI), all fitted on the {len(tune)}:")
+    for _, r in out.iterrows():
+        rep = f"; its own estimate {r['reported']:.3f}" if r["reported"] is not None and np.isfinite(r["reported"]) \
+            else ""
+        print(f"  {r['model']:<26} {r['spearman']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  AUC {r['auc']:.3f}"
+              f"  ({r['inputs']}{rep})")
+    gap = own["spearman"] - out.iloc[0]["spearman"]
+    print(f"fit-predictor's own estimate ({own['kind']}, n={own['n']}): {own['spearman']:.3f} "
+          f"[{own['ci_low']:.3f}, {own['ci_high']:.3f}]; on the untouched images {out.iloc[0]['spearman']:.3f} "
+          f"(gap {gap:+.3f}; goal within 0.03)")
+    if ds.halves is not None:
+        from memlens.stats import split_half_reliability
+
+        rel = split_half_reliability(ds.halves.subset(ids[test].tolist()))
+        print(f"noise ceiling of the untouched images: split-half Spearman {rel['spearman_mean']:.3f} "
               f"(Spearman-Brown {rel['spearman_brown']:.3f})")
-    first = seeds[0]
-    total = t_feat + t_cv[first]
-    print(f"wall time: features {t_feat:.0f} s + CV (seed {first}, three models) {t_cv[first]:.0f} s = "
-          f"{total:.0f} s ({total / 60:.1f} min; goal < 20 min)")
-    print(f"default predictor (svr on {DEFAULT_FEATURE_SET}), seed {first}: {rows[first]['svr']:.3f}; "
-          f"mean over seeds {np.mean([r['svr'] for r in rows.values()]):.3f} (goal >= 0.60)", flush=True)
+    print(f"wall time: fit-predictor {t_fit:.0f} s ({t_fit / 60:.1f} min; goal < 30), predict on {len(test)} images "
+          f"{t_pred:.0f} s, baselines {t_base:.0f} s", flush=True)
+    if keep is None:
+        tmp.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=here.parent.parent / "shared" / "data" / "lnsim-dev")
     ap.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary folder)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                    help="fold seeds for the predictor CV (the first is the pipeline's)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of fit-predictor and the pipeline")
+    ap.add_argument("--latents-run", type=Path, default=None,
+                    help="a run of the pipeline part whose latents the paper's MLP uses (default: the untrained "
+                         "default autoencoder's)")
     ap.add_argument("--part", choices=["both", "predictor", "pipeline"], default="both")
     args = ap.parse_args(argv)
     if not (args.data / "scores.csv").is_file():
@@ -119,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average before: {load}")
     if args.part in ("both", "predictor"):
-        _predictor_part(args.data, args.seeds)
+        _predictor_part(args.data, args.seed, args.latents_run,
+                        None if args.part == "both" or args.out is None else args.out)
     if args.part == "predictor":
         return 0
     print("\n== pipeline: train, score, analyze, fit-predictor with default options ==", flush=True)
@@ -129,12 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     _stage("train", ["train", data, "--out", str(run)], times)
     _stage("score", ["score", "--run", str(run)], times)
     _stage("analyze", ["analyze", str(run)], times)
-    _stage("fit-predictor", ["fit-predictor", str(run), "--seed", str(args.seeds[0])], times)
+    _stage("fit-predictor", ["fit-predictor", str(run), "--seed", str(args.seed)], times)
     total = time.perf_counter() - t_all
 
     cv = pd.read_csv(run / "predictor_cv.csv")
-    means = cv[cv["fold"] == "mean"].set_index("model")
-    print(f"\nfit-predictor (seed {args.seeds[0]}): "
+    kind = "holdout" if (cv["estimate"] == "holdout").any() else "outer-cv"
+    means = cv[(cv["fold"] == "mean") & (cv["estimate"] == kind)].set_index("model")
+    print(f"\nfit-predictor (seed {args.seed}, {kind} estimate): "
           + ", ".join(f"{m} {v:.3f}" for m, v in means["spearman"].items()))
     ceil = means.get("human_consistency")
     if ceil is not None:

@@ -293,7 +293,7 @@ class RealRun:
 
 #: tiny settings of every stage (option names of `memlens run`): the whole pipeline in well under a minute
 REAL_RUN_ARGS = ("--backbone", "small", "--image-size", "32", "--pretrain-epochs", "2", "--metrics", "mse,dssim",
-                 "--feature-size", "32", "--n-boot", "50", "--cv", "3", "--max-epochs", "20", "--features", "latents",
+                 "--feature-size", "32", "--n-boot", "50", "--cv", "3", "--max-epochs", "20", "--features", "latents", "--model", "svr",
                  "--top", "2", "--bottom", "2", "--steps", "8", "--aggregate-max", "4", "--sanity-max", "2",
                  "--seed", "0", "--device", "cpu", "--batch-size", "8")
 _REAL: dict[str, RealRun] = {}

@@ -46,13 +46,17 @@ FAST = ["--hidden", "256", "--max-epochs", "100"]
 
 
 def test_kfold_latents_end_to_end(tmp_path, capsys):
+    """An explicit --model: no choice is made, so the nested estimate is plain k-fold (outer-cv rows only)."""
     run, table = make_run(tmp_path)
-    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--seed", "1", *FAST]) == 0
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--seed", "1", "--model", "svr",
+                 *FAST]) == 0
     out = capsys.readouterr().out
     assert "mlp" in out and "ridge" in out and "noise ceiling" in out and "149 images" in out
+    assert "nested cross-validation" in out and "estimate for new images of this kind: Spearman" in out
 
     cv = pd.read_csv(run / "predictor_cv.csv")
-    assert cv.columns[:4].tolist() == ["fold", "model", "inputs", "split"]
+    assert cv.columns[:5].tolist() == ["fold", "model", "inputs", "split", "estimate"]
+    assert set(cv["estimate"]) == {"outer-cv"}  # 149 < 1,000 images: no holdout, and nothing was chosen
     folds = cv[cv["fold"] != "mean"]
     assert len(folds) == 9 and set(folds["model"]) == {"mlp", "svr", "ridge"}
     assert folds.groupby("model")["n_test"].sum().tolist() == [149, 149, 149]  # every scored image tested once
@@ -69,23 +73,108 @@ def test_kfold_latents_end_to_end(tmp_path, capsys):
     hc = mean.loc["mlp", "human_consistency"]
     assert mean.loc["mlp", "spearman_brown"] == pytest.approx(2 * hc / (1 + hc))
     assert mean.loc["mlp", "spearman"] == pytest.approx(folds[folds["model"] == "mlp"]["spearman"].mean())
-
+    # the pooled out-of-fold Spearman and its paired bootstrap CI, on the mean rows
     oof = pd.read_csv(run / "predictor_oof.csv")
-    assert len(oof) == 149 and oof[["predicted_mlp", "predicted_svr", "predicted_ridge"]].notna().all().all()
+    from scipy.stats import spearmanr
 
-    # predictor.pt: the autoencoder's latents (flattened: pool none) -> MLP; usable on images
+    assert mean.loc["svr", "spearman_pooled"] == pytest.approx(spearmanr(oof["predicted_svr"], oof["score"])[0])
+    assert mean.loc["svr", "ci_low"] < mean.loc["svr", "spearman_pooled"] < mean.loc["svr", "ci_high"]
+    assert cv.loc[cv["saved"], "model"].unique().tolist() == ["svr"]
+    assert cv.loc[cv["reported"], "model"].unique().tolist() == ["svr"]
+
+    assert len(oof) == 149 and oof[["predicted_mlp", "predicted_svr", "predicted_ridge"]].notna().all().all()
+    assert set(oof["part"]) == {"outer-cv"}
+
+    # predictor.pt: the autoencoder's latents (flattened: pool none) -> SVR; usable on images
     from memlens.predict import load_memorability_model, read_predictor
 
     raw = read_predictor(run / "predictor.pt")
     assert raw["recipe"][0]["kind"] == "autoencoder" and raw["recipe"][0]["pool"] == "none"
     assert raw["info"]["inputs"] == "latents" and raw["info"]["n_images"] == 149
-    assert raw["info"]["model"] == "svr" and raw["head"]["type"] == "svr"  # the default model
+    assert raw["info"]["model"] == "svr" and raw["head"]["type"] == "svr"
+    est = raw["info"]["estimate"]
+    assert est["kind"] == "outer-cv" and est["n"] == 149
+    assert est["spearman"] == pytest.approx(mean.loc["svr", "spearman_pooled"])
     model = load_memorability_model(run / "predictor.pt")
     assert model.input_size == 16
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     pred = model.predict(x)
     assert pred.shape == (5,) and np.isfinite(pred).all()
     np.testing.assert_allclose(model.predict(x[:1]), pred[:1], rtol=1e-6)
+
+
+def test_auto_nested_selection_is_made_inside_each_outer_fold(tmp_path, capsys):
+    """--model auto on a small set: an inner CV inside each outer fold's training rows picks the model; the
+    ``selected`` rows carry the chosen model's predictions of that fold; the saved model is chosen by a CV of
+    every image (inner-cv rows) and is the one in predictor.pt."""
+    run, _ = make_run(tmp_path)
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--seed", "1", *FAST]) == 0
+    out = capsys.readouterr().out
+    cv = pd.read_csv(run / "predictor_cv.csv")
+    assert set(cv["estimate"]) == {"inner-cv", "outer-cv"}
+    sel = cv[(cv["model"] == "selected") & (cv["fold"] != "mean")]
+    assert len(sel) == 3 and set(sel["chosen"]) <= {"svr", "mlp", "ridge"}
+    oof = pd.read_csv(run / "predictor_oof.csv")
+    outer = cv[(cv["estimate"] == "outer-cv") & (cv["fold"] != "mean")]
+    for _, r in sel.iterrows():  # each fold's selected figure is the chosen model's figure on that fold
+        same = outer[(outer["fold"] == r["fold"]) & (outer["model"] == r["chosen"])]
+        assert r["spearman"] == pytest.approx(float(same["spearman"].iloc[0]))
+    from memlens.predict import read_predictor
+
+    raw = read_predictor(run / "predictor.pt")
+    inner = cv[(cv["estimate"] == "inner-cv") & (cv["fold"] == "mean")].set_index("model")["spearman"]
+    assert raw["info"]["model"] == inner.idxmax()  # the best selection figure is saved
+    assert raw["info"]["estimate"]["procedure"] == "selected"
+    assert cv.loc[cv["reported"], "model"].unique().tolist() == ["selected"]
+    from scipy.stats import spearmanr
+
+    assert raw["info"]["estimate"]["spearman"] == pytest.approx(spearmanr(oof["predicted_selected"], oof["score"])[0])
+    assert f"predictor.pt holds the {raw['info']['model']} model (chosen by inner cross-validation" in out
+
+
+def test_holdout_is_set_aside_before_any_choice(tmp_path, capsys):
+    """--holdout 0.3: those images are in no inner fold, every model is scored once on them, and the figure
+    reported for the saved model is its Spearman on them (with a paired bootstrap CI)."""
+    run, _ = make_run(tmp_path)
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--holdout", "0.3", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "45 images (30%) set aside before any choice" in out
+    cv = pd.read_csv(run / "predictor_cv.csv")
+    oof = pd.read_csv(run / "predictor_oof.csv")
+    assert (oof["part"] == "holdout").sum() == 45 and (oof["part"] == "inner-cv").sum() == 104
+    inner = cv[(cv["estimate"] == "inner-cv") & (cv["fold"] != "mean")]
+    assert inner.groupby("model")["n_test"].sum().tolist() == [104, 104, 104]  # the holdout is in no fold
+    hold = cv[(cv["estimate"] == "holdout") & (cv["fold"] != "mean")]
+    assert hold["n_test"].tolist() == [45, 45, 45] and hold["n_train"].tolist() == [104, 104, 104]
+    from scipy.stats import spearmanr
+
+    from memlens.predict import read_predictor
+
+    raw = read_predictor(run / "predictor.pt")
+    chosen = raw["info"]["model"]
+    h = oof[oof["part"] == "holdout"]
+    rho = spearmanr(h[f"predicted_{chosen}"], h["score"])[0]
+    assert raw["info"]["estimate"]["spearman"] == pytest.approx(rho)
+    assert raw["info"]["estimate"]["kind"] == "holdout" and raw["info"]["estimate"]["n"] == 45
+    assert raw["info"]["holdout"] == 0.3
+    assert f"Spearman {rho:.3f}" in out and "on the 45 held-out images no choice saw" in out
+    # the same seed sets the same images aside; another seed others
+    first = set(h["image_id"])
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--holdout", "0.3",
+                 "--model", "ridge", *FAST]) == 0
+    again = pd.read_csv(run / "predictor_oof.csv")
+    assert set(again.loc[again["part"] == "holdout", "image_id"]) == first
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--holdout", "0.3",
+                 "--model", "ridge", "--seed", "5", *FAST]) == 0
+    other = pd.read_csv(run / "predictor_oof.csv")
+    assert set(other.loc[other["part"] == "holdout", "image_id"]) != first
+    # ridge saved as a plain linear head that reproduces the pipeline's predictions
+    from memlens.predict import load_regressor
+
+    head = load_regressor(run / "predictor.pt")
+    assert read_predictor(run / "predictor.pt")["info"]["model"] == "ridge" and head.coefs_[0].shape == (32, 1)
+    assert main(["fit-predictor", str(run), "--holdout", "0.9"]) == 2
+    assert "fraction in [0, 0.5]" in capsys.readouterr().err
 
 
 def test_deterministic_for_a_seed(tmp_path):
@@ -142,3 +231,24 @@ def test_features_from_another_network_cannot_be_loaded_as_a_model(tmp_path):
     with pytest.raises(CheckpointError, match="encoders give 1280 columns but its head expects 12"):
         load_memorability_model(run / "predictor.pt")
     assert load_regressor(run / "predictor.pt").n_features_in_ == 12  # the head alone still works
+
+
+def test_report_leads_with_the_honest_estimate(tmp_path):
+    """The report's predictor section and headline give the held-out figure (with its CI) for the saved model,
+    and label the inner cross-validation figures as the selection figures, apart."""
+    from memlens.predict import read_predictor
+    from memlens.report import collect_report
+
+    run, _ = make_run(tmp_path)
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--holdout", "0.3", *FAST]) == 0
+    est = read_predictor(run / "predictor.pt")["info"]["estimate"]
+    page, results = collect_report(run)
+    pred = results["predictor"]
+    assert pred["estimate"]["kind"] == "holdout" and pred["estimate"]["n"] == 45
+    assert pred["estimate"]["spearman"] == pytest.approx(est["spearman"])
+    assert pred["estimate"]["ci_low"] == pytest.approx(est["ci_low"])
+    assert set(pred["inner"]) == {"mlp", "svr", "ridge"}
+    assert results["headline"]["predictor rho (on held-out images no choice saw)"] == pytest.approx(
+        est["spearman"], abs=5e-4)
+    assert "Selection figures (inner cross-validation)" in page and "set aside" in page
+    assert f"{est['spearman']:.3f}" in page

@@ -87,7 +87,8 @@ def test_feature_set_predictor_scores_new_files_as_it_was_fitted(run, tmp_path):
 
     r = tmp_path / "run"
     shutil.copytree(run.run, r)
-    assert main(["fit-predictor", str(r), "--features", "lite01", "--cv", "2", "--max-epochs", "5"]) == 0
+    assert main(["fit-predictor", str(r), "--features", "lite01", "--cv", "2", "--max-epochs", "5",
+                 "--model", "svr"]) == 0
     cv = pd.read_csv(r / "predictor_cv.csv")
     assert set(cv["model"]) == {"mlp", "svr", "ridge"} and (cv["inputs"] == "lite01").all()
     raw = read_predictor(r / "predictor.pt")
@@ -117,6 +118,36 @@ def test_feature_set_predictor_scores_new_files_as_it_was_fitted(run, tmp_path):
         assert not np.allclose(X2[0], X[0]) and np.allclose(X2[1:], X[1:], atol=1e-5)
     finally:
         changed.write_bytes(backup)
+
+
+def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, tmp_path):
+    """--finetune lite0 --model svr+finetune: the fine-tuned tails are stored in predictor.pt (plain tensors),
+    and memlens predict on the run's files gives the blend of the SVR on the cached features and the tails on
+    the cached trunk activations (float16 cache against float32 live activations: 2e-3 in score units)."""
+    import shutil
+
+    from memlens.predict import load_regressor, read_predictor
+    from memlens.predict.finetune import FineTunedLiteRegressor, TrunkActivations
+
+    r = tmp_path / "run"
+    shutil.copytree(run.run, r)
+    assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--finetune", "lite0",
+                 "--model", "svr+finetune", "--max-epochs", "5"]) == 0
+    cv = pd.read_csv(r / "predictor_cv.csv")
+    assert {"finetune", "svr+finetune"} <= set(cv["model"])
+    assert cv.loc[cv["saved"], "model"].unique().tolist() == ["svr+finetune"]
+    raw = read_predictor(r / "predictor.pt")
+    assert raw["finetuned"]["type"] == "finetuned-lite" and raw["finetuned"]["blend"] == 0.5
+    assert raw["info"]["finetune"]["variant"] == "efficientnet_lite0"
+    ids = [line.split("\t")[0] for line in (r / "featureset_lite0-crop_ids.txt").read_text().splitlines()]
+    X = np.load(r / "featureset_lite0-crop.npy")
+    acts = TrunkActivations.load(r / "featureset_lite0-crop_trunk_efficientnet_lite0.npz")
+    assert len(acts) == len(ids) and acts.maps[0].shape == (2, 112, 14, 14)
+    ft = FineTunedLiteRegressor.from_state(raw["finetuned"])
+    want = 0.5 * load_regressor(r / "predictor.pt").predict(X[:6]) + 0.5 * ft.predict(acts[np.arange(6)])
+    got = predict_images([run.data / i for i in ids[:6]], r, batch_size=4).table.predicted_score.to_numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+    assert np.ptp(ft.predict(acts)) > 0  # the tails learned something that varies between images
 
 
 def test_explain_runs_on_a_feature_set_predictor(run, tmp_path):

@@ -578,7 +578,10 @@ def test_real_run_report_has_every_section_filled(real):
         assert needle in _section(page, sec), (sec, needle)
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert set(results["headline"]) >= {"images", "noise ceiling (human split-half rho)", "rho(recon_mse, score)",
-                                        "predictor rho (cross-validated)"}
+                                        "predictor rho (nested cross-validation, unseen images)"}
+    est = results["predictor"]["estimate"]  # the honest figure: the pooled outer-fold predictions' Spearman
+    assert results["headline"]["predictor rho (nested cross-validation, unseen images)"] == pytest.approx(
+        est["spearman"], abs=5e-4)
     assert results["headline"]["noise ceiling (human split-half rho)"] == pytest.approx(
         results["summary"]["noise_ceiling"]["split_half_spearman"], abs=5e-4)
     assert "report: " in r.output  # memlens run printed where the report is

@@ -162,32 +162,57 @@ class FeatureSetExtractor(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
     @staticmethod
-    def _pool(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _stages(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         from .models.efficientnet import normalize_lite
 
-        st = net.forward_stages(normalize_lite(x))
+        return net.forward_stages(normalize_lite(x))
+
+    @staticmethod
+    def _pooled(st: list[torch.Tensor]) -> torch.Tensor:
         parts = [st[j].mean(dim=(2, 3)) for j in MEAN_STAGES]
         parts += [st[j].flatten(2).std(dim=2) for j in STD_STAGES]
         return torch.cat(parts, dim=1)
 
-    def forward(self, x: torch.Tensor, check: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, check: bool = True,
+                trunk: dict[str, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Feature-set columns (N, F) of images in [0, 1].
+
+        ``trunk`` (``{variant: stage}``) also returns, from the same forward pass, the named networks' stage
+        outputs for the image and its mirror image: ``(columns, {variant: (N, 2, C, h, w)})`` -- the inputs of
+        fine-tuned tails (:mod:`memlens.predict.finetune`).
+        """
         if check:
             from .models.base import check_image_range
 
             check_image_range(x)
         outs = []
-        for net, (_, side) in zip(self.nets, self.feature_set.backbones, strict=True):
+        acts: dict[str, torch.Tensor] = {}
+        for net, (variant, side) in zip(self.nets, self.feature_set.backbones, strict=True):
             xi = self._resize(x.float(), side)
-            f = self._pool(net, xi)
+            st = self._stages(net, xi)
+            f = self._pooled(st)
             if self.feature_set.flip:
-                f = (f + self._pool(net, xi.flip(3))) / 2
+                f = (f + self._pooled(self._stages(net, xi.flip(3)))) / 2
+            if trunk and variant in trunk:
+                from .models.efficientnet import normalize_lite
+
+                stage = int(trunk[variant])
+                mirror = net.forward_stages(normalize_lite(xi.flip(3)), until=stage)[stage]
+                acts[variant] = torch.stack([st[stage], mirror], dim=1)
             outs.append(f)
-        return torch.cat(outs, dim=1).float()
+        cols = torch.cat(outs, dim=1).float()
+        if trunk:
+            missing = set(trunk) - set(acts)
+            if missing:
+                raise ValueError(f"feature set {self.feature_set.name} has no network {sorted(missing)[0]!r}")
+            return cols, acts
+        return cols
 
 
 def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DEFAULT_FEATURE_SET, *,
                         device: str = "cpu", batch_size: int = 16, model: Any = None,
-                        progress: Callable[[int], Any] | None = None) -> np.ndarray:
+                        progress: Callable[[int], Any] | None = None,
+                        trunk: dict[str, int] | None = None) -> Any:
     """Feature-set columns (N, F) float32 of image files, in order (decoded with the set's aspect rule).
 
     Images of one shape are batched (``batch_size``); the result does not depend on the batching.
@@ -206,6 +231,10 @@ def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DE
         An extractor already built for ``feature_set`` (saves loading its weights again).
     progress : callable, optional
         ``progress(k)`` after each batch of ``k`` images.
+    trunk : dict, optional
+        ``{variant: stage}``: also return, from the same forward passes, those networks' stage outputs of
+        each image and its mirror image as :class:`memlens.predict.finetune.TrunkActivations` (float16):
+        the result is then ``(columns, {variant: activations})``.
 
     Raises
     ------
@@ -225,14 +254,21 @@ def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DE
         return load_image_aspect(p, fs.load_size, fs.max_aspect)
 
     pending: list[tuple[int, np.ndarray]] = []
+    maps: dict[str, list[Any]] = {v: [None] * len(paths) for v in (trunk or {})}
 
     def flush() -> None:
         if not pending:
             return
         x = torch.from_numpy(np.stack([a for _, a in pending])).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
-            f = extractor(x.to(device), check=False).cpu().numpy()
-        out[[i for i, _ in pending]] = f
+            res = extractor(x.to(device), check=False, trunk=trunk) if trunk else extractor(x.to(device), check=False)
+        f = res[0] if trunk else res
+        out[[i for i, _ in pending]] = f.cpu().numpy()
+        if trunk:
+            for v, a in res[1].items():
+                a = a.half().cpu().numpy()
+                for k, (i, _) in enumerate(pending):
+                    maps[v][i] = a[k]
         if progress is not None:
             progress(len(pending))
         pending.clear()
@@ -243,4 +279,8 @@ def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DE
             flush()
         pending.append((i, arr))
     flush()
+    if trunk:
+        from .predict.finetune import TrunkActivations
+
+        return out, {v: TrunkActivations(maps[v], v, int(trunk[v])) for v in trunk}
     return out

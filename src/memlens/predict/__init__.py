@@ -17,7 +17,9 @@
 Modules: ``scaling`` (row-chunked z-scoring), ``mlp`` (:class:`MemorabilityRegressor`), ``svr``
 (:class:`MemorabilitySVR`), ``predictor_file`` (the ``predictor.pt`` format), ``model``
 (:class:`MemorabilityModel`, :func:`load_memorability_model`), ``evaluation`` (splits, metrics,
-cross-validation), ``inputs`` (what a run's predictor is fitted on), ``fitting`` (:func:`fit_predictor_run`).
+cross-validation, the untouched holdout), ``selection`` (honest estimates: the candidates, the choice, the
+estimate with its CI), ``finetune`` (fine-tuned EfficientNet-Lite tails on cached trunk activations), ``inputs``
+(what a run's predictor is fitted on), ``fitting`` (:func:`fit_predictor_run`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from .evaluation import (
     RIDGE_ALPHAS,
     CVResult,
     cross_validate,
+    holdout_split,
+    linear_head,
     make_splits,
     prediction_metrics,
     ridge_baseline,
     strata_labels,
     summarize_cv,
 )
+from .finetune import FineTunedLiteRegressor, TrunkActivations
 from .fitting import DEFAULT_MODEL, MODELS, fit_predictor_run, saved_model
 from .inputs import DEFAULT_INPUTS, RunInputs, load_run_inputs, run_feature_set
 from .mlp import MemorabilityRegressor
@@ -45,6 +50,7 @@ from .predictor_file import (
     save_predictor,
     weights_sha256,
 )
+from .selection import estimate, resolve_holdout
 from .svr import MemorabilitySVR
 
 __all__ = [
@@ -54,6 +60,7 @@ __all__ = [
     "save_predictor",
     "load_memorability_model",
     "make_splits",
+    "holdout_split",
     "prediction_metrics",
     "cross_validate",
     "CVResult",
@@ -76,4 +83,9 @@ __all__ = [
     "PREDICTOR_VERSION",
     "DEFAULT_MODEL",
     "MODELS",
+    "linear_head",
+    "estimate",
+    "resolve_holdout",
+    "FineTunedLiteRegressor",
+    "TrunkActivations",
 ]

@@ -75,6 +75,35 @@ def make_splits(strata: Sequence[Any], split: str = "kfold", n_splits: int = 5,
     return out
 
 
+def holdout_split(strata: Sequence[Any], fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """An untouched test part set aside before any choice: sorted ``select`` and ``holdout`` row indices.
+
+    Stratified like :func:`make_splits` (rows ordered stratum by stratum, random order within each, then
+    dealt out), so every stratum is in the holdout in the same proportion (up to one row); the same
+    ``strata``, ``fraction`` and ``seed`` always give the same rows. ``fraction`` in (0, 1).
+    """
+    strata = np.asarray(list(strata), dtype=object)
+    n = len(strata)
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    n_hold = int(round(n * fraction))
+    if n_hold < 1 or n_hold >= n:
+        raise ValueError(f"a holdout of {fraction:g} of {n} rows leaves no rows on one side")
+    rng = np.random.default_rng([seed, 7919])  # its own stream: independent of the CV folds' seed use
+    labels = sorted(set(strata.tolist()), key=str)
+    labels = [labels[i] for i in rng.permutation(len(labels))]
+    order = np.concatenate([rng.permutation(np.flatnonzero(strata == lab)) for lab in labels])
+    # deal: position p goes to the holdout when floor((p + 1) * f) > floor(p * f) (evenly spread, exact count)
+    pos = np.arange(n) + float(rng.random())
+    take = np.floor((pos + 1) * n_hold / n) > np.floor(pos * n_hold / n)
+    hold = np.sort(order[take])
+    if len(hold) != n_hold:  # the random offset can move one row across the end
+        hold = np.sort(order[np.argsort(~take, kind="stable")[:n_hold]])
+    mask = np.zeros(n, dtype=bool)
+    mask[hold] = True
+    return {"select": np.flatnonzero(~mask), "holdout": np.flatnonzero(mask)}
+
+
 def prediction_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
     """Spearman, Pearson, MSE and the AUC of telling above- from below-median images (test median)."""
     from scipy.stats import pearsonr, spearmanr
@@ -102,7 +131,26 @@ def ridge_baseline(alphas: Sequence[float] = RIDGE_ALPHAS) -> Any:
     return make_pipeline(StandardScaler(), RidgeCV(alphas=tuple(alphas)))
 
 
-def _blas_threads(n: int | None) -> Any:
+def linear_head(pipeline: Any) -> MemorabilityRegressor:
+    """A fitted :func:`ridge_baseline` pipeline as a fitted :class:`MemorabilityRegressor` with no hidden layer
+    (its scaler and coefficients, exactly): what ``predictor.pt`` stores when ridge is the saved model, so
+    that ``memlens predict`` and ``explain`` treat it like any other head (no pickles)."""
+    scaler, ridge = pipeline[0], pipeline[-1]
+    est = MemorabilityRegressor(hidden=(), dropout=0.0)
+    scale = np.asarray(scaler.scale_, dtype=np.float64).copy()
+    est.x_mean_ = np.asarray(scaler.mean_, dtype=np.float64).copy()
+    est.x_scale_ = np.where(scale > 0, scale, 1.0)
+    est.coefs_ = [np.asarray(ridge.coef_, dtype=np.float32).reshape(-1, 1)]
+    est.intercepts_ = [np.asarray([ridge.intercept_], dtype=np.float32).reshape(1)]
+    est.y_mean_, est.y_scale_ = 0.0, 1.0
+    est.n_features_in_ = int(len(est.x_mean_))
+    est.n_epochs_ = est.best_epoch_ = 0
+    est.best_val_loss_ = math.nan
+    est.loss_curve_, est.val_loss_curve_ = [], []
+    return est
+
+
+def blas_threads(n: int | None) -> Any:
     """Limit BLAS/LAPACK threads (restored on exit); None: leave them alone."""
     import contextlib
 
@@ -126,7 +174,9 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
                    regressor: MemorabilityRegressor | None = None, ridge: bool = True,
                    svr: MemorabilitySVR | None = None, mlp: bool = True,
                    ceiling: Callable[[np.ndarray], dict[str, float]] | None = None,
-                   progress: Callable[[str], Any] | None = None, return_estimators: bool = False) -> CVResult:
+                   progress: Callable[[str], Any] | None = None, return_estimators: bool = False,
+                   extra_models: dict[str, tuple[Any, Any]] | None = None,
+                   blends: dict[str, Sequence[str]] | None = None) -> CVResult:
     """Fit the MLP, the kernel model (``svr``) and the ridge baseline on each split's training rows; score
     its test rows (``mlp=False`` skips the MLP).
 
@@ -136,6 +186,11 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     is fitted inside the training rows.
     ``ceiling(test_index)`` may return ``{"human_consistency": ..., "spearman_brown": ...}`` for the fold.
     ``return_estimators`` keeps the fitted models (``CVResult.estimators``).
+    ``extra_models`` adds models with inputs of their own: ``{name: (unfitted estimator, inputs)}`` where ``inputs``
+    is indexable by row like ``X`` (e.g. :class:`memlens.predict.finetune.TrunkActivations`); each fold fits a
+    fresh copy (``type(est)(**est.get_params())``) on train + val rows. ``blends`` adds the mean of other
+    models' predictions as a model of its own (``{"svr+finetune": ("svr", "finetune")}``): nothing is fitted
+    for it, so it costs nothing and every fold's blend uses only that fold's fits.
     """
     import pandas as pd
 
@@ -181,7 +236,7 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
         if ridge:
             t0 = time.perf_counter()
             fit_rows = np.concatenate([tr, va])
-            with _blas_threads(base.num_threads):
+            with blas_threads(base.num_threads):
                 rg = ridge_baseline().fit(X[fit_rows], y[fit_rows])
             pred_r = rg.predict(X[te])
             oof["ridge"][te] = pred_r
@@ -192,6 +247,29 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
                          "alpha": float(rg[-1].alpha_), "seconds": time.perf_counter() - t0})
         if ridge:
             fold_fits["ridge"] = rg
+        fold_preds = {m: oof[m][te] for m in oof}
+        for name, (est0, inputs) in (extra_models or {}).items():
+            t0 = time.perf_counter()
+            fit_rows = np.concatenate([tr, va])
+            est = type(est0)(**est0.get_params())
+            est.fit(inputs[fit_rows], y[fit_rows])
+            pred_e = est.predict(inputs[te])
+            oof.setdefault(name, np.full(len(y), np.nan))[te] = pred_e
+            fold_preds[name] = pred_e
+            metrics = prediction_metrics(y[te], pred_e)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": name, "n_train": len(fit_rows), "n_val": 0, "n_test": len(te),
+                         **metrics, **extra, "seconds": time.perf_counter() - t0})
+            fold_fits[name] = est
+        for name, members in (blends or {}).items():
+            if not all(m in fold_preds for m in members):
+                continue
+            pred_b = np.mean([fold_preds[m] for m in members], axis=0)
+            oof.setdefault(name, np.full(len(y), np.nan))[te] = pred_b
+            metrics = prediction_metrics(y[te], pred_b)
+            metrics.pop("n")
+            rows.append({"fold": j, "model": name, "n_train": len(np.concatenate([tr, va])), "n_val": 0,
+                         "n_test": len(te), **metrics, **extra, "seconds": 0.0})
         if return_estimators:
             fitted.append(fold_fits)
         if progress is not None:

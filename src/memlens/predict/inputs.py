@@ -34,6 +34,8 @@ class RunInputs:
     categories: list[Any] | None
     recipe: list[dict[str, Any]]
     inputs: str
+    #: frozen-trunk activations for fine-tuning (``{variant: TrunkActivations}``), when asked for
+    trunk: dict[str, Any] | None = None
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -80,12 +82,16 @@ def _latent_recipe(run: Path, dim: int) -> dict[str, Any]:
 
 
 def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str], *,
-                    progress: Callable[[str], Any] | None = None) -> np.ndarray:
+                    progress: Callable[[str], Any] | None = None, trunk: dict[str, int] | None = None) -> Any:
     """Feature-set columns of a run's images (rows in ``image_ids`` order), cached in the run directory.
 
     The images are found through ``RUN/dataset.json``. The cache is ``RUN/featureset_<name>.npy`` with
     ``RUN/featureset_<name>_ids.txt`` (one ``id<TAB>size<TAB>mtime_ns`` line per row); it is reused when it
     holds every requested id with its file unchanged (same size and modification time), else rebuilt.
+
+    ``trunk`` (``{variant: stage}``) also returns the frozen-trunk activations of those networks (from the same
+    forward passes; :mod:`memlens.predict.finetune`), cached beside as
+    ``RUN/featureset_<name>_trunk_<variant>.npz`` in the rows of the ids file: ``(X, {variant: activations})``.
     """
     from .._io import atomic_path, atomic_write_text
     from ..data import load_run_dataset
@@ -119,27 +125,58 @@ def run_feature_set(run: str | os.PathLike, name: str, image_ids: Sequence[str],
             mat = None
         if (mat is not None and mat.shape == (len(rows), fs.n_features)
                 and all(i in pos and old[i] == stamps[i] for i in image_ids)):
-            log.info("feature set %s: read from %s", fs.name, cache)
-            return np.asarray(mat[[pos[i] for i in image_ids]], dtype=np.float32)
+            take = [pos[i] for i in image_ids]
+            acts = _cached_trunk(run, fs.name, trunk, len(rows))
+            if acts is not None:
+                log.info("feature set %s: read from %s", fs.name, cache)
+                X = np.asarray(mat[take], dtype=np.float32)
+                return (X, {v: a[np.asarray(take)] for v, a in acts.items()}) if trunk else X
         log.info("feature set %s: %s is stale or incomplete; extracting again", fs.name, cache)
     t0 = time.perf_counter()
     if progress is not None:
-        progress(f"extracting {fs.name} features of {len(image_ids)} images")
-    X = extract_feature_set([paths[i] for i in image_ids], fs)
+        progress(f"extracting {fs.name} features of {len(image_ids)} images"
+                 + (f" (and the trunk activations of {', '.join(trunk)})" if trunk else ""))
+    res = extract_feature_set([paths[i] for i in image_ids], fs, trunk=trunk)
+    X, acts = (res[0], res[1]) if trunk else (res, {})
     log.info("feature set %s: %d images in %.1f s", fs.name, len(image_ids), time.perf_counter() - t0)
+    for v, a in acts.items():
+        a.save(_trunk_path(run, fs.name, v))
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, X)
     atomic_write_text(cache_ids, "".join(f"{i}\t{stamps[i]}\n" for i in image_ids))
-    return X
+    return (X, acts) if trunk else X
+
+
+def _trunk_path(run: Path, name: str, variant: str) -> Path:
+    return run / f"featureset_{name}_trunk_{variant}.npz"
+
+
+def _cached_trunk(run: Path, name: str, trunk: dict[str, int] | None, n_rows: int) -> dict[str, Any] | None:
+    """The cached trunk activations asked for ({} when none are), or None when one is missing or stale."""
+    from .finetune import TrunkActivations
+
+    out = {}
+    for v, stage in (trunk or {}).items():
+        path = _trunk_path(run, name, v)
+        try:
+            acts = TrunkActivations.load(path) if path.is_file() else None
+        except (ValueError, OSError, KeyError, EOFError):
+            acts = None
+        if acts is None or len(acts) != n_rows or acts.stage != int(stage) or acts.variant != v:
+            return None
+        out[v] = acts
+    return out
 
 
 def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
-                    need_recipe: bool = True) -> RunInputs:
+                    need_recipe: bool = True, trunk: dict[str, int] | None = None,
+                    progress: Callable[[str], Any] | None = None) -> RunInputs:
     """Read ``per_image.csv`` and ``latents.npy``/``features.npy`` (+ ``latent_ids.txt``), aligned by id.
 
     Rows without a finite score are dropped. ``need_recipe=False`` skips loading the autoencoder (the
-    recipe is then incomplete and the result cannot be saved as a predictor).
+    recipe is then incomplete and the result cannot be saved as a predictor). ``trunk`` (``{variant:
+    stage}``, feature sets only) also loads the frozen-trunk activations fine-tuning needs (``RunInputs.trunk``).
     """
     import pandas as pd
 
@@ -167,13 +204,19 @@ def load_run_inputs(run: str | os.PathLike, inputs: str = DEFAULT_INPUTS, *,
     if df["image_id"].duplicated().any():
         raise DataError(f"{table_path}: image_id {df['image_id'][df['image_id'].duplicated()].iloc[0]!r} "
                         "appears twice")
+    if trunk and inputs not in FEATURE_SETS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"fine-tuning needs a feature set's images (--features {', '.join(sorted(FEATURE_SETS))}), "
+                          f"not {inputs!r}")
     if inputs in FEATURE_SETS:
-        X = run_feature_set(run, inputs, df["image_id"].tolist())
+        res = run_feature_set(run, inputs, df["image_id"].tolist(), trunk=trunk, progress=progress)
+        X, acts = (res[0], res[1]) if trunk else (res, None)
         cats = df["category"].astype(str).tolist() if "category" in df.columns and df["category"].notna().any() \
             else None
         recipe = [{"kind": "featureset", "name": inputs, "pool": "none", "layer": None, "size": None,
                    "dim": int(X.shape[1])}]
-        return RunInputs(df["image_id"].tolist(), X, df["score"].to_numpy(dtype=float), cats, recipe, inputs)
+        return RunInputs(df["image_id"].tolist(), X, df["score"].to_numpy(dtype=float), cats, recipe, inputs, acts)
     ids_path = run / "latent_ids.txt"
     if not ids_path.is_file():
         raise RunDirError(f"{ids_path} not found (memlens score writes it with latents.npy)")

@@ -96,7 +96,7 @@ class MemorabilityModel(nn.Module):
     """
 
     def __init__(self, encoder: Any, head: Any, pool: Any = "none", *, sizes: Any = None, layer: Any = None,
-                 recipe: list[dict[str, Any]] | None = None):
+                 recipe: list[dict[str, Any]] | None = None, finetuned: Any = None, blend: float = 0.5):
         super().__init__()
         encoders = list(encoder) if isinstance(encoder, (list, tuple, nn.ModuleList)) else [encoder]
         if not encoders:
@@ -125,6 +125,15 @@ class MemorabilityModel(nn.Module):
         #: sets that keep the aspect ratio (images of different shapes then go one shape at a time)
         self.image_spec = ("aspect", fs.load_size) if (fs is not None and fs.aspect == "keep") else \
             ("square", self.input_size or (fs.load_size if fs is not None else None))
+        #: fine-tuned tails (:mod:`memlens.predict.finetune`) fed by the feature set's own trunk activations;
+        #: their mean prediction is blended with the head's: (1 - blend) * head + blend * tails
+        self.finetuned = finetuned
+        self.tails = nn.ModuleList(finetuned.tails_) if finetuned is not None else None
+        self.blend = float(blend)
+        if finetuned is not None:
+            if n != 1 or fs is None or finetuned.variant not in [v for v, _ in fs.backbones]:
+                raise ValueError("fine-tuned tails need one feature-set encoder that runs their network")
+            self.trunk = {finetuned.variant: int(finetuned.stage_)}
         self.eval()
 
     def _encoders(self) -> list[nn.Module]:
@@ -154,13 +163,24 @@ class MemorabilityModel(nn.Module):
 
     def forward(self, x: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Predicted scores (N,) for images (N, 3, H, W) in [0, 1]; differentiable."""
-        return self.head(self.features(x, check=check))
+        if self.tails is None:
+            return self.head(self.features(x, check=check))
+        if check:
+            check_image_range(x)
+        cols, acts = self._encoders()[0](x, check=False, trunk=self.trunk)
+        a = next(iter(acts.values()))  # (N, 2, C, h, w): the image and its mirror image
+        n = a.shape[0]
+        flat = a.reshape(n * 2, *a.shape[2:]).float()
+        tails = torch.stack([t(flat) for t in self.tails]).mean(0).reshape(n, 2).mean(1)
+        return (1 - self.blend) * self.head(cols.float()) + self.blend * tails
 
     def train(self, mode: bool = True) -> MemorabilityModel:
-        """Only the head follows ``mode``; encoders stay in eval mode."""
+        """Only the head follows ``mode``; encoders (and fine-tuned tails) stay in eval mode."""
         super().train(mode)
         for enc in self._encoders():
             enc.eval()
+        if self.tails is not None:
+            self.tails.eval()
         return self
 
     @torch.no_grad()
@@ -180,7 +200,8 @@ class MemorabilityModel(nn.Module):
         if self.recipe is None or self.regressor is None:
             raise ValueError("this model has no encoder recipe or regressor; build it with "
                              "fit_predictor_run or load_memorability_model to save it")
-        return save_predictor(path, self.regressor, self.recipe, info=info if info is not None else self.info)
+        return save_predictor(path, self.regressor, self.recipe, info=info if info is not None else self.info,
+                              finetuned=self.finetuned, blend=self.blend)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: Any = "cpu") -> MemorabilityModel:
@@ -232,9 +253,20 @@ def load_memorability_model(path: str | os.PathLike, map_location: Any = "cpu") 
     recipe = obj["recipe"]
     encoders = [_build_encoder(r, folder, map_location) for r in recipe]
     head = regressor_from_state(obj["head"])
+    ft, blend = None, 0.5
+    if obj.get("finetuned") is not None:
+        from .finetune import FineTunedLiteRegressor
+
+        try:
+            ft = FineTunedLiteRegressor.from_state(obj["finetuned"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"{path}: its fine-tuned network cannot be rebuilt ({exc})") from None
+        blend = float(obj["finetuned"].get("blend", 0.5))
     model = MemorabilityModel(encoders, head, pool=[r.get("pool", "none") for r in recipe],
                               sizes=[r.get("size") for r in recipe], layer=[r.get("layer") for r in recipe],
-                              recipe=recipe)
+                              recipe=recipe, finetuned=ft, blend=blend)
     model.info = obj.get("info", {})
     # pretrained features are pooled head activations (1280 for EfficientNet-Lite); autoencoder widths were
     # measured at fit time on the very checkpoint whose SHA-256 was just verified

@@ -27,7 +27,7 @@ def regressor_from_state(state: dict[str, Any]) -> Any:
 
 
 def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[str, Any]],
-                   info: dict[str, Any] | None = None) -> Path:
+                   info: dict[str, Any] | None = None, finetuned: Any = None, blend: float = 0.5) -> Path:
     """Write ``predictor.pt`` atomically: the head's state plus the encoder recipe (no pickled objects).
 
     ``recipe`` lists one dict per encoder, in the order of the head's input columns:
@@ -36,6 +36,10 @@ def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[st
     "none"|"avg", "layer": None|name, "size": int, "dim": int}`` or ``{"kind": "pretrained", "name":
     "efficientnet_lite0", "pool": "none", "size": 224, "dim": 1280}`` or ``{"kind": "featureset", "name":
     <a feature set of memlens.features>, "pool": "none", "size": None, "dim": int}``.
+
+    ``finetuned`` (a fitted :class:`memlens.predict.finetune.FineTunedLiteRegressor`, with a feature-set
+    recipe holding its network) adds fine-tuned tails whose mean prediction is blended with the head's:
+    ``score = (1 - blend) * head + blend * tails`` (key ``"finetuned"``: its state and ``blend``).
     """
     from .._io import atomic_path
     from .._version import __version__
@@ -52,6 +56,10 @@ def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[st
         "head": regressor.get_state(),
         "info": _plain(info or {}),
     }
+    if finetuned is not None:
+        if len(recipe) != 1 or recipe[0].get("kind") != "featureset":
+            raise ValueError("fine-tuned tails need a recipe of one feature set (their trunk's network)")
+        obj["finetuned"] = {**finetuned.get_state(), "blend": float(blend)}
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -87,7 +87,9 @@ def _headline(ctx: ReportContext, results: Mapping[str, Any]) -> dict[str, Any]:
             col, r = ctx.headline[key]
             out[f"rho({col}, score)"] = round(r, 3)
     if "predictor" in ctx.headline:
-        out["predictor rho (cross-validated)"] = round(ctx.headline["predictor"], 3)
+        how = ctx.headline.get("predictor_how")
+        key = f"predictor rho ({how})" if how else "predictor rho (cross-validated)"
+        out[key] = round(ctx.headline["predictor"], 3)
     return out
 
 

@@ -49,6 +49,12 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
     if cv is None or cv.empty:
         return missing_note("Predictor cross-validation", ["predictor_cv.csv"], "memlens fit-predictor"), {}
     model_col = "model" if "model" in cv.columns else None
+    honest = _honest_estimate(cv)
+    inner = cv.iloc[0:0]
+    if honest is not None:  # fit-predictor >= 0.x: selection figures (inner-cv) apart from the honest ones
+        est_col = cv["estimate"].astype(str)
+        inner = cv[est_col == "inner-cv"]
+        cv = cv[est_col == honest["kind"]]
     folds, mean_rows = cv, cv.iloc[0:0]
     if "fold" in cv.columns:  # fit-predictor appends one fold="mean" row per model
         is_mean = cv["fold"].astype(str).str.strip().str.lower() == "mean"
@@ -115,6 +121,9 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
               }.get(res.get("inputs", ""), res.get("inputs"))
     main = saved_model_name(ctx.run)
     res["saved_model"] = main
+    if honest is not None:
+        return _honest_section(ctx, res, honest, inner, folds, metrics, per_fold, rows, consistency, reliability,
+                               ceiling_source, inputs, main)
     lead = (f"Held-out accuracy of the memorability predictor ({esc(MODEL_NAMES.get(main, main))}, the model "
             "saved for memlens predict" + (f", on {esc(inputs)}" if inputs else "") +
             ") next to the other models and a ridge-regression baseline, against the human noise ceiling"
@@ -179,4 +188,124 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
                           "value."))
     else:
         parts.append(note("No noise ceiling: the data set has no split-half scores.", True))
+    return "".join(parts), res
+
+
+_KIND_TEXT = {
+    "holdout": "images set aside, seeded and stratified, before any choice was made; predicted once by the "
+               "models fitted on the other images",
+    "outer-cv": "nested cross-validation: each image predicted by a model whose choice and fit never saw it",
+}
+
+
+def _honest_estimate(cv: pd.DataFrame) -> dict[str, Any] | None:
+    """The reported (honest) estimate of a predictor_cv.csv with an ``estimate`` column: the kind, the model
+    whose figure it is, and its pooled Spearman with CI; None for older files."""
+    if "estimate" not in cv.columns or "fold" not in cv.columns:
+        return None
+    kinds = [k for k in ("holdout", "outer-cv") if (cv["estimate"].astype(str) == k).any()]
+    if not kinds:
+        return None
+    kind = kinds[0]
+    mean = cv[(cv["estimate"].astype(str) == kind) & (cv["fold"].astype(str) == "mean")]
+    if "reported" in mean.columns:
+        rep = mean[mean["reported"].astype(str).str.lower().isin(["true", "1"])]
+        mean = rep if len(rep) else mean
+    if mean.empty:
+        return None
+    row = mean.iloc[0]
+
+    def num(c: str) -> float | None:
+        return finite_float(pd.to_numeric(row.get(c), errors="coerce")) if c in row.index else None
+
+    return {"kind": kind, "model": str(row["model"]), "spearman": num("spearman_pooled"),
+            "ci_low": num("ci_low"), "ci_high": num("ci_high"), "n": num("n_test")}
+
+
+def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, Any], inner: pd.DataFrame,
+                    folds: pd.DataFrame, metrics: list[str], per_fold: dict[str, list[float]], rows: list,
+                    consistency: float | None, reliability: float | None, ceiling_source: str | None,
+                    inputs: str | None, main: str) -> tuple[str, dict]:
+    """The section for a predictor_cv.csv that separates the selection figures from the honest estimate."""
+    kind, shown = honest["kind"], honest["model"]
+    res["estimate"] = honest
+    inner_means: dict[str, float] = {}
+    if len(inner) and "spearman" in inner.columns:
+        f = inner[inner["fold"].astype(str) != "mean"]
+        inner_means = {str(m): float(pd.to_numeric(g["spearman"], errors="coerce").mean())
+                       for m, g in f.groupby("model", sort=False)}
+    res["inner"] = inner_means
+    label = MODEL_NAMES.get(main, main)
+    what = f"{label}" + (", chosen by cross-validation inside the selection images" if shown == "selected"
+                         or main in inner_means else "")
+    n = int(honest["n"]) if honest.get("n") else None
+    parts = [f'<p class="lead">How well the saved predictor ({esc(what)}'
+             + (f"; inputs: {esc(inputs)}" if inputs else "") + ") predicts memorability for images it has not "
+             "seen, measured only on images that took no part in any choice of features, model or settings.</p>"]
+    kv = [("estimate for new images (Spearman ρ)", f"{fmt(honest['spearman'], 3)} "
+           f"{fmt_ci(honest['ci_low'], honest['ci_high'])}"),
+          ("images it is measured on", f"{n if n else 'n/a'}: {_KIND_TEXT[kind]}")]
+    if shown == "selected":
+        kv.append(("what it measures", "the whole procedure: choosing among the models inside each outer "
+                                       "fold, then fitting the chosen one"))
+    if inner_means.get(main) is not None:
+        kv.append((f"selection figure of {main} (inner cross-validation; the choice was made on it, so it is "
+                   "optimistic)", fmt(inner_means[main], 3)))
+    parts.append(kv_table(kv))
+    if honest["spearman"] is not None:
+        ctx.headline["predictor"] = honest["spearman"]
+        ctx.headline["predictor_label"] = main.upper() if main in ("svr", "mlp") else main
+        ctx.headline["predictor_how"] = ("on held-out images no choice saw" if kind == "holdout"
+                                         else "nested cross-validation, unseen images")
+    oof, oof_source = oof_predictions(ctx.run)
+    figs = []
+    if per_fold and kind == "outer-cv":
+        figs.append(figure_html(F.predictor_bars(per_fold, metric=res["metric"] or "spearman",
+                                                 consistency=consistency, reliability=reliability),
+                                "outer-fold prediction accuracy per model"))
+    col = f"predicted_{shown}"
+    oof_rows = []
+    if oof is not None and "score" in oof.columns:
+        sub = oof[oof["part"].astype(str) == kind] if "part" in oof.columns else oof
+        res["oof"] = {}
+        for c in [c for c in sub.columns if c.startswith("predicted_")]:
+            st = report_correlation(sub[c], sub["score"])
+            res["oof"][c[len("predicted_"):]] = st
+            oof_rows.append((c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
+                             fmt_p(st["p_value"])))
+        if col in sub.columns and res["oof"].get(shown, {}).get("r") is not None:
+            st = res["oof"][shown]
+            figs.append(figure_html(
+                F.measure_scatter(pd.to_numeric(sub[col], errors="coerce"), pd.to_numeric(sub["score"], errors="coerce"),
+                                  xlabel=f"predicted memorability ({MODEL_NAMES.get(shown, shown)})", r=st["r"],
+                                  ci=(st["ci_low"], st["ci_high"]), n=st["n"],
+                                  title="Prediction vs human score, unseen images"),
+                "predicted memorability of images no choice saw against the human score",
+                "Only images that took no part in choosing or fitting the model that predicted them."))
+    if figs:
+        parts.append(f'<div class="figrow">{"".join(figs)}</div>')
+    if oof_rows:
+        parts.append(f"<h3>Every model on the same unseen images (<code>{esc(oof_source)}</code>)</h3>")
+        parts.append(html_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
+        parts.append(note("Paired bootstrap 95 % CIs. Comparing these models with one another is itself a choice: "
+                          "the figure reported for the saved model is the one above."))
+    if inner_means:
+        parts.append("<h3>Selection figures (inner cross-validation)</h3>")
+        parts.append(html_table(["model", "inner-CV ρ (mean over folds)"],
+                                [(m, fmt(v, 3)) for m, v in inner_means.items()], [False, True]))
+        parts.append(note("These are the figures the choice of model was made on. Picking the best of several "
+                          "close candidates also picks up their luck, so they overstate what to expect on new "
+                          "images; they are shown to explain the choice, not as its accuracy."))
+    if consistency and honest["spearman"] is not None:
+        kvc = [("human split-half consistency (the noise ceiling)", consistency),
+               ("reliability of the full-group score (Spearman-Brown)", reliability),
+               ("estimate / human consistency", honest["spearman"] / consistency)]
+        parts.append(kv_table(kvc))
+        parts.append(note("A model that predicts one half of the observers as well as the other half does reaches "
+                          "1. The full-group score is more reliable than a half, so the ratio can exceed 1; the "
+                          "largest correlation expected with it is about the square root of the Spearman-Brown "
+                          "value."))
+    elif not consistency:
+        parts.append(note("No noise ceiling: the data set has no split-half scores.", True))
+    res["ceiling_source"] = ceiling_source
     return "".join(parts), res

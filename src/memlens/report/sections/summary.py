@@ -55,7 +55,8 @@ def section_summary(ctx: ReportContext) -> tuple[str, dict]:
             tiles.append((f"ρ of {col} with the score", fmt_r(r)))
     if "predictor" in ctx.headline:
         which = ctx.headline.get("predictor_label")
-        tiles.append((f"predictor ρ ({which + ', ' if which else ''}cross-validated)", fmt_r(ctx.headline["predictor"])))
+        how = ctx.headline.get("predictor_how", "cross-validated")
+        tiles.append((f"predictor ρ ({which + ', ' if which else ''}{how})", fmt_r(ctx.headline["predictor"])))
     parts.append(stat_tiles(tiles))
     if finite.size:
         parts.append('<div class="figrow">')
