@@ -198,6 +198,24 @@ def test_map_error_estimate_tracks_the_real_error_and_flags_by_it(images, caplog
     assert integrated_gradients(model, images[:1], n_steps=4, method="riemann_trapezoid").error_checked
 
 
+def test_error_check_on_chosen_images_only(images):
+    """error_check as one bool per image: those maps get the half-step estimate (the same numbers as checking
+    every image), the others none (NaN, flagged by their delta), and the maps themselves do not change."""
+    model = Wiggly()
+    every = integrated_gradients(model, images, n_steps=8, internal_batch_size=8)
+    some = integrated_gradients(model, images, n_steps=8, internal_batch_size=8,
+                                error_check=[True, False, True, False, False])
+    np.testing.assert_array_equal(some.attributions, every.attributions)
+    np.testing.assert_allclose(some.map_error[[0, 2]], every.map_error[[0, 2]])
+    assert np.isnan(some.map_error[[1, 3, 4]]).all()
+    by_delta = (some.relative_delta > some.delta_tolerance) & (np.abs(some.delta) > 1e-6)
+    np.testing.assert_array_equal(some.flagged[[1, 3, 4]], by_delta[[1, 3, 4]])
+    np.testing.assert_array_equal(some.flagged[[0, 2]], some.map_error[[0, 2]] > 0.1)
+    assert some.summary()["n_error_checked"] == 2 and every.summary()["n_error_checked"] == 5
+    with pytest.raises(ValueError, match="one bool per image"):
+        integrated_gradients(model, images, n_steps=8, error_check=[True, False])
+
+
 def test_map_error_is_bounded_when_a_map_is_all_zero(images):
     """A score flat on the first part of the path: the 1-point pass (node 0.5) gives a zero map, the 2-point
     pass (nodes 0.21, 0.79) does not. The error is relative to the larger map: 0.5, not infinite."""
@@ -422,7 +440,12 @@ def test_explain_run_writes_every_output(tmp_path, patched_model):
     assert z["maps"].shape == (n_maps, 1, S, S) and z["flagged"].dtype == bool
     assert np.isfinite(z["deltas"]).all() and z["aggregate_top"].shape == (S, S)
     # the default flag: each map's estimated error (from a pass at half the steps)
-    assert np.isfinite(z["map_errors"]).all() and np.array_equal(z["flagged"], z["map_errors"] > 0.1)
+    shown = set(top_ids + bottom_ids + ["img_05.png"])
+    is_shown = np.array([i in shown for i in z["image_ids"].tolist()])
+    # the maps shown one by one are error-checked; those only in the aggregates are judged by their delta
+    assert np.isfinite(z["map_errors"][is_shown]).all() and np.isnan(z["map_errors"][~is_shown]).all()
+    assert np.array_equal(z["flagged"][is_shown], z["map_errors"][is_shown] > 0.1)
+    assert summary["integrated_gradients"]["n_error_checked"] == int(is_shown.sum())
     assert summary["integrated_gradients"]["flag_criterion"] == "map_error"
     assert summary["integrated_gradients"]["max_map_error"] == pytest.approx(float(z["map_errors"].max()))
     assert z["aggregate_top"].sum() == pytest.approx(1.0, abs=1e-5)

@@ -129,7 +129,7 @@ def test_auto_nested_selection_is_made_inside_each_outer_fold(tmp_path, capsys):
     from scipy.stats import spearmanr
 
     assert raw["info"]["estimate"]["spearman"] == pytest.approx(spearmanr(oof["predicted_selected"], oof["score"])[0])
-    assert f"predictor.pt holds the {raw['info']['model']} model (chosen by inner cross-validation" in out
+    assert f"predictor.pt holds the {raw['info']['model']} model (chosen by --model auto on the selection figures" in out
 
 
 def test_holdout_is_set_aside_before_any_choice(tmp_path, capsys):
@@ -252,3 +252,6 @@ def test_report_leads_with_the_honest_estimate(tmp_path):
         est["spearman"], abs=5e-4)
     assert "Selection figures (inner cross-validation)" in page and "set aside" in page
     assert f"{est['spearman']:.3f}" in page
+    # one CI per figure: the report quotes fit-predictor's (the same in the headline, the table and predictor_cv.csv)
+    assert pred["oof"][est["model"]]["ci_low"] == pytest.approx(est["ci_low"])
+    assert pred["oof"][est["model"]]["r"] == pytest.approx(est["spearman"])

@@ -96,7 +96,8 @@ from ._common import FiniteFloatRange, check_device, echo, progress_bar, progres
     type=FiniteFloatRange(min=0.0),
     default=0.05,
     show_default=True,
-    help="With --no-error-check: flag maps whose relative convergence delta exceeds this.",
+    help="Flag maps that are not error-checked (--no-error-check, or only in the aggregate maps) whose relative "
+         "convergence delta exceeds this.",
 )
 @click.option(
     "--error-tolerance",
@@ -109,7 +110,8 @@ from ._common import FiniteFloatRange, check_device, echo, progress_bar, progres
     "--error-check/--no-error-check",
     default=True,
     show_default=True,
-    help="Estimate each map's error from a second pass at half the steps (about 50% more time).",
+    help="Estimate the error of each map shown as an overlay from a second pass at half the steps (about 50% "
+         "more time for those maps; aggregate-only maps are judged by their convergence delta).",
 )
 @click.option(
     "--seed",

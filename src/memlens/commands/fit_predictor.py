@@ -129,7 +129,7 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
         click.echo("noise ceiling: n/a (no split_halves.npz in the run)")
     how = {"holdout": f"on the {est['n']} held-out images no choice saw",
            "outer-cv": f"on {est['n']} images, each predicted by a model whose choice and fit never saw it"}
-    chosen = f"chosen by inner cross-validation ({model})" if model == "auto" else "given by --model"
+    chosen = ("chosen by --model auto on the selection figures" if model == "auto" else "given by --model")
     click.echo(f"predictor.pt holds the {res['model']} model ({chosen}), refitted on every image")
     click.echo(f"estimate for new images of this kind: Spearman {_fmt(est['spearman'])} "
                f"[{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}] {how[est['kind']]}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -224,7 +224,7 @@ def integrated_gradients(
     delta_tolerance: float = 0.05,
     blur_sigma: float | None = None,
     method: str = "gausslegendre",
-    error_check: bool = True,
+    error_check: bool | Sequence[bool] = True,
     error_tolerance: float = 0.1,
     progress: Callable[[int], None] | None = None,
     label: str | None = None,
@@ -263,7 +263,8 @@ def integrated_gradients(
         Also integrate with half the steps and estimate each map's error from the difference (about 50 % more
         time). The completeness delta is a poor guide to a map's accuracy: measured against 1,024-step maps it
         missed most inaccurate maps and flagged accurate ones (docs/explain.md); the estimate tracked the real
-        error with a Spearman correlation of 0.98 or more.
+        error with a Spearman correlation of 0.98 or more. A sequence of one bool per image checks only those
+        images (the others are judged by their convergence delta; ``map_error`` is NaN for them).
     error_tolerance
         With ``error_check``: images whose estimated map error (relative to the map's mass) exceeds this are
         flagged (and logged as a warning).
@@ -303,7 +304,15 @@ def integrated_gradients(
     f_b = np.zeros(n, dtype=np.float64)
     half_steps = n_steps // 2
     # captum's Riemann rules need 2 points or more, Gauss-Legendre 1
-    check = bool(error_check) and half_steps >= (1 if method == "gausslegendre" else 2)
+    if isinstance(error_check, (bool, np.bool_)) or error_check is None:
+        check_rows = np.full(n, bool(error_check))
+    else:
+        check_rows = np.asarray(list(error_check), dtype=bool)
+        if check_rows.shape != (n,):
+            raise ValueError(f"error_check: one bool per image ({n}) expected, got {check_rows.shape[0]}")
+    check = bool(check_rows.any()) and half_steps >= (1 if method == "gausslegendre" else 2)
+    if not check:
+        check_rows[:] = False
     map_error = np.full(n, np.nan)
     ig = IntegratedGradients(wrapped)
     nt = NoiseTunnel(ig) if smoothgrad > 0 else None
@@ -337,7 +346,7 @@ def integrated_gradients(
 
                 a, delta[i] = attribute(n_steps)
                 attrs[i] = a.detach().cpu().numpy()[0]
-                if check:
+                if check_rows[i]:
                     half = attribute(half_steps)[0].detach().cpu().numpy()[0].astype(np.float64)
                     full = attrs[i].astype(np.float64)
                     # relative to the larger of the two maps: bounded (<= 1), also when one of them is all zero
@@ -354,26 +363,26 @@ def integrated_gradients(
         rel = np.where(
             gap > 0, np.abs(delta) / np.maximum(gap, 1e-30), np.where(np.abs(delta) > 0, np.inf, 0.0)
         )
-    if check:
-        flagged = map_error > error_tolerance
-        if flagged.any():
-            log.warning("Integrated Gradients%s: the maps of %d of %d images are not accurate yet (estimated error "
-                        "up to %.1f%% of the map > tolerance %.1f%% at %d steps); they are kept and flagged, use "
-                        "more steps", f" ({label})" if label else "", int(flagged.sum()), n,
-                        100 * float(np.max(map_error[flagged])), 100 * error_tolerance, n_steps)
-    else:
-        flagged = (rel > delta_tolerance) & (np.abs(delta) > DELTA_ABS_FLOOR)
-        if flagged.any():
-            log.warning(
-                "Integrated Gradients%s did not converge for %d of %d images (relative delta up to %.3g > "
-                "tolerance %.3g at %d steps); their maps are kept and flagged, use more steps",
-                f" ({label})" if label else "",
-                int(flagged.sum()),
-                n,
-                float(np.max(rel[flagged])),
-                delta_tolerance,
-                n_steps,
-            )
+    by_delta = (rel > delta_tolerance) & (np.abs(delta) > DELTA_ABS_FLOOR)
+    flagged = np.where(check_rows, map_error > error_tolerance, by_delta)
+    if (flagged & check_rows).any():
+        log.warning("Integrated Gradients%s: the maps of %d of %d images are not accurate yet (estimated error "
+                    "up to %.1f%% of the map > tolerance %.1f%% at %d steps); they are kept and flagged, use "
+                    "more steps", f" ({label})" if label else "", int((flagged & check_rows).sum()),
+                    int(check_rows.sum()), 100 * float(np.max(map_error[flagged & check_rows])),
+                    100 * error_tolerance, n_steps)
+    unchecked = flagged & ~check_rows
+    if unchecked.any():
+        log.warning(
+            "Integrated Gradients%s did not converge for %d of %d images (relative delta up to %.3g > "
+            "tolerance %.3g at %d steps); their maps are kept and flagged, use more steps",
+            f" ({label})" if label else "",
+            int(unchecked.sum()),
+            int((~check_rows).sum()),
+            float(np.max(rel[unchecked])),
+            delta_tolerance,
+            n_steps,
+        )
     return IGResult(
         attributions=attrs,
         maps=np.abs(attrs).sum(axis=1, keepdims=True).astype(np.float32),
@@ -393,6 +402,7 @@ def integrated_gradients(
         error_tolerance=float(error_tolerance),
         error_checked=check,
         settings={
+            "n_error_checked": int(check_rows.sum()),
             "internal_batch_size": int(internal_batch_size),
             "method": method,
             "blur_sigma": (

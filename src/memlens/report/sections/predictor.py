@@ -122,7 +122,7 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
     main = saved_model_name(ctx.run)
     res["saved_model"] = main
     if honest is not None:
-        return _honest_section(ctx, res, honest, inner, folds, metrics, per_fold, rows, consistency, reliability,
+        return _honest_section(ctx, res, honest, inner, mean_rows, metrics, per_fold, consistency, reliability,
                                ceiling_source, inputs, main)
     lead = (f"Held-out accuracy of the memorability predictor ({esc(MODEL_NAMES.get(main, main))}, the model "
             "saved for memlens predict" + (f", on {esc(inputs)}" if inputs else "") +
@@ -222,8 +222,21 @@ def _honest_estimate(cv: pd.DataFrame) -> dict[str, Any] | None:
             "ci_low": num("ci_low"), "ci_high": num("ci_high"), "n": num("n_test")}
 
 
+def _pooled_ci(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """model -> {"r", "ci_low", "ci_high"} from the mean rows' pooled Spearman and CI (predictor_cv.csv)."""
+    out: dict[str, dict[str, float]] = {}
+    if not {"spearman_pooled", "ci_low", "ci_high", "model", "fold"} <= set(rows.columns):
+        return out
+    for _, r in rows[rows["fold"].astype(str) == "mean"].iterrows():
+        vals = {k: finite_float(pd.to_numeric(r[c], errors="coerce"))
+                for k, c in (("r", "spearman_pooled"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))}
+        if all(v is not None for v in vals.values()):
+            out[str(r["model"])] = vals
+    return out
+
+
 def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, Any], inner: pd.DataFrame,
-                    folds: pd.DataFrame, metrics: list[str], per_fold: dict[str, list[float]], rows: list,
+                    mean_rows: pd.DataFrame, metrics: list[str], per_fold: dict[str, list[float]],
                     consistency: float | None, reliability: float | None, ceiling_source: str | None,
                     inputs: str | None, main: str) -> tuple[str, dict]:
     """The section for a predictor_cv.csv that separates the selection figures from the honest estimate."""
@@ -268,8 +281,11 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
     if oof is not None and "score" in oof.columns:
         sub = oof[oof["part"].astype(str) == kind] if "part" in oof.columns else oof
         res["oof"] = {}
+        pooled = _pooled_ci(mean_rows)
         for c in [c for c in sub.columns if c.startswith("predicted_")]:
             st = report_correlation(sub[c], sub["score"])
+            # one CI per figure: fit-predictor's (predictor_cv.csv), which the headline quotes, where it has one
+            st.update(pooled.get(c[len("predicted_"):], {}))
             res["oof"][c[len("predicted_"):]] = st
             oof_rows.append((c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
                              fmt_p(st["p_value"])))

@@ -1,0 +1,99 @@
+"""How long ``memlens explain RUN --top 3 --bottom 3`` takes with the default predictor, and what each saving buys.
+
+Usage::
+
+    python benchmarks/explain_speed.py                  # a run of 300 lnsim-dev images, made in a temporary folder
+    python benchmarks/explain_speed.py --run RUN        # an existing run with a predictor.pt
+    python benchmarks/explain_speed.py --n 300 --repeat 1
+
+Without ``--run`` it makes a run from the first ``--n`` lnsim-dev images (``per_image.csv`` + ``dataset.json``)
+and fits the default predictor on it (``memlens fit-predictor RUN``: feature set ``lite01``, ``--model auto``).
+Then, in this one process and in alternating order, ``explain_run(top=3, bottom=3)`` with:
+
+* ``before``: the settings before issue 20 (every map error-checked, 16 images per aggregate quartile);
+* ``after``: today's defaults (the error check on the six overlays only; the aggregate quartiles as given by
+  ``--aggregate-max``, default 16).
+
+It prints each configuration's wall time (the minimum over ``--repeat``), the number of maps, the ratio, and the
+largest difference between the overlays' maps (they must be identical: the same images, steps and seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+
+def _make_run(data: Path, n: int, root: Path) -> Path:
+    import pandas as pd
+
+    from memlens.cli import main as cli
+
+    run = root / "run"
+    run.mkdir(parents=True)
+    table = pd.read_csv(data / "scores.csv").head(n)
+    table.rename(columns={"image": "image_id"})[["image_id", "score"]].to_csv(run / "per_image.csv", index=False)
+    (run / "dataset.json").write_text(json.dumps({"source": str((data / "scores.csv").resolve()), "layout": "csv"}))
+    t0 = time.perf_counter()
+    if cli(["fit-predictor", str(run)]) != 0:
+        raise SystemExit("fit-predictor failed")
+    print(f"fit-predictor on {n} images: {time.perf_counter() - t0:.0f} s", flush=True)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    from memlens.explain import explain_run
+
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=here.parent.parent / "shared" / "data" / "lnsim-dev")
+    ap.add_argument("--run", type=Path, default=None)
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--aggregate-max", type=int, default=16)
+    args = ap.parse_args(argv)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    tmp = None
+    run = args.run
+    if run is None:
+        if not (args.data / "scores.csv").is_file():
+            print(f"no lnsim-dev data at {args.data}")
+            return 2
+        tmp = tempfile.TemporaryDirectory(prefix="memlens-explain-")
+        run = _make_run(args.data, args.n, Path(tmp.name))
+    configs = {
+        "before": {"check_aggregates": True, "aggregate_max": 16},
+        "after": {"check_aggregates": False, "aggregate_max": args.aggregate_max},
+    }
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    maps: dict[str, dict] = {}
+    for r in range(args.repeat):
+        for name in (list(configs) if r % 2 == 0 else list(configs)[::-1]):
+            t0 = time.perf_counter()
+            summary = explain_run(run, top=3, bottom=3, device="cpu", **configs[name])
+            times[name].append(time.perf_counter() - t0)
+            with np.load(run / "attributions" / "attributions.npz") as z:
+                maps[name] = {i: z["maps"][k] for k, i in enumerate(z["image_ids"].tolist())}
+            ig = summary["integrated_gradients"]
+            print(f"{name}: {times[name][-1]:.1f} s, {ig['n_images']} maps ({ig.get('n_error_checked')} error-checked,"
+                  f" max error {100 * (ig.get('max_map_error') or float('nan')):.1f} %), sanity "
+                  f"{summary['timings_s'].get('sanity_check', float('nan')):.1f} s, IG {summary['timings_s'].get('integrated_gradients', float('nan')):.1f} s", flush=True)
+    shown = [e["image_id"] for g in ("top", "bottom") for e in summary["explained"][g]]
+    diff = max(float(np.abs(maps["before"][i] - maps["after"][i]).max()) for i in shown)
+    b, a = min(times["before"]), min(times["after"])
+    print(f"\nexplain --top 3 --bottom 3: before {b:.1f} s, after {a:.1f} s: {b / a:.2f}x "
+          f"(goal: <= 60 s on 2 cores); largest difference of the 6 overlay maps: {diff:.2e}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
