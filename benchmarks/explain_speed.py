@@ -5,6 +5,7 @@ Usage::
     python benchmarks/explain_speed.py                  # a run of 300 lnsim-dev images, made in a temporary folder
     python benchmarks/explain_speed.py --run RUN        # an existing run with a predictor.pt
     python benchmarks/explain_speed.py --n 300 --repeat 1
+    python benchmarks/explain_speed.py --run RUN --subset 300   # RUN's predictor on the first 300 of its images
 
 Without ``--run`` it makes a run from the first ``--n`` lnsim-dev images (``per_image.csv`` + ``dataset.json``)
 and fits the default predictor on it (``memlens fit-predictor RUN``: feature set ``lite01``, ``--model auto``).
@@ -58,10 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--aggregate-max", type=int, default=16)
+    ap.add_argument("--subset", type=int, default=0,
+                    help="with --run: explain in a copy of RUN (predictor.pt, dataset.json) holding its first N "
+                         "images (descriptors are computed for every image of the run)")
     args = ap.parse_args(argv)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     tmp = None
     run = args.run
+    if run is not None and args.subset:
+        import shutil
+
+        import pandas as pd
+
+        tmp = tempfile.TemporaryDirectory(prefix="memlens-explain-")
+        sub = Path(tmp.name) / "run"
+        sub.mkdir()
+        for name in ("predictor.pt", "dataset.json", "split_halves.npz"):
+            if (run / name).is_file():
+                shutil.copy(run / name, sub / name)
+        pd.read_csv(run / "per_image.csv").head(args.subset).to_csv(sub / "per_image.csv", index=False)
+        run = sub
     if run is None:
         if not (args.data / "scores.csv").is_file():
             print(f"no lnsim-dev data at {args.data}")

@@ -93,9 +93,15 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
 
     from memlens.cli import main as cli
     from memlens.data import load_dataset
-    from memlens.features import extract_feature_set
+    from memlens.features import FEATURE_SETS, extract_feature_set
     from memlens.inference import predict_images
-    from memlens.predict import MemorabilityRegressor, prediction_metrics, read_predictor, ridge_baseline
+    from memlens.predict import (
+        MemorabilityRegressor,
+        MemorabilitySVR,
+        prediction_metrics,
+        read_predictor,
+        ridge_baseline,
+    )
     from memlens.predict.selection import estimate
 
     ds = load_dataset(data)
@@ -143,6 +149,15 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
 
     add(f"memlens default ({info['model']})", info["inputs"], p_default, own["spearman"])
     t0 = time.perf_counter()
+    if info["model"] != "svr" and info["inputs"] in FEATURE_SETS:  # the frozen-feature SVR alone, for the gain
+        ids_file = [line.split("\t")[0] for line in
+                    (run / f"featureset_{info['inputs']}_ids.txt").read_text().splitlines() if line.strip()]
+        pos = {i: k for k, i in enumerate(ids_file)}
+        Xc = np.load(run / f"featureset_{info['inputs']}.npy")
+        X_tune = Xc[[pos[i] for i in ids[tune]]]
+        X_test = extract_feature_set([paths[i] for i in test], info["inputs"])
+        svr = MemorabilitySVR(blocks=FEATURE_SETS[info["inputs"]].blocks()).fit(X_tune, y[tune])
+        add("frozen-feature SVR alone", info["inputs"], svr.predict(X_test))
     F0 = extract_feature_set(paths, "lite0-crop")
     rg = ridge_baseline().fit(F0[tune], y[tune])
     add("ridge", "EfficientNet-Lite0 multi-stage features (lite0-crop, 2,168)", rg.predict(F0[test]))

@@ -90,7 +90,9 @@ def test_feature_set_predictor_scores_new_files_as_it_was_fitted(run, tmp_path):
     assert main(["fit-predictor", str(r), "--features", "lite01", "--cv", "2", "--max-epochs", "5",
                  "--model", "svr"]) == 0
     cv = pd.read_csv(r / "predictor_cv.csv")
-    assert set(cv["model"]) == {"mlp", "svr", "ridge"} and (cv["inputs"] == "lite01").all()
+    # --finetune auto: Lite0's tail and its blend with the SVR are evaluated beside the three
+    assert set(cv["model"]) == {"mlp", "svr", "ridge", "finetune", "svr+finetune"} and (cv["inputs"] == "lite01").all()
+    assert (r / "featureset_lite01_trunk_efficientnet_lite0.npz").is_file()
     raw = read_predictor(r / "predictor.pt")
     assert raw["recipe"] == [{"kind": "featureset", "name": "lite01", "pool": "none", "layer": None, "size": None,
                               "dim": 4336}]
@@ -161,7 +163,9 @@ def test_explain_runs_on_a_feature_set_predictor(run, tmp_path):
     assert main(["explain", str(r), "--top", "1", "--bottom", "1", "--steps", "4", "--aggregate-max", "2",
                  "--sanity-max", "1", "--device", "cpu"]) == 0
     with np.load(r / "attributions" / "attributions.npz") as z:
-        arrays = [z[k] for k in z.files if z[k].dtype.kind == "f"]
+        # map_errors: NaN for the maps only in the aggregates (not error-checked), finite for the overlays
+        arrays = [z[k] for k in z.files if z[k].dtype.kind == "f" and k != "map_errors"]
+        assert np.isfinite(z["map_errors"]).sum() == 2
     assert arrays and all(np.isfinite(a).all() for a in arrays)
     assert any(a.ndim >= 3 and np.abs(a).sum() > 0 for a in arrays)  # pixel maps, not all zero
     assert list((r / "attributions").glob("overlay_top01_*.png"))

@@ -56,10 +56,11 @@ def _fmt(v: float, digits: int = 3) -> str:
               help="Model saved in predictor.pt: auto (the best of svr, mlp and ridge by cross-validation on the "
                    "images not held out), support-vector regression (per feature block, averaged), the MLP, or "
                    "ridge regression. All are evaluated on the same folds.")
-@click.option("--finetune", type=click.Choice(["none", "lite0", "lite1"]), default="none", show_default=True,
+@click.option("--finetune", type=click.Choice(["auto", "none", "lite0", "lite1"]), default="auto", show_default=True,
               help="Also fine-tune the last stages of this network of the feature set on the scores (from cached "
                    "activations of its frozen first stages) and blend it with the SVR (svr+finetune, a "
-                   "candidate of --model auto). Minutes per fit on a CPU.")
+                   "candidate of --model auto). auto: lite0 when the feature set has it (not with latents or "
+                   "features). Minutes per fit on a CPU (a GPU with --device cuda).")
 @click.option("--holdout", callback=_holdout, default="auto", show_default=True,
               help="Fraction of the images set aside, seeded and stratified, before any choice; the figure "
                    "reported for the saved model is its score on them. auto: 0.2 from 1,000 images on, else 0 "
@@ -108,10 +109,10 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
     honest = folds[folds["estimate"] == est["kind"]]
     mean_rows = table[(table["fold"] == "mean") & (table["estimate"] == est["kind"])].set_index("model")
     label = {"holdout": "held-out rho [95% CI]", "outer-cv": "outer-CV rho [95% CI]"}[est["kind"]]
-    head = f"{'model':<10}" + (f"{'inner-CV rho':>16}" if len(inner) else "") + f"{label:>28}{'auc':>8}"
+    head = f"{'model':<13}" + (f"{'inner-CV rho':>16}" if len(inner) else "") + f"{label:>28}{'auc':>8}"
     click.echo(head)
     for name, g in honest.groupby("model", sort=False):
-        line = f"{name:<10}"
+        line = f"{name:<13}"
         if len(inner):
             r = inner[inner["model"] == name]["spearman"].astype(float)
             sd = r.std(ddof=1) if len(r) > 1 else float("nan")

@@ -70,7 +70,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       inputs: str = DEFAULT_INPUTS, hidden: Sequence[int] = (256,), max_epochs: int = 200,
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, holdout: float | str | None = "auto",
-                      finetune: str | None = None, finetune_params: dict[str, Any] | None = None,
+                      finetune: str | None = "auto", finetune_params: dict[str, Any] | None = None,
                       progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Choose, evaluate honestly and save a memorability predictor for a run.
 
@@ -116,7 +116,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     finetune : a network of the feature set (``efficientnet_lite0``, or ``lite0``) whose last stages are
         fine-tuned on the scores (:class:`memlens.predict.finetune.FineTunedLiteRegressor`, settings in
         ``finetune_params``), evaluated as ``finetune`` and blended with the SVR as ``svr+finetune`` (the
-        mean of the two predictions), a candidate of ``model="auto"``. None: no fine-tuning.
+        mean of the two predictions), a candidate of ``model="auto"``. ``"auto"`` (default): Lite0 when the
+        feature set runs it, else none; None or ``"none"``: no fine-tuning.
 
     Returns
     -------
@@ -302,9 +303,11 @@ def _finetune_variant(finetune: str | None, inputs: str) -> str | None:
     from ..features import FEATURE_SETS
 
     name = str(finetune).lower()
-    variant = name if name.startswith("efficientnet_") else f"efficientnet_{name}"
     fs = FEATURE_SETS.get(inputs)
     nets = [v for v, _ in fs.backbones] if fs is not None else []
+    if name == "auto":
+        return "efficientnet_lite0" if "efficientnet_lite0" in nets else None
+    variant = name if name.startswith("efficientnet_") else f"efficientnet_{name}"
     if variant not in nets:
         raise ConfigError(f"--finetune {finetune}: the feature set {inputs!r} runs "
                           + (", ".join(v.replace('efficientnet_', '') for v in nets) if nets else "no pretrained network")
