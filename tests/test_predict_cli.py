@@ -150,6 +150,20 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
     got = predict_images([run.data / i for i in ids[:6]], r, batch_size=4).table.predicted_score.to_numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
     assert np.ptp(ft.predict(acts)) > 0  # the tails learned something that varies between images
+    # explain runs through the blend; its randomisation check re-initialises both learned parts
+    assert main(["explain", str(r), "--top", "1", "--bottom", "1", "--steps", "4", "--aggregate-max", "2",
+                 "--sanity-max", "1", "--device", "cpu"]) == 0
+    import json
+
+    sanity = json.loads((r / "attributions" / "sanity.json").read_text())
+    assert sanity["randomized_module"] == "head+tails"
+    model = load_memorability_model(r / "predictor.pt")
+    from memlens.explain.sanity import randomize_weights
+
+    rnd = randomize_weights(model, "head+tails", seed=0)
+    for a, b in ((model.tails[0].out.weight, rnd.tails[0].out.weight),
+                 (next(model.head.parameters()), next(rnd.head.parameters()))):
+        assert not torch.equal(a, b)
 
 
 def test_explain_runs_on_a_feature_set_predictor(run, tmp_path):

@@ -96,8 +96,7 @@ from ._common import FiniteFloatRange, check_device, echo, progress_bar, progres
     type=FiniteFloatRange(min=0.0),
     default=0.05,
     show_default=True,
-    help="Flag maps that are not error-checked (--no-error-check, or only in the aggregate maps) whose relative "
-         "convergence delta exceeds this.",
+    help="With --no-error-check: flag maps whose relative convergence delta exceeds this.",
 )
 @click.option(
     "--error-tolerance",
@@ -111,7 +110,7 @@ from ._common import FiniteFloatRange, check_device, echo, progress_bar, progres
     default=True,
     show_default=True,
     help="Estimate the error of each map shown as an overlay from a second pass at half the steps (about 50% "
-         "more time for those maps; aggregate-only maps are judged by their convergence delta).",
+         "more time for those maps; maps only in the aggregates are not judged).",
 )
 @click.option(
     "--seed",

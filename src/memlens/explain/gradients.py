@@ -264,7 +264,7 @@ def integrated_gradients(
         time). The completeness delta is a poor guide to a map's accuracy: measured against 1,024-step maps it
         missed most inaccurate maps and flagged accurate ones (docs/explain.md); the estimate tracked the real
         error with a Spearman correlation of 0.98 or more. A sequence of one bool per image checks only those
-        images (the others are judged by their convergence delta; ``map_error`` is NaN for them).
+        images; the others are not judged (``map_error`` NaN, never flagged: the delta is no guide).
     error_tolerance
         With ``error_check``: images whose estimated map error (relative to the map's mass) exceeds this are
         flagged (and logged as a warning).
@@ -364,7 +364,9 @@ def integrated_gradients(
             gap > 0, np.abs(delta) / np.maximum(gap, 1e-30), np.where(np.abs(delta) > 0, np.inf, 0.0)
         )
     by_delta = (rel > delta_tolerance) & (np.abs(delta) > DELTA_ABS_FLOOR)
-    flagged = np.where(check_rows, map_error > error_tolerance, by_delta)
+    # with the error check on some images only, the others are not judged: the completeness delta is a poor
+    # guide to a map's accuracy (docs/explain.md), so it decides only when no map is error-checked
+    flagged = np.where(check_rows, map_error > error_tolerance, by_delta if not check else False)
     if (flagged & check_rows).any():
         log.warning("Integrated Gradients%s: the maps of %d of %d images are not accurate yet (estimated error "
                     "up to %.1f%% of the map > tolerance %.1f%% at %d steps); they are kept and flagged, use "

@@ -23,8 +23,8 @@ log = logging.getLogger("memlens.explain")
 
 # ----------------------------------------------------------------------------------- sanity check
 def randomize_weights(model: nn.Module, module: str | None = "head", seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` whose ``module`` (a dotted attribute path; ``None`` = the whole model) has
-    re-initialised weights.
+    """A deep copy of ``model`` whose ``module`` (a dotted attribute path, or several joined by ``+`` such as
+    ``"head+tails"``; ``None`` = the whole model) has re-initialised weights.
 
     Every sub-module with a ``reset_parameters()`` method (Linear, Conv, norm layers, ...) is reset to its
     initial distribution; parameters of sub-modules without one are randomly permuted (same values, learned
@@ -33,22 +33,26 @@ def randomize_weights(model: nn.Module, module: str | None = "head", seed: int =
     state is left untouched.
     """
     clone = copy.deepcopy(model)
-    target: nn.Module = clone
-    if module:
-        for part in module.split("."):
-            if not hasattr(target, part) or not isinstance(getattr(target, part), nn.Module):
-                names = ", ".join(n for n, _ in target.named_children()) or "none"
-                raise ValueError(f"model has no sub-module {module!r} to randomise (children: {names})")
-            target = getattr(target, part)
+    targets: list[nn.Module] = [clone]
+    if module:  # "a.b" is one dotted path; "head+tails" names several sub-modules, randomised together
+        targets = []
+        for path in module.split("+"):
+            target: nn.Module = clone
+            for part in path.split("."):
+                if not hasattr(target, part) or not isinstance(getattr(target, part), nn.Module):
+                    names = ", ".join(n for n, _ in target.named_children()) or "none"
+                    raise ValueError(f"model has no sub-module {path!r} to randomise (children: {names})")
+                target = getattr(target, part)
+            targets.append(target)
     # "randomise" in ASCII as the second entropy word: a stream no plain torch.manual_seed(seed) shares
     entropy = [int(seed) % 2**64, 0x72616E646F6D]  # SeedSequence takes non-negative words; torch any int
     init_seed, perm_seed = (int(v) for v in np.random.SeedSequence(entropy).generate_state(2))
-    cuda = sorted({p.device.index or 0 for p in target.parameters() if p.device.type == "cuda"})
+    cuda = sorted({p.device.index or 0 for t in targets for p in t.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):  # the CUDA generators too, where the weights live there
         torch.manual_seed(init_seed)
         gen = torch.Generator().manual_seed(perm_seed)
         with torch.no_grad():
-            for sub in target.modules():
+            for sub in (m for t in targets for m in t.modules()):
                 own = list(sub.parameters(recurse=False))
                 if not own:
                     continue

@@ -163,6 +163,7 @@ def explain_run(
     error_tolerance: float = 0.1,
     error_check: bool = True,
     check_aggregates: bool = False,
+    channels_last: bool = True,
     device: str = "auto",
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> dict[str, Any]:
@@ -187,6 +188,9 @@ def explain_run(
         rank correlation needs no exact maps).
     check_aggregates
         Also error-check the maps that only enter the aggregate maps (about 50 % more time for them).
+    channels_last
+        On a CPU, run the model in channels-last memory format (1.35x faster per IG step for the default
+        predictor; the maps agree with the default format to float rounding).
     aggregate_max
         At most this many images per quartile in the aggregate maps (0 = all): the quartile's images that
         are explained anyway (``top``, ``bottom``, ``images``) plus a seeded random sample of the others.
@@ -231,6 +235,8 @@ def explain_run(
 
     dev = _resolve_device(device)
     model = load_predictor(run / "predictor.pt", dev)
+    if channels_last and dev.type == "cpu":  # depthwise convolutions: 1.35x faster per IG step
+        model = model.to(memory_format=torch.channels_last)
     size = predictor_input_size(model, run)
     table = read_run_table(run / "per_image.csv", f"memlens score DATA --run {run}")
     if "image_id" not in table.columns:
@@ -308,6 +314,8 @@ def explain_run(
         if needed
         else torch.zeros(0, 3, size, size)
     )
+    if channels_last and dev.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
     ig_kw = dict(
         baseline=baseline,
         n_steps=n_steps,
@@ -344,6 +352,8 @@ def explain_run(
     sanity: dict[str, Any]
     if sanity_ids:
         module = "head" if isinstance(getattr(model, "head", None), nn.Module) else None
+        if module and isinstance(getattr(model, "tails", None), nn.Module):
+            module = "head+tails"  # a blend: both learned parts (the fine-tuned tails and the head)
         rows = [row_of[i] for i in sanity_ids]
         check = randomization_check(
             model,
