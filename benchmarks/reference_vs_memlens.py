@@ -78,16 +78,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:  # pragma: no cover
-        pass
-    return set()
-
-
 class Timer:
     """Accumulates wall and CPU (process) seconds per stage name."""
 
@@ -256,9 +246,10 @@ def int8_available(model, size: int) -> str | None:
     import torch
 
     from memlens.errors import ConfigError
-    from memlens.quantize import quantize_autoencoder
+    from memlens.quantize import check_int8_settings, quantize_autoencoder
 
     try:
+        check_int8_settings()  # refuses CPUs whose int8 kernels run without VNNI
         quantize_autoencoder(model, torch.rand(1, 3, size, size))
     except ConfigError as e:
         return str(e)
@@ -396,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = image_paths(args.data, args.n)
     if args.precision == "auto":
-        native_bf16 = device.type == "cuda" or bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+        from memlens.scoring.precision import cpu_has_bf16
+
+        native_bf16 = device.type == "cuda" or cpu_has_bf16()  # oneDNN's view: honours ONEDNN_MAX_CPU_ISA
         precisions = ["float32", "bfloat16"] if native_bf16 else ["float32"]
         if device.type == "cpu":
             precisions.append("int8")

@@ -265,3 +265,41 @@ def test_activation_bits_follow_the_cpu(trained, images, monkeypatch):
         e8 = (((q8(images) - images) ** 2).mean((1, 2, 3)) - f).abs() / f
     assert not torch.equal(e7, e8)
     assert float(e7.max()) < 0.15 and float(e8.max()) < 0.1
+
+
+def test_a_onednn_isa_cap_below_vnni_means_7_bit_activations(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN's int8 kernels sum pairs of products in 16 bits even on a CPU with
+    VNNI (measured: 8-bit activations then moved an image's MSE by 5.1 %, past the 5 % bound); caps at or
+    above VNNI, ALL and DEFAULT leave the CPU's answer."""
+    from memlens import quantize
+
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    for cap, allowed in (("AVX2", False), ("avx512_core", False), ("SSE41", False), ("AVX512_CORE_VNNI", True),
+                         ("AVX2_VNNI", True), ("AVX512_CORE_AMX", True), ("ALL", True), ("DEFAULT", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert quantize._isa_cap_allows_vnni() is allowed, cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert quantize._has_vnni() is False and quantize.activation_bits("x86") == 7
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX")  # oneDNN's older name for the same cap
+    assert quantize._isa_cap_allows_vnni() is False
+
+
+def test_int8_is_refused_where_its_kernels_lack_vnni(trained, paths, demo, tmp_path, capsys, monkeypatch):
+    """Without VNNI (or with oneDNN capped below it) int8 broke its 5 % bound (measured 5.1-5.2 %): scoring
+    refuses it with one line that says why and what to use instead, before anything is scored."""
+    from memlens import quantize
+
+    monkeypatch.setattr(quantize, "_has_vnni", lambda: False)
+    with pytest.raises(ConfigError, match="needs VNNI int8 instructions.*use float32"):
+        score_images(trained, paths[:4], metrics=("mse",), features=False, precision="int8")
+    run = _run(tmp_path / "novnni")
+    rc = main(["score", str(demo), "--run", str(run), "--metrics", "mse", "--feature-size", "32",
+               "--precision", "int8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "needs VNNI int8 instructions" in err and "Traceback" not in err
+    assert not (run / "per_image.csv").exists()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(quantize, "_has_vnni", lambda: quantize._isa_cap_allows_vnni())
+    with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA caps oneDNN below it"):
+        quantize.check_int8_settings()

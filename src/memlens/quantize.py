@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -67,14 +68,26 @@ def calibration_indices(n: int, k: int = INT8_CALIBRATION_IMAGES) -> list[int]:
     return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
 
 
+#: what int8 did on an x86 CPU whose int8 kernels run without VNNI (AMD EPYC capped with
+#: ONEDNN_MAX_CPU_ISA=AVX2; vgg16, 100 lnsim-dev images; docs/benchmarks.md)
+NO_VNNI_MEASURED = "an image's MSE moved by 5.1 % with 8-bit and 5.2 % with 7-bit activations, at 1.75x the reference"
+
+
 def check_int8_settings(layer: str | None = None, device: str | torch.device | None = None) -> None:
-    """ConfigError for settings int8 scoring cannot run with: a hooked ``layer``, a device other than the CPU."""
+    """ConfigError for settings int8 scoring cannot run with: a hooked ``layer``, a device other than the CPU,
+    an x86 CPU whose int8 kernels run without VNNI (there int8 breaks its 5 % bound; see :data:`NO_VNNI_MEASURED`)."""
     if layer:
         raise ConfigError("layer= is not available with precision int8 (the quantized graph has no hooks); "
                           "use float32 or bfloat16")
     kind = device.type if isinstance(device, torch.device) else str(device or "cpu").split(":")[0]
     if kind not in ("auto", "cpu"):
         raise ConfigError(f"precision int8 runs on the CPU only (device {device}); on a GPU use bfloat16")
+    engines = list(torch.backends.quantized.supported_engines)
+    if ("x86" in engines or "fbgemm" in engines) and not _has_vnni():
+        capped = "" if _isa_cap_allows_vnni() else " (ONEDNN_MAX_CPU_ISA caps oneDNN below it)"
+        raise ConfigError("precision int8 needs VNNI int8 instructions (AVX512-VNNI, AVX-VNNI or AMX), which this "
+                          f"CPU's int8 kernels lack{capped}: without them {NO_VNNI_MEASURED}, past int8's 5 % "
+                          "bound; use float32 (or bfloat16 on a CPU with AVX512-BF16/AMX)")
 
 
 def int8_engine() -> str:
@@ -112,8 +125,25 @@ def _fx() -> tuple[Any, Any, Any]:
     return get_default_qconfig_mapping, prepare_fx, convert_fx
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that keep VNNI: the VNNI ISAs and every one above them
+_VNNI_ISA_WORDS = ("VNNI", "AMX", "BF16", "FP16", "AVX10")
+
+
+def _isa_cap_allows_vnni() -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) caps oneDNN below VNNI (``AVX2``,
+    ``AVX512_CORE``, ...): its int8 kernels then sum pairs of products in 16 bits, whatever the CPU has."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(var, "").strip().upper()
+        if cap and cap not in ("ALL", "DEFAULT"):
+            return any(word in cap for word in _VNNI_ISA_WORDS)
+    return True
+
+
 def _has_vnni() -> bool:
-    """Whether this x86 CPU has VNNI (int8 dot products into int32, no 16-bit intermediate to overflow)."""
+    """Whether int8 kernels here use VNNI (int8 dot products into int32, no 16-bit intermediate to overflow):
+    the CPU has it and oneDNN is not capped below it (``ONEDNN_MAX_CPU_ISA``)."""
+    if not _isa_cap_allows_vnni():
+        return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
