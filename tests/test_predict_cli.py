@@ -90,9 +90,9 @@ def test_feature_set_predictor_scores_new_files_as_it_was_fitted(run, tmp_path):
     assert main(["fit-predictor", str(r), "--features", "lite01", "--cv", "2", "--max-epochs", "5",
                  "--model", "svr"]) == 0
     cv = pd.read_csv(r / "predictor_cv.csv")
-    # --finetune auto: Lite0's tail and its blend with the SVR are evaluated beside the three
-    assert set(cv["model"]) == {"mlp", "svr", "ridge", "finetune", "svr+finetune"} and (cv["inputs"] == "lite01").all()
-    assert (r / "featureset_lite01_trunk_efficientnet_lite0.npz").is_file()
+    # --finetune auto fine-tunes from 1,000 scored images on: not on these 40 (no tail, no trunk cache)
+    assert set(cv["model"]) == {"mlp", "svr", "ridge"} and (cv["inputs"] == "lite01").all()
+    assert not (r / "featureset_lite01_trunk_efficientnet_lite0.npz").exists()
     raw = read_predictor(r / "predictor.pt")
     assert raw["recipe"] == [{"kind": "featureset", "name": "lite01", "pool": "none", "layer": None, "size": None,
                               "dim": 4336}]
@@ -196,3 +196,22 @@ def test_nothing_to_score_is_said_without_loading_the_networks(run, tmp_path, ca
     assert main(["predict", str(tmp_path / "empty"), "--run", str(run.run)]) == 1
     err = capsys.readouterr().err
     assert "folder holds no image files" in err and "no image could be scored" in err
+
+
+def test_finetune_auto_follows_the_number_of_scored_images(run, tmp_path, monkeypatch):
+    """--finetune auto adds Lite0's tail from AUTO_FINETUNE_MIN scored images on (lowered here to fit a test)."""
+    import shutil
+
+    import memlens.predict.fitting as fitting
+
+    r = tmp_path / "run"
+    shutil.copytree(run.run, r)
+    assert fitting._n_scored(r) == 40
+    monkeypatch.setattr(fitting, "AUTO_FINETUNE_MIN", 40)
+    assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--model", "svr",
+                 "--max-epochs", "5"]) == 0
+    assert {"finetune", "svr+finetune"} <= set(pd.read_csv(r / "predictor_cv.csv")["model"])
+    monkeypatch.setattr(fitting, "AUTO_FINETUNE_MIN", 41)
+    assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--model", "svr",
+                 "--max-epochs", "5"]) == 0
+    assert "finetune" not in set(pd.read_csv(r / "predictor_cv.csv")["model"])

@@ -59,8 +59,8 @@ def _fmt(v: float, digits: int = 3) -> str:
 @click.option("--finetune", type=click.Choice(["auto", "none", "lite0", "lite1"]), default="auto", show_default=True,
               help="Also fine-tune the last stages of this network of the feature set on the scores (from cached "
                    "activations of its frozen first stages) and blend it with the SVR (svr+finetune, a "
-                   "candidate of --model auto). auto: lite0 when the feature set has it (not with latents or "
-                   "features). Minutes per fit on a CPU (a GPU with --device cuda).")
+                   "candidate of --model auto). auto: lite0 when the feature set has it and there are 1,000 scored "
+                   "images or more. Minutes per fit on a CPU (a GPU with --device cuda).")
 @click.option("--holdout", callback=_holdout, default="auto", show_default=True,
               help="Fraction of the images set aside, seeded and stratified, before any choice; the figure "
                    "reported for the saved model is its score on them. auto: 0.2 from 1,000 images on, else 0 "

@@ -34,6 +34,8 @@ from .svr import MemorabilitySVR
 
 log = logging.getLogger(__name__)
 
+#: ``finetune="auto"`` fine-tunes from this many scored images on (where a holdout, not nested CV, is used)
+AUTO_FINETUNE_MIN = 1000
 DEFAULT_MODEL = "auto"
 MODELS = ("auto", "svr", "mlp", "ridge", "svr+finetune")
 
@@ -117,7 +119,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         fine-tuned on the scores (:class:`memlens.predict.finetune.FineTunedLiteRegressor`, settings in
         ``finetune_params``), evaluated as ``finetune`` and blended with the SVR as ``svr+finetune`` (the
         mean of the two predictions), a candidate of ``model="auto"``. ``"auto"`` (default): Lite0 when the
-        feature set runs it, else none; None or ``"none"``: no fine-tuning.
+        feature set runs it and the run has 1,000 scored images or more (:data:`AUTO_FINETUNE_MIN`; below, nested
+        cross-validation would fit about 36 tails), else none; None or ``"none"``: no fine-tuning.
 
     Returns
     -------
@@ -140,6 +143,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     torch_device(device)  # fail early on a bad device
     variant = _finetune_variant(finetune, inputs)
+    if variant is not None and str(finetune).lower() == "auto" and _n_scored(run) < AUTO_FINETUNE_MIN:
+        variant = None  # small sets: nested CV would fit ~36 tails for a blend least likely to help there
     if model == "svr+finetune" and variant is None:
         raise ConfigError("--model svr+finetune needs --finetune NETWORK")
     trunk = {variant: TRUNK_STAGE} if variant else None
@@ -293,6 +298,17 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     return {"table": table, "summary": summary, "inner": inner_means, "estimate": est, "ceiling": overall,
             "n_images": n, "model": chosen, "holdout": frac, "n_features": int(X.shape[1]), "seconds": seconds,
             "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt"]}
+
+
+def _n_scored(run: Path) -> int:
+    """Rows of ``RUN/per_image.csv`` with a finite score (0 when it cannot be read: the loader says why)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(run / "per_image.csv", usecols=["score"])
+    except (OSError, ValueError):
+        return 0
+    return int(np.isfinite(pd.to_numeric(table["score"], errors="coerce").to_numpy(float)).sum())
 
 
 def _finetune_variant(finetune: str | None, inputs: str) -> str | None:
