@@ -60,3 +60,14 @@ def test_fit_predict_and_state_round_trip(images):
     np.testing.assert_allclose(FineTunedLiteRegressor.from_state(state).predict(acts), pred, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="activation maps but"):
         FineTunedLiteRegressor().fit(acts, y[:3])
+
+
+def test_a_flip_feature_set_reuses_its_mirror_pass_for_the_trunk(images):
+    """lite01-flip runs the mirror image anyway: its trunk maps are the same as lite01's separate mirror pass."""
+    from memlens.features import FeatureSetExtractor
+
+    x = torch.stack(images[:2])
+    with torch.inference_mode():
+        _, plain = FeatureSetExtractor("lite01")(x, trunk={"efficientnet_lite0": 5})
+        _, flip = FeatureSetExtractor("lite01-flip")(x, trunk={"efficientnet_lite0": 5})
+    torch.testing.assert_close(flip["efficientnet_lite0"], plain["efficientnet_lite0"], rtol=1e-5, atol=1e-5)

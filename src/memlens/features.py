@@ -191,14 +191,16 @@ class FeatureSetExtractor(nn.Module):
             xi = self._resize(x.float(), side)
             st = self._stages(net, xi)
             f = self._pooled(st)
-            if self.feature_set.flip:
-                f = (f + self._pooled(self._stages(net, xi.flip(3)))) / 2
-            if trunk and variant in trunk:
-                from .models.efficientnet import normalize_lite
-
+            mirrored = self._stages(net, xi.flip(3)) if self.feature_set.flip else None
+            if mirrored is not None:
+                f = (f + self._pooled(mirrored)) / 2
+            if trunk and variant in trunk:  # the mirror image's trunk: from the flip pass when there is one
                 stage = int(trunk[variant])
-                mirror = net.forward_stages(normalize_lite(xi.flip(3)), until=stage)[stage]
-                acts[variant] = torch.stack([st[stage], mirror], dim=1)
+                if mirrored is None:
+                    from .models.efficientnet import normalize_lite
+
+                    mirrored = net.forward_stages(normalize_lite(xi.flip(3)), until=stage)
+                acts[variant] = torch.stack([st[stage], mirrored[stage]], dim=1)
             outs.append(f)
         cols = torch.cat(outs, dim=1).float()
         if trunk:

@@ -327,7 +327,7 @@ def explain_run(
         error_check=error_check,
     )
     # the error check (half the steps again) on the maps shown one by one; the maps that only enter the
-    # aggregate averages are judged by their convergence delta (their errors partly average out)
+    # aggregate averages are not judged (their errors partly average out; the delta is no guide)
     shown = set(groups["image"] + groups["top"] + groups["bottom"])
     checked = [bool(error_check) and (check_aggregates or i in shown) for i in needed]
     res = integrated_gradients(

@@ -57,10 +57,6 @@ class TrunkActivations:
         return TrunkActivations([self.maps[int(i)] for i in np.atleast_1d(idx)], self.variant, self.stage)
 
     @property
-    def shape(self) -> tuple[int, ...]:  # what cross-validation code reads (len and .shape[0])
-        return (len(self.maps),)
-
-    @property
     def channels(self) -> int:
         return int(self.maps[0].shape[1])
 
@@ -85,11 +81,6 @@ class TrunkActivations:
             maps.append(flat[pos:pos + n].reshape(tuple(int(v) for v in s)))
             pos += n
         return cls(maps, variant, stage)
-
-
-def _trunk_module(net: nn.Module, stage: int) -> nn.Module:
-    end = net.stage_ends[stage - 1]
-    return nn.Sequential(net.stem, *list(net.blocks)[:end + 1])
 
 
 class LiteTail(nn.Module):
@@ -135,7 +126,7 @@ def trunk_activations(images: Any, variant: str, *, stage: int = TRUNK_STAGE, ba
     batched; the result does not depend on the batching."""
     from ..models.efficientnet import efficientnet_lite, fuse_batchnorm, normalize_lite
 
-    trunk = _trunk_module(fuse_batchnorm(efficientnet_lite(variant).eval()), stage).to(device).eval()
+    net = fuse_batchnorm(efficientnet_lite(variant).eval()).to(device)
     maps: list[np.ndarray] = []
     pending: list[tuple[int, torch.Tensor]] = []
 
@@ -144,7 +135,7 @@ def trunk_activations(images: Any, variant: str, *, stage: int = TRUNK_STAGE, ba
             return
         x = torch.stack([t for _, t in pending]).to(device).float()
         with torch.inference_mode():
-            a = trunk(normalize_lite(torch.cat([x, x.flip(3)])))
+            a = net.forward_stages(normalize_lite(torch.cat([x, x.flip(3)])), until=stage)[stage]
         a = a.half().cpu().numpy()
         n = len(pending)
         for k in range(n):

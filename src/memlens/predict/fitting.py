@@ -269,8 +269,11 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     with atomic_path(run / "predictor_oof.csv") as tmp:
         oof.to_csv(tmp, index=False)
 
+    # the honest figure: its mean row's pooled Spearman and CI (computed once, in _add_means)
+    at = table[(table["fold"] == "mean") & table["reported"]].iloc[0]
     est = {"kind": kind, "model": chosen, "procedure": honest_model,
-           **estimate(y[honest_rows], oof_cols[honest_model][honest_rows], seed=seed)}
+           "n": int(np.isfinite(oof_cols[honest_model][honest_rows]).sum()),
+           "spearman": float(at["spearman_pooled"]), "ci_low": float(at["ci_low"]), "ci_high": float(at["ci_high"])}
     if progress is not None:
         progress(f"fitting the final model ({chosen}) on every image")
     finetuned = None
