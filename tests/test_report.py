@@ -138,9 +138,11 @@ def test_predictor_section_reads_fit_predictor_files(full):
         assert got["spearman_sd"] == pytest.approx(f.spearman.std(ddof=1))
         assert got["auc_mean"] == pytest.approx(f.auc.mean())
         assert "epochs_mean" not in got and "seconds_mean" not in got  # settings are not metrics
-    assert pred["ceiling"] == pred["consistency"] == pytest.approx(0.62)
-    assert pred["spearman_brown"] == pytest.approx(0.765)
-    assert pred["models"]["ridge"]["spearman_over_ceiling"] == pytest.approx(pred["models"]["ridge"]["spearman_mean"] / 0.62)
+    # the ceiling divided by is sqrt of the Spearman-Brown reliability, not the split-half consistency
+    assert pred["consistency"] == pytest.approx(0.62) and pred["spearman_brown"] == pytest.approx(0.765)
+    assert pred["ceiling"] == pytest.approx(0.765 ** 0.5)
+    assert pred["models"]["ridge"]["spearman_over_ceiling"] == pytest.approx(
+        pred["models"]["ridge"]["spearman_mean"] / 0.765 ** 0.5)
     oof = pd.read_csv(fake.run / "predictor_oof.csv")
     assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
     sec = _section(page, "predictor")
@@ -539,7 +541,7 @@ def test_figures_use_agg_and_no_pyplot():
         F.measure_scatter(rng.random(30), rng.random(30), xlabel="a $weird$ label", r=0.1, ci=(0.0, 0.2)),
         F.category_scatter([{"name": "a", "x": rng.random(9), "y": rng.random(9)}], xlabel="x"),
         F.binned_means_plot(F.binned_means(rng.random(30), rng.random(30)), xlabel="x"),
-        F.predictor_bars({"mlp": [0.5, 0.6], "ridge": [0.4]}, consistency=0.6, reliability=0.75),
+        F.predictor_bars({"mlp": [0.5, 0.6], "ridge": [0.4]}, consistency=0.6, ceiling=0.87),
         F.correlation_forest(["a", "b"], [0.2, -0.1], [0.1, -0.2], [0.3, 0.0], ceiling=0.7),
     ]
     for fig in figs:
@@ -577,13 +579,20 @@ def test_real_run_report_has_every_section_filled(real):
                         ("methods", "memlens fit-predictor")):
         assert needle in _section(page, sec), (sec, needle)
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    assert set(results["headline"]) >= {"images", "noise ceiling (human split-half rho)", "rho(recon_mse, score)",
+    ceiling_key = "noise ceiling (sqrt of the Spearman-Brown split-half reliability)"
+    assert set(results["headline"]) >= {"images", ceiling_key, "rho(recon_mse, score) within category",
                                         "predictor rho (nested cross-validation, unseen images)"}
+    # with categories the headline is the within-category rho (the pooled one mixes in the category means)
+    corr = pd.read_csv(r.run / "correlations.csv")
+    within = corr[(corr.x == "recon_mse") & (corr.scope == "within")].r.iloc[0]
+    assert results["headline"]["rho(recon_mse, score) within category"] == pytest.approx(within, abs=5e-4)
+    assert results["reconstruction"]["headline_scope"] == "within category"
     est = results["predictor"]["estimate"]  # the honest figure: the pooled outer-fold predictions' Spearman
     assert results["headline"]["predictor rho (nested cross-validation, unseen images)"] == pytest.approx(
         est["spearman"], abs=5e-4)
-    assert results["headline"]["noise ceiling (human split-half rho)"] == pytest.approx(
-        results["summary"]["noise_ceiling"]["split_half_spearman"], abs=5e-4)
+    sb = results["summary"]["noise_ceiling"]["spearman_brown"]
+    assert results["headline"][ceiling_key] == pytest.approx(sb ** 0.5, abs=5e-4)
+    assert sb == pytest.approx(2 * (sh := results["summary"]["noise_ceiling"]["split_half_spearman"]) / (1 + sh))
     assert "report: " in r.output  # memlens run printed where the report is
 
 
@@ -635,11 +644,13 @@ def test_real_run_results_match_the_stage_files(real):
         assert pred["models"][model]["n_folds"] == 3
         assert pred["models"][model]["spearman_mean"] == pytest.approx(f.spearman.astype(float).mean())
         assert pred["models"][model]["spearman_mean"] == pytest.approx(float(means[means.model == model].spearman.iloc[0]))
-    # one ceiling throughout the report: the human split-half consistency, as in the correlation table
-    assert pred["ceiling"] == pred["consistency"] == pytest.approx(float(means.human_consistency.iloc[0]))
+    # one ceiling throughout the report: sqrt of the Spearman-Brown reliability, as in the correlation table
+    assert pred["consistency"] == pytest.approx(float(means.human_consistency.iloc[0]))
     assert pred["spearman_brown"] == pytest.approx(float(means.spearman_brown.iloc[0]))
+    assert pred["ceiling"] == pytest.approx(float(means.spearman_brown.iloc[0]) ** 0.5)
     svr = pred["models"]["svr"]
-    assert svr["spearman_over_ceiling"] == pytest.approx(svr["spearman_mean"] / pred["consistency"])
+    assert svr["spearman_over_ceiling"] == pytest.approx(svr["spearman_mean"] / pred["ceiling"])
+    assert svr["spearman_over_ceiling"] <= 1
     oof = pd.read_csv(run / "predictor_oof.csv")
     assert pred["oof"]["mlp"]["r"] == pytest.approx(spearmanr(oof.predicted_mlp, oof.score).statistic)
 

@@ -13,7 +13,7 @@ from scipy import stats as sps
 import memlens.stats.resampling as R
 from memlens.data.halves import SplitHalves
 from memlens.errors import DataError
-from memlens.stats import CorrResult, correlate, correlation_table, split_half_reliability
+from memlens.stats import CorrResult, correlate, correlation_table, spearman_brown, split_half_reliability
 
 
 def _pair(n: int, rho: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -341,12 +341,16 @@ def test_correlation_table_ceiling_from_split_halves():
                        "cat": np.where(np.arange(n) < 70, "a", "b")})
     tab = correlation_table(df, x="x", by="cat", n_boot=0, ceiling=halves)
     pooled = tab[tab.scope == "pooled"].iloc[0]
-    want = split_half_reliability(halves.subset(ids))["spearman_mean"]
-    assert pooled.ceiling == pytest.approx(want)
+    sub_all = halves.subset(ids)
+    sh = np.mean([sps.spearmanr(sub_all.half1[i], sub_all.half2[i]).statistic for i in range(4)])
+    want = math.sqrt(2 * sh / (1 + sh))  # sqrt of the Spearman-Brown reliability of the full-group score
+    assert pooled.split_half == pytest.approx(sh)
+    assert pooled.ceiling == pytest.approx(want) and pooled.ceiling > pooled.split_half
     assert pooled.r_over_ceiling == pytest.approx(pooled.r / want)
     ga = tab[(tab.scope == "group") & (tab.group == "a")].iloc[0]
     sub = halves.subset(ids[:70])
-    assert ga.ceiling == pytest.approx(split_half_reliability(sub)["spearman_mean"])
+    sh_a = np.mean([sps.spearmanr(sub.half1[i], sub.half2[i]).statistic for i in range(4)])
+    assert ga.ceiling == pytest.approx(math.sqrt(2 * sh_a / (1 + sh_a)))
     assert np.isfinite(tab[tab.scope == "within"].iloc[0].ceiling)
 
 
@@ -428,11 +432,13 @@ def test_split_half_reliability_matches_manual_and_handles_nan():
     assert rel["spearman_sd"] == pytest.approx(np.std(manual, ddof=1), abs=1e-12)
     r = rel["spearman_mean"]
     assert rel["spearman_brown"] == pytest.approx(2 * r / (1 + r))
-    assert rel["ceiling"] == rel["spearman_mean"]
+    assert rel["split_half"] == rel["spearman_mean"]
+    assert rel["ceiling"] == pytest.approx(math.sqrt(2 * r / (1 + r)))
     via_obj = split_half_reliability(SplitHalves(tuple(map(str, range(90))), h1, h2))
     assert via_obj == rel
     pear = split_half_reliability((h1, h2), method="pearson")
-    assert pear["ceiling"] == pear["pearson_mean"] != rel["ceiling"]
+    assert pear["split_half"] == pear["pearson_mean"] != rel["split_half"]
+    assert pear["ceiling"] == pytest.approx(math.sqrt(spearman_brown(pear["pearson_mean"])))
 
 
 def test_analyze_partials_the_exposure_position_out_of_the_exposure_loss():
@@ -464,6 +470,86 @@ def test_table_sums_up_row_warnings_in_one_line(caplog):
     with caplog.at_level("DEBUG", logger="memlens.stats"):
         tab = correlation_table(df, x="x", by="cat", n_boot=50)
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "2 warning(s) over the table's 5 rows" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "2 warning(s) over the table's 6 rows" in warnings[0].getMessage()
     assert "tiny1): too few complete rows (n = 2)" in caplog.text  # the details, at debug level
     assert tab[tab.group.isin(["tiny1", "tiny2"])].r.isna().all()
+
+
+# ------------------------------------------------------------------------- between, difference, halves kinds
+
+
+def test_between_groups_is_the_correlation_of_group_means():
+    from memlens.stats.parts import between_groups
+
+    rng = np.random.default_rng(90)
+    groups = np.repeat(list("abcdef"), 30)
+    level = pd.Series(groups).map(dict(zip("abcdef", [0, 3, 1, 5, 2, 4], strict=True))).to_numpy(float)
+    x = level + rng.normal(size=180)
+    y = -level + rng.normal(size=180)  # between groups: a negative relation
+    res = between_groups(x, y, groups, n_boot=300, seed=1)
+    mx = pd.Series(x).groupby(groups).mean()
+    my = pd.Series(y).groupby(groups).mean()
+    assert res.r == pytest.approx(sps.spearmanr(mx, my).statistic)
+    assert res.n == 180 and res.n_groups == 6
+    assert res.ci_low <= res.r <= res.ci_high and res.ci_high < 0
+    pear = between_groups(x, y, groups, method="pearson", n_boot=0)
+    assert pear.r == pytest.approx(np.corrcoef(mx, my)[0, 1]) and math.isnan(pear.ci_low)
+    assert between_groups(x, y, groups, n_boot=300, seed=1) == res  # seeded
+
+
+def test_between_groups_needs_three_groups(caplog):
+    from memlens.stats.parts import between_groups
+
+    with caplog.at_level(logging.WARNING, logger="memlens.stats"):
+        res = between_groups([1.0, 2, 3, 4], [1.0, 2, 4, 3], ["a", "a", "b", "b"], n_boot=10)
+    assert math.isnan(res.r) and "needs at least 3" in caplog.text
+
+
+def test_correlation_difference_uses_shared_resamples():
+    from memlens.stats.parts import correlation_difference
+
+    rng = np.random.default_rng(91)
+    base = rng.normal(size=300)
+    y = base + rng.normal(size=300)
+    before = base + rng.normal(size=300)
+    after = before + 0.8 * rng.normal(size=300) + 0.3 * (y - base)  # adds what `before` lacks
+    d = correlation_difference(after, before, y, n_boot=400, seed=3)
+    r1, r2 = sps.spearmanr(after, y).statistic, sps.spearmanr(before, y).statistic
+    assert d["r1"] == pytest.approx(r1) and d["r2"] == pytest.approx(r2) and d["diff"] == pytest.approx(r1 - r2)
+    assert d["ci_low"] < d["diff"] < d["ci_high"]
+    # the interval from shared resamples is narrower than one that treats the two correlations as independent
+    boot = np.random.default_rng(4)
+    indep = []
+    for _ in range(400):
+        i, j = boot.integers(0, 300, 300), boot.integers(0, 300, 300)
+        indep.append(sps.spearmanr(after[i], y[i]).statistic - sps.spearmanr(before[j], y[j]).statistic)
+    lo, hi = np.percentile(indep, [2.5, 97.5])
+    assert d["ci_high"] - d["ci_low"] < hi - lo
+    same = correlation_difference(before, before, y, n_boot=100, seed=3)
+    assert same["diff"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["p_boot"] == 1.0
+
+
+def test_split_halves_matching_picks_the_analysed_scores_halves(tmp_path):
+    from memlens.data.halves import load_split_halves
+
+    rng = np.random.default_rng(92)
+    n = 80
+    hits = rng.uniform(0.3, 0.9, size=n)
+    fas = rng.uniform(0.0, 0.4, size=n)
+    ids = np.array([f"im{i}" for i in range(n)])
+    h = [hits + 0.05 * rng.normal(size=(3, n)) for _ in range(2)]
+    f = [fas + 0.05 * rng.normal(size=(3, n)) for _ in range(2)]
+    np.savez(tmp_path / "halves.npz", image=ids, half1=h[0], half2=h[1], kind=np.array("hit rate"),
+             **{"fa-corrected__half1": h[0] - f[0], "fa-corrected__half2": h[1] - f[1]})
+    halves = load_split_halves(tmp_path / "halves.npz")
+    assert halves.kind == "hit rate" and [a.kind for a in halves.alternatives] == ["fa-corrected"]
+    corrected_score = (h[0] - f[0] + h[1] - f[1]).mean(axis=0) / 2
+    best, agreement = halves.subset(list(ids[::-1])).matching(corrected_score[::-1])
+    assert best.kind == "fa-corrected" and agreement == pytest.approx(1.0)
+    best, agreement = halves.matching((h[0] + h[1]).mean(axis=0) / 2)
+    assert best.kind == "hit rate" and agreement == pytest.approx(1.0)
+    # written back with the alternatives
+    np.savez(tmp_path / "again.npz", **halves.npz_arrays())
+    again = load_split_halves(tmp_path / "again.npz")
+    assert again.kind == "hit rate" and again.alternatives[0].kind == "fa-corrected"
+    np.testing.assert_array_equal(again.alternatives[0].half2, h[1] - f[1])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from memlens.cli import main
 from memlens.stats import correlate
@@ -74,7 +75,8 @@ def test_stats_json_groups_within_partial(capsys, table):
                       "--method", "pearson", "--n-boot", "100", "--seed", "3", "--ci", "bca", "--format", "json")
     assert rc == 0
     data = json.loads(out)
-    assert set(data) == {"pooled", "groups", "within", "partial"}
+    assert set(data) == {"pooled", "groups", "within", "between", "partial"}
+    assert data["between"]["n_groups"] == len(data["groups"]) >= 3
     assert [g["group"] for g in data["groups"]] == ["cars", "dogs", "sky"]
     assert all(g["n"] == 40 for g in data["groups"])
     assert data["within"]["n_groups"] == 3 and data["within"]["scope"] == "within"
@@ -92,7 +94,7 @@ def test_stats_csv_and_text(capsys, table, tmp_path):
     assert rc == 0
     (tmp_path / "o.csv").write_text(out)
     got = pd.read_csv(tmp_path / "o.csv")
-    assert list(got.scope) == ["pooled", "group", "group", "group", "within"]
+    assert list(got.scope) == ["pooled", "group", "group", "group", "within", "between"]
     # n_groups is a count, written 3 (not 3.0), and empty outside the within row
     assert out.splitlines()[-1].split(",")[list(got.columns).index("n_groups")] == "3"
     assert got.n_groups.isna().sum() == 4
@@ -223,6 +225,10 @@ def _make_run(run: Path, halves: bool = True, n: int = 90) -> pd.DataFrame:
     return df
 
 
+def df_score(run: Path) -> pd.Series:
+    return pd.read_csv(run / "per_image.csv").score
+
+
 def test_analyze_writes_tables(capsys, tmp_path):
     run = tmp_path / "run"
     _make_run(run)
@@ -234,19 +240,33 @@ def test_analyze_writes_tables(capsys, tmp_path):
     assert list(dict.fromkeys(tab.x)) == xs
     for x in xs:
         sub = tab[tab.x == x]
-        assert list(sub.scope[:5]) == ["pooled", "group", "group", "group", "within"]
+        assert list(sub.scope[:6]) == ["pooled", "group", "group", "group", "within", "between"]
     part = tab[tab.scope == "partial"]
-    assert set(part[part.x == "recon_mse"].control) == {"distinctiveness", "distinctiveness_features"}
+    # the exposure test: the error after the exposure given the error before it
+    assert set(part[part.x == "recon_mse"].control) == {"distinctiveness", "distinctiveness_features",
+                                                        "recon_mse_before"}
     assert set(part[part.x == "distinctiveness"].control) == {"recon_mse", "recon_mse_before"}
     assert (tab.n_boot == 100).all() and (tab.seed == 2).all()
-    assert tab[tab.scope != "partial"].ceiling.notna().all() and tab[tab.scope == "partial"].ceiling.isna().all()
+    bounded = tab.scope.isin(["pooled", "group", "within", "between"])
+    assert tab[bounded].ceiling.notna().all() and tab[~bounded].ceiling.isna().all()
+    assert (tab[bounded].ceiling >= tab[bounded].split_half).all()
     np.testing.assert_allclose(tab.r_over_ceiling, tab.r / tab.ceiling)
     assert tab.p_fdr.notna().all() and (tab.p_fdr >= tab.p_value).all()
     data = json.loads((run / "correlations.json").read_text())
     assert data["by"] == "category" and data["ceiling"]["n_splits"] == 4 and data["ceiling"]["n_images"] == 90
     assert len(data["rows"]) == len(tab)
     pooled = tab[(tab.x == "recon_mse") & (tab.scope == "pooled")].iloc[0]
-    assert pooled.ceiling == pytest.approx(data["ceiling"]["spearman_mean"])
+    sh = data["ceiling"]["spearman_mean"]
+    assert pooled.split_half == pytest.approx(sh)
+    assert pooled.ceiling == pytest.approx(np.sqrt(2 * sh / (1 + sh))) == data["ceiling"]["ceiling"]
+    # after minus before, both correlations on the same resamples
+    diff = tab[tab.scope == "difference"]
+    assert list(diff.x) == ["recon_mse"] and list(diff["minus"]) == ["recon_mse_before"]
+    before = correlate(pd.read_csv(run / "per_image.csv").recon_mse_before, pooled_score := df_score(run),
+                       n_boot=0)
+    after = correlate(pd.read_csv(run / "per_image.csv").recon_mse, pooled_score, n_boot=0)
+    assert diff.r.iloc[0] == pytest.approx(after.r - before.r)
+    assert diff.ci_low.iloc[0] < diff.r.iloc[0] < diff.ci_high.iloc[0]
     df = pd.read_csv(run / "per_image.csv")
     ref = correlate(df.recon_mse, df.score, n_boot=100, seed=2)
     assert (pooled.r, pooled.ci_low, pooled.ci_high) == (ref.r, ref.ci_low, ref.ci_high)
@@ -262,7 +282,7 @@ def test_analyze_without_halves_and_groups(capsys, tmp_path):
     assert rc == 0, err
     tab = pd.read_csv(run / "correlations.csv")
     assert "ceiling" not in tab.columns
-    assert set(tab.scope) == {"pooled", "partial"}
+    assert set(tab.scope) == {"pooled", "partial", "difference"}
     assert tab.ci_low.isna().all() and tab.r.notna().all()
 
 
@@ -344,3 +364,37 @@ def test_reliability_without_any_usable_split_is_an_error(capsys, tmp_path, capl
     # one summary line per method, not one per split
     assert [r.getMessage().split(" (e.g.")[0] for r in caplog.records] == [
         "25 of 25 splits gave no spearman correlation", "25 of 25 splits gave no pearson correlation"]
+
+
+def test_analyze_ceiling_is_computed_on_the_analysed_score(capsys, tmp_path, caplog):
+    """Hit-rate halves beside a false-alarm corrected score: analyze picks the corrected score's halves."""
+    rng = np.random.default_rng(8)
+    n, k = 120, 6
+    hits = rng.uniform(0.3, 0.9, size=n)
+    fas = rng.uniform(0.0, 0.5, size=n)
+    h = [np.clip(hits + 0.08 * rng.normal(size=(k, n)), 0, 1) for _ in range(2)]
+    f = [np.clip(fas + 0.08 * rng.normal(size=(k, n)), 0, 1) for _ in range(2)]
+    ids = [f"images/{i:04d}.jpg" for i in range(n)]
+    corrected = ((h[0] - f[0]) + (h[1] - f[1])).mean(axis=0) / 2
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"image_id": ids, "score": corrected, "recon_mse": corrected + rng.normal(size=n)}).to_csv(
+        run / "per_image.csv", index=False)
+    np.savez(run / "split_halves.npz", image=np.array(ids), half1=h[0], half2=h[1], kind=np.array("hit rate"),
+             **{"fa-corrected__half1": h[0] - f[0], "fa-corrected__half2": h[1] - f[1]})
+    rc, out, err = _run(capsys, "analyze", run, "--n-boot", "0")
+    assert rc == 0, err
+    ceil = json.loads((run / "correlations.json").read_text())["ceiling"]
+    assert ceil["score"] == "fa-corrected" and ceil["score_agreement"] > 0.999
+    sh = np.mean([spearmanr(h[0][i] - f[0][i], h[1][i] - f[1][i]).statistic for i in range(k)])
+    assert ceil["split_half"] == pytest.approx(sh)
+    assert ceil["ceiling"] == pytest.approx(np.sqrt(2 * sh / (1 + sh)))
+    assert "halves of the fa-corrected score" in out
+    # only the hit-rate halves: the ceiling is reported, with a warning that it is another score's
+    np.savez(run / "split_halves.npz", image=np.array(ids), half1=h[0], half2=h[1], kind=np.array("hit rate"))
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run(capsys, "analyze", run, "--n-boot", "0")
+    assert rc == 0
+    ceil = json.loads((run / "correlations.json").read_text())["ceiling"]
+    assert ceil["score"] == "hit rate" and ceil["score_agreement"] < 0.99
+    assert "none of its split-half scores is the analysed score" in caplog.text + err

@@ -31,8 +31,10 @@ def analyze(run: Path, by: str, no_groups: bool, method: str, n_boot: int, seed:
             confidence: float, permutation: int, fmt: str) -> None:
     """Correlate recon_* and distinctiveness columns of RUN/per_image.csv with the score.
 
-    Pooled, per category, within category, and partial (each reconstruction error given distinctiveness and
-    the reverse), with the split-half noise ceiling when RUN/split_halves.npz exists. Writes
+    Pooled, per category, within category, between categories (the category means), and partial (each
+    reconstruction error given distinctiveness and the reverse; the error after the exposure given the error
+    before it) rows, and the difference of the after- and before-exposure correlations, with the noise ceiling
+    (sqrt of the Spearman-Brown corrected split-half correlation) when RUN/split_halves.npz exists. Writes
     RUN/correlations.csv and RUN/correlations.json.
     """
     from ..stats import analyze_run, format_correlations
@@ -46,7 +48,9 @@ def analyze(run: Path, by: str, no_groups: bool, method: str, n_boot: int, seed:
     click.echo(f"{payload['n_images']} images, {method}, {n_boot} paired bootstrap resamples (seed {seed})"
                + (f", grouped by {payload['by']}" if payload["by"] else ""))
     if ceil:
-        click.echo(f"noise ceiling: split-half {method} {ceil['ceiling']:.3f} over {ceil['n_splits']} splits "
-                   f"(Spearman-Brown {ceil['spearman_brown']:.3f})")
+        click.echo(f"noise ceiling {ceil['ceiling']:.3f} = sqrt(Spearman-Brown {ceil['spearman_brown']:.3f}) of the "
+                   f"split-half {method} {ceil['split_half']:.3f} over {ceil['n_splits']} splits"
+                   + (f"; halves of the {ceil['score']} score" if ceil.get("score") not in (None, "unspecified")
+                      else ""))
     click.echo(format_correlations(table))
     click.echo(f"wrote {Path(run) / 'correlations.csv'} and {Path(run) / 'correlations.json'}")

@@ -124,8 +124,10 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
         click.echo(line)
     ceil = res.get("ceiling") or {}
     if ceil:
-        click.echo(f"noise ceiling: human consistency (split-half Spearman) {_fmt(ceil['human_consistency'])}; "
-                   f"reliability of the full-group score (Spearman-Brown) {_fmt(ceil['spearman_brown'])}")
+        sb = ceil.get("spearman_brown")
+        root = sb ** 0.5 if isinstance(sb, (int, float)) and sb == sb and sb > 0 else float("nan")
+        click.echo(f"noise ceiling {_fmt(root)} = sqrt of the full-group score's Spearman-Brown reliability "
+                   f"{_fmt(sb)} (human split-half Spearman {_fmt(ceil['human_consistency'])})")
     else:
         click.echo("noise ceiling: n/a (no split_halves.npz in the run)")
     how = {"holdout": f"on the {est['n']} held-out images no choice saw",

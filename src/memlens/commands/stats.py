@@ -58,7 +58,8 @@ def stats(table: Path, x_col: str, y_col: str, by: str | None, control: tuple[st
           fmt: str) -> None:
     """Correlate column --x with column --y of TABLE (CSV) with a paired bootstrap CI.
 
-    JSON output: {"pooled": {...}, "groups": [...], "within": {...}} (groups/within with --by), plus
+    JSON output: {"pooled": {...}, "groups": [...], "within": {...}, "between": {...}} (groups/within with
+    --by; between from three groups on), plus
     "partial" with --control. Numbers are written at full precision in json and csv.
     """
     from ..errors import DataError
@@ -97,6 +98,9 @@ def stats(table: Path, x_col: str, y_col: str, by: str | None, control: tuple[st
     if by:
         out["groups"] = [r for r in records if r["scope"] == "group"]
         out["within"] = next(r for r in records if r["scope"] == "within")
+        between = next((r for r in records if r["scope"] == "between"), None)
+        if between is not None:  # from three groups on
+            out["between"] = between
     partial = [r for r in records if r["scope"] == "partial"]
     if partial:
         out["partial"] = partial[0]

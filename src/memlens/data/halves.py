@@ -3,12 +3,18 @@
 Two sources are read:
 
 * an ``.npz`` with arrays ``image`` (N,), ``half1`` and ``half2`` (n_splits, N), as in the lnsim-dev copy;
+  optionally ``kind`` (a string: which score the halves are, e.g. ``hit rate``) and further pairs
+  ``<kind>__half1``/``<kind>__half2`` holding the halves of other scores of the same images (the demo set
+  writes the false-alarm corrected score's halves as ``fa-corrected__half1/2``). The analysis uses the pair
+  whose mean agrees best with the score it analyses (:meth:`SplitHalves.matching`), so the reliability is
+  computed on the analysed score;
 * an LNSIM-layout folder: ``Random_splits/subject_hrs1.mat`` and ``subject_hrs2.mat`` (MATLAB arrays named
   ``subject_hrs1``/``subject_hrs2``, shape (n_splits, N); column i belongs to image ``Image_data/{i+1:04d}.jpg``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,10 @@ class SplitHalves:
     image_ids: tuple[str, ...]
     half1: np.ndarray  # (n_splits, N)
     half2: np.ndarray  # (n_splits, N)
+    #: which score the halves are ("hit rate", "fa-corrected", ...; "unspecified" when the file does not say)
+    kind: str = "unspecified"
+    #: the halves of other scores of the same images (same ids), e.g. the false-alarm corrected score's
+    alternatives: tuple[SplitHalves, ...] = ()
 
     def __post_init__(self) -> None:
         h1, h2 = np.asarray(self.half1, dtype=float), np.asarray(self.half2, dtype=float)
@@ -61,7 +71,40 @@ class SplitHalves:
         if missing:
             raise DataError(f"{len(missing)} image ids have no split-half scores, e.g. {missing[0]}")
         cols = [index[i] for i in image_ids]
-        return SplitHalves(tuple(image_ids), self.half1[:, cols], self.half2[:, cols])
+        return SplitHalves(tuple(image_ids), self.half1[:, cols], self.half2[:, cols], self.kind,
+                           tuple(a.subset(image_ids) for a in self.alternatives))
+
+    def variants(self) -> list[SplitHalves]:
+        """These halves and their alternatives (each without alternatives)."""
+        return [SplitHalves(self.image_ids, self.half1, self.half2, self.kind),
+                *(SplitHalves(a.image_ids, a.half1, a.half2, a.kind) for a in self.alternatives)]
+
+    def matching(self, scores: np.ndarray) -> tuple[SplitHalves, float]:
+        """The variant whose per-image mean agrees best with ``scores`` (aligned with ``image_ids``).
+
+        Returns the variant and the agreement: the Spearman correlation between its mean score and ``scores``
+        (1.0 when they are the same score; lower when, e.g., the halves are hit rates and the score is
+        false-alarm corrected). NaN agreement when it cannot be computed.
+        """
+        from scipy.stats import spearmanr
+
+        scores = np.asarray(scores, dtype=float)
+        best, best_r = self.variants()[0], -math.inf
+        for v in self.variants():
+            m = v.scores()
+            ok = np.isfinite(m) & np.isfinite(scores)
+            r = float(spearmanr(m[ok], scores[ok]).statistic) if ok.sum() >= 3 else math.nan
+            if math.isfinite(r) and r > best_r:
+                best, best_r = v, r
+        return best, (best_r if math.isfinite(best_r) else math.nan)
+
+    def npz_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays :func:`load_split_halves` reads back (alternatives included)."""
+        out = {"image": np.array(self.image_ids, dtype=str), "half1": np.asarray(self.half1),
+               "half2": np.asarray(self.half2), "kind": np.array(self.kind)}
+        for a in self.alternatives:
+            out[f"{a.kind}__half1"], out[f"{a.kind}__half2"] = np.asarray(a.half1), np.asarray(a.half2)
+        return out
 
 
 def lnsim_image_ids(n: int) -> tuple[str, ...]:
@@ -96,7 +139,7 @@ def load_split_halves(source: str | os.PathLike) -> SplitHalves:
         h1, h2 = _load_mat(f1, "subject_hrs1"), _load_mat(f2, "subject_hrs2")
         if h1.ndim != 2:
             raise DataError(f"{f1}: expected a 2-d array (splits x images), got shape {h1.shape}")
-        return SplitHalves(lnsim_image_ids(h1.shape[1]), h1, h2)
+        return SplitHalves(lnsim_image_ids(h1.shape[1]), h1, h2, "hit rate")
     if source.suffix.lower() != ".npz":
         raise DataError(f"{source}: expected an .npz file with image, half1, half2 or an LNSIM folder")
     try:
@@ -105,7 +148,14 @@ def load_split_halves(source: str | os.PathLike) -> SplitHalves:
             if missing:
                 raise DataError(f"{source}: missing arrays {', '.join(missing)} (found {', '.join(npz.files)})")
             ids = tuple(str(x) for x in npz["image"])
-            return SplitHalves(ids, npz["half1"], npz["half2"])
+            kind = str(npz["kind"]) if "kind" in npz.files else "unspecified"
+            others = sorted({k[: -len("__half1")] for k in npz.files if k.endswith("__half1")})
+            alts = []
+            for other in others:
+                if f"{other}__half2" not in npz.files:
+                    raise DataError(f"{source}: {other}__half1 has no {other}__half2")
+                alts.append(SplitHalves(ids, npz[f"{other}__half1"], npz[f"{other}__half2"], other))
+            return SplitHalves(ids, npz["half1"], npz["half2"], kind, tuple(alts))
     except DataError:
         raise
     except Exception as exc:

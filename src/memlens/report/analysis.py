@@ -142,13 +142,16 @@ def ceiling_entry(rel: Mapping[str, Any], source: str) -> dict[str, Any] | None:
     sb = finite_float(rel.get("spearman_brown"))
     if sb is None or rel.get("method", "spearman") != "spearman":
         sb = 2 * r / (1 + r) if r > -1 else None
+    # the highest correlation a model can reach with the full-group score: sqrt of its reliability
+    ceiling = (sb ** 0.5 if sb > 0 else 0.0) if sb is not None else None
     return {"n_images": clean_value(rel.get("n_images")), "n_splits": clean_value(rel.get("n_splits")),
             "split_half_spearman": r, "split_half_spearman_sd": finite_float(rel.get("spearman_sd")),
-            "spearman_brown": sb, "source": source}
+            "spearman_brown": sb, "ceiling": finite_float(ceiling), "score": rel.get("score"),
+            "score_agreement": finite_float(rel.get("score_agreement")), "source": source}
 
 
 def noise_ceiling(run: RunFiles, ids: Sequence[str] | None, corr: CorrelationRows) -> dict[str, Any] | None:
-    """Human split-half consistency (the noise ceiling) and its Spearman-Brown value.
+    """Human split-half consistency, its Spearman-Brown value and the noise ceiling (the square root of that).
 
     Taken from ``correlations.json`` (``memlens analyze``) when it holds one; otherwise computed from
     ``split_halves.npz`` over the run's images with :func:`memlens.stats.split_half_reliability`.
@@ -171,7 +174,13 @@ def noise_ceiling(run: RunFiles, ids: Sequence[str] | None, corr: CorrelationRow
             keep = [i for i in ids if i in known]
             if len(keep) >= 3:
                 halves = halves.subset(keep)
-        rel = split_half_reliability(halves)
+        agreement = None
+        if ids is not None and run.per_image() is not None and len(halves.image_ids) >= 3:
+            df = run.per_image()
+            if "score" in df.columns:
+                score = pd.to_numeric(df.set_index(df["image_id"].astype(str))["score"], errors="coerce")
+                halves, agreement = halves.matching(score.reindex(list(halves.image_ids)).to_numpy(dtype=float))
+        rel = {**split_half_reliability(halves), "score": halves.kind, "score_agreement": agreement}
     except Exception as exc:  # a malformed file is a note, not a crash
         run.problem("split_halves.npz", exc)
         return None

@@ -387,7 +387,7 @@ def binned_means_plot(bins: Sequence[Mapping], *, xlabel: str, ylabel: str = "me
 
 
 def predictor_bars(models: Mapping[str, Sequence[float]], *, metric: str = "spearman",
-                   consistency: float | None = None, reliability: float | None = None) -> Figure:
+                   consistency: float | None = None, ceiling: float | None = None) -> Figure:
     """Cross-validated prediction accuracy per model (mean ± SD over folds, folds as dots) against the ceiling.
 
     Parameters
@@ -397,9 +397,9 @@ def predictor_bars(models: Mapping[str, Sequence[float]], *, metric: str = "spea
     metric : str
         Name of the metric, for the axis label.
     consistency : float, optional
-        Human split-half consistency, the noise ceiling (drawn as a dotted line).
-    reliability : float, optional
-        Spearman-Brown reliability of the full-group score (drawn as a dashed line).
+        Human split-half consistency (drawn as a dotted line).
+    ceiling : float, optional
+        The noise ceiling, the square root of the full-group score's Spearman-Brown reliability (dashed).
     """
     fig, axes = new_figure(6.4, 3.8)
     ax = axes[0, 0]
@@ -417,11 +417,11 @@ def predictor_bars(models: Mapping[str, Sequence[float]], *, metric: str = "spea
         ax.text(i + 0.32, vals.mean(), f"{vals.mean():.2f}", ha="left", va="center", fontsize=9, fontweight="bold")
     if consistency is not None and np.isfinite(consistency):
         ax.axhline(consistency, color=PALETTE["green"], linestyle=":", linewidth=1.6,
-                   label=f"noise ceiling (human split-half ρ) {consistency:.2f}")
-    if reliability is not None and np.isfinite(reliability):
-        ax.axhline(reliability, color=PALETTE["vermillion"], linestyle="--", linewidth=1.6,
-                   label=f"full-group reliability (Spearman-Brown) {reliability:.2f}")
-    if consistency is not None or reliability is not None:
+                   label=f"human split-half ρ {consistency:.2f}")
+    if ceiling is not None and np.isfinite(ceiling):
+        ax.axhline(ceiling, color=PALETTE["vermillion"], linestyle="--", linewidth=1.6,
+                   label=f"noise ceiling √(Spearman-Brown) {ceiling:.2f}")
+    if consistency is not None or ceiling is not None:
         fig.legend(frameon=False, fontsize=8.5, loc="outside lower center", ncol=1)
     ax.set_xticks(range(len(names)), [_text(n) for n in names], fontsize=9.5)
     ax.set_xlim(-0.7, len(names) - 0.3)

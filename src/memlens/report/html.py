@@ -80,12 +80,13 @@ def _headline(ctx: ReportContext, results: Mapping[str, Any]) -> dict[str, Any]:
     if n is not None:
         out["images"] = n
     if ctx.ceiling:
-        out["noise ceiling (human split-half rho)"] = round(ctx.ceiling["split_half_spearman"], 3) \
-            if ctx.ceiling["split_half_spearman"] is not None else None
+        c = ctx.ceiling.get("ceiling")
+        out["noise ceiling (sqrt of the Spearman-Brown split-half reliability)"] = \
+            round(c, 3) if c is not None else None
     for key in ("reconstruction", "distinctiveness"):
         if key in ctx.headline:
-            col, r = ctx.headline[key]
-            out[f"rho({col}, score)"] = round(r, 3)
+            col, r, scope = ctx.headline[key]
+            out[f"rho({col}, score)" + (f" {scope}" if scope != "pooled" else "")] = round(r, 3)
     if "predictor" in ctx.headline:
         how = ctx.headline.get("predictor_how")
         key = f"predictor rho ({how})" if how else "predictor rho (cross-validated)"
@@ -128,12 +129,12 @@ def collect_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     corr = CorrelationRows(run)
     ctx = ReportContext(run=run, corr=corr, per_image=per_image, ceiling=noise_ceiling(run, ids, corr),
                         data_root=find_data_root(run))
-    if ctx.ceiling is None and ctx.corr and "ceiling" in ctx.corr.df.columns:
-        # analyze's ceiling column: the (uncorrected) split-half correlation of the pooled rows
+    if ctx.ceiling is None and ctx.corr and "split_half" in ctx.corr.df.columns:
+        # analyze's split_half column: the (uncorrected) split-half correlation of the pooled rows
         pooled = ctx.corr.df[ctx.corr.scope == "pooled"]
-        c = pd.to_numeric(pooled["ceiling"], errors="coerce").dropna()
+        c = pd.to_numeric(pooled["split_half"], errors="coerce").dropna()
         if len(c):
-            ctx.ceiling = ceiling_entry({"spearman_mean": float(c.iloc[0])}, f"{ctx.corr.source} (ceiling column)")
+            ctx.ceiling = ceiling_entry({"spearman_mean": float(c.iloc[0])}, f"{ctx.corr.source} (split_half column)")
     simulated = is_simulated(run)
     bodies: dict[str, str] = {}
     results: dict[str, Any] = {}

@@ -126,9 +126,7 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
     halves = getattr(ds, "halves", None)
     root_halves = Path(getattr(ds, "root", "")) / "split_halves.npz" if getattr(ds, "root", None) else None
     if halves is not None:
-        write_npz(run / "split_halves.npz", {"image": np.array(halves.image_ids, dtype=str),
-                                                        "half1": np.asarray(halves.half1),
-                                                        "half2": np.asarray(halves.half2)})
+        write_npz(run / "split_halves.npz", halves.npz_arrays())
     elif root_halves is not None and root_halves.is_file():
         atomic_write_bytes(run / "split_halves.npz", root_halves.read_bytes())
 

@@ -12,8 +12,12 @@ Main entry points
 :func:`correlation_table`
     Pooled, per-group, within-group and partial correlations of several columns of a table with one
     outcome column, optionally divided by a noise ceiling.
-:func:`split_half_reliability`
-    Split-half consistency of human scores (the noise ceiling) and its Spearman-Brown correction.
+:func:`between_groups` / :func:`correlation_difference`
+    The correlation of group means (the between-category part of a pooled correlation), and the paired
+    difference of two correlations with one outcome (the exposure test: after minus before).
+:func:`split_half_reliability` / :func:`ceiling_from_split_half`
+    Split-half consistency of human scores, its Spearman-Brown correction and the noise ceiling (the square
+    root of that reliability).
 :func:`analyze_per_image` / :func:`analyze_run`
     The table behind ``memlens analyze``: every ``recon_*`` and ``distinctiveness*`` column against the
     memorability score.
@@ -21,7 +25,7 @@ Main entry points
 Modules
 -------
 ``resampling`` (vectorised bootstrap, jackknife, BCa, p-values) -> ``correlation`` (:func:`correlate`) ->
-``reliability`` (split halves, Spearman-Brown, FDR) -> ``tables`` (:func:`correlation_table`, formatting) ->
+``parts`` (between groups, differences) -> ``reliability`` (split halves, Spearman-Brown, FDR) -> ``tables`` (:func:`correlation_table`, formatting) ->
 ``analysis`` (``memlens analyze``). Definitions are in ``docs/statistics.md``.
 """
 
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 from .analysis import analyze_per_image, analyze_run, table_records
 from .correlation import CI_METHODS, METHODS, CorrResult, correlate
-from .reliability import fdr_bh, spearman_brown, split_half_reliability
+from .parts import between_groups, correlation_difference
+from .reliability import ceiling_from_split_half, fdr_bh, spearman_brown, split_half_reliability
 from .tables import correlation_table, fixed_decimals, format_correlations
 
 __all__ = [
@@ -38,6 +43,9 @@ __all__ = [
     "correlation_table",
     "split_half_reliability",
     "spearman_brown",
+    "ceiling_from_split_half",
+    "between_groups",
+    "correlation_difference",
     "fdr_bh",
     "analyze_per_image",
     "analyze_run",

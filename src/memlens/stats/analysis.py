@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, RunDirError
-from .reliability import split_half_reliability
+from .reliability import CEILING_DEFINITION, split_half_reliability
 from .tables import correlation_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: one logger for the whole package ("memlens.stats"): collected_warnings() captures what correlate() warns
 log = logging.getLogger("memlens.stats")
 
-__all__ = ["analyze_per_image", "analyze_run", "table_records"]
+__all__ = ["analyze_per_image", "analyze_run", "exposure_pairs", "table_records"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -41,10 +41,16 @@ def analyze_per_image(df: pd.DataFrame, y: str = "score", by: str | None = None,
                       id_col: str = "image_id", *, name: str = "table") -> pd.DataFrame:
     """Every ``recon_*`` and ``distinctiveness*`` column of a per-image table correlated with ``y``.
 
-    Rows: pooled, per group and within group (when ``by`` is given), and partial rows -- each ``recon_*``
-    column given each ``distinctiveness*`` column, each ``distinctiveness*`` column given each
-    ``recon_*`` column, and ``recon_exposure`` given ``exposure_order`` (its position in the exposure stream)
-    when the table has both. With ``halves`` (split-half human scores), ceilings as in :func:`correlation_table`.
+    Rows: pooled, per group, within group and between groups (when ``by`` is given), and partial rows --
+    each ``recon_*`` column given each ``distinctiveness*`` column, each ``distinctiveness*`` column given
+    each ``recon_*`` column, and ``recon_exposure`` given ``exposure_order`` (its position in the exposure
+    stream) when the table has both. With ``halves`` (split-half human scores), ceilings as in
+    :func:`correlation_table`.
+
+    **The exposure test.** For every error after the exposure with its before-exposure twin
+    (``recon_<m>`` and ``recon_<m>_before``): a partial row of ``recon_<m>`` given ``recon_<m>_before`` (does
+    the error after the single exposure predict memorability beyond the pretrained model's error, i.e. beyond
+    the image's difficulty?) and a ``difference`` row, ``r(after) - r(before)`` with a paired bootstrap CI.
     """
     recon, dist = _measure_columns(df)
     if not recon and not dist:
@@ -58,12 +64,33 @@ def analyze_per_image(df: pd.DataFrame, y: str = "score", by: str | None = None,
         control["recon_exposure"].append(("exposure_order",))
     for d in dist:
         control[d] = [(r,) for r in recon]
+    pairs = exposure_pairs(df.columns)
+    for after, before in pairs:
+        control[after].append((before,))
     return correlation_table(df, x=[*recon, *dist], y=y, by=by, control=control, method=method,
                              n_boot=n_boot, seed=seed, ci=ci, confidence=confidence, permutation=permutation,
-                             ceiling=halves, id_col=id_col, name=name)
+                             ceiling=halves, id_col=id_col, name=name, differences=pairs)
+
+
+def exposure_pairs(columns: Any) -> list[tuple[str, str]]:
+    """``(recon_<m>, recon_<m>_before)`` for every error measured both after and before the exposure."""
+    cols = [str(c) for c in columns]
+    have = set(cols)
+    return [(c, f"{c}_before") for c in cols
+            if c.startswith("recon_") and not c.endswith("_before") and f"{c}_before" in have]
 
 
 _AUTO = "auto"
+
+#: below this Spearman agreement between the split halves' mean and the analysed score, the halves are of a
+#: different score (e.g. hit rates beside a false-alarm corrected score) and analyze says so
+SCORE_AGREEMENT_MIN = 0.99
+
+
+def _numeric_scores(df: pd.DataFrame) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=float)
 
 
 def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman", n_boot: int = 2000,
@@ -130,10 +157,16 @@ def analyze_run(run: str | Path, by: str | None = _AUTO, method: str = "spearman
                 log.warning("%s: noise ceiling not reported: %s", halves_path, exc)
                 halves = None
         if halves is not None:
+            halves, agreement = halves.matching(_numeric_scores(df))
             rel = split_half_reliability(halves, method=method)
-            ceiling_info = {**rel, "source": halves_path.name,
-                            "definition": f"mean over splits of the split-half {method} correlation on the "
-                                          "run's images (not Spearman-Brown corrected)"}
+            ceiling_info = {**rel, "source": halves_path.name, "score": halves.kind,
+                            "score_agreement": agreement, "definition": CEILING_DEFINITION,
+                            "split_half_definition": f"mean over splits of the split-half {method} correlation "
+                                                     "on the run's images"}
+            if not (agreement >= SCORE_AGREEMENT_MIN):
+                log.warning("%s: none of its split-half scores is the analysed score (their mean agrees with it at "
+                            "Spearman %.3f; kind %r): the noise ceiling is that of a different score", halves_path,
+                            agreement, halves.kind)
     table = analyze_per_image(df, by=by, method=method, n_boot=n_boot, seed=seed, ci=ci,
                               confidence=confidence, permutation=permutation, halves=halves,
                               name=str(table_path))

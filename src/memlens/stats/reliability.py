@@ -19,7 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
 #: one logger for the whole package ("memlens.stats"): collected_warnings() captures what correlate() warns
 log = logging.getLogger("memlens.stats")
 
-__all__ = ["spearman_brown", "split_half_reliability", "within_ceiling", "fdr_bh"]
+__all__ = ["spearman_brown", "ceiling_from_split_half", "split_half_reliability", "within_split_half",
+           "between_split_half", "fdr_bh", "CEILING_DEFINITION"]
+
+#: what memlens divides by, in words (tables, reports and docs quote it)
+CEILING_DEFINITION = ("sqrt of the Spearman-Brown corrected split-half correlation: the highest correlation a "
+                      "model can reach with the full-group score when the score's reliability is the only "
+                      "limit (Spearman 1904; Lage-Castellanos et al. 2019)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -31,6 +37,20 @@ def spearman_brown(r: float, factor: float = 2.0) -> float:
     if not math.isfinite(r):
         return math.nan
     return float(factor * r / (1.0 + (factor - 1.0) * r))
+
+
+def ceiling_from_split_half(r: float) -> float:
+    """Noise ceiling of a correlation with the full-group score, from the split-half correlation ``r``.
+
+    The full-group score's reliability is the Spearman-Brown prophecy ``2 r / (1 + r)``; a model's correlation
+    with that score is at most the square root of the reliability (the correction for attenuation, Spearman
+    1904; as a noise ceiling: Lage-Castellanos et al. 2019, PLoS Comput Biol 15:e1006397). NaN when ``r`` is
+    not finite; 0 when the reliability is not positive.
+    """
+    rel = spearman_brown(r)
+    if not math.isfinite(rel):
+        return math.nan
+    return float(math.sqrt(rel)) if rel > 0 else 0.0
 
 
 def _halves_arrays(halves: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
@@ -81,8 +101,10 @@ def split_half_reliability(halves: Any, method: str = "spearman") -> dict[str, A
         ``n_images``, ``n_splits``, ``method``, ``spearman_mean`` (mean over splits of the Spearman
         correlation between the halves; images with a NaN in a half are dropped in that split),
         ``spearman_sd``, ``pearson_mean``, ``pearson_sd``, ``r_min``, ``r_max`` (of ``method``),
-        ``spearman_brown`` (``2 r / (1 + r)`` applied to the mean of ``method``: the estimated reliability
-        of the full-group score) and ``ceiling`` (the mean of ``method``; what memlens divides by).
+        ``split_half`` (the mean of ``method``), ``spearman_brown`` (``2 r / (1 + r)`` applied to it: the
+        estimated reliability of the full-group score) and ``ceiling`` (its square root,
+        :func:`ceiling_from_split_half`: the highest correlation a model can reach with the full-group score;
+        what memlens divides by).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -98,8 +120,9 @@ def split_half_reliability(halves: Any, method: str = "spearman") -> dict[str, A
     ok = per[method][np.isfinite(per[method])]
     out["r_min"] = float(ok.min()) if len(ok) else math.nan
     out["r_max"] = float(ok.max()) if len(ok) else math.nan
+    out["split_half"] = out[f"{method}_mean"]
     out["spearman_brown"] = spearman_brown(out[f"{method}_mean"])
-    out["ceiling"] = out[f"{method}_mean"]
+    out["ceiling"] = ceiling_from_split_half(out[f"{method}_mean"])
     return out
 
 
@@ -126,8 +149,38 @@ def fdr_bh(p_values: Any) -> np.ndarray:
     return out
 
 
-def within_ceiling(h1: np.ndarray, h2: np.ndarray, groups: np.ndarray, method: str) -> float:
-    """Mean over splits of the split-half correlation within ``groups`` (the ceiling of a within-group r)."""
+def within_split_half(h1: np.ndarray, h2: np.ndarray, groups: np.ndarray, method: str) -> float:
+    """Mean over splits of the split-half correlation within ``groups`` (group means removed, as a within row).
+
+    :func:`ceiling_from_split_half` of it is the ceiling of a within-group correlation with the score.
+    """
     rs = _split_rs(h1, h2, method, groups=groups)
     ok = rs[np.isfinite(rs)]
     return float(ok.mean()) if len(ok) else math.nan
+
+
+def between_split_half(h1: np.ndarray, h2: np.ndarray, groups: np.ndarray, method: str) -> float:
+    """Mean over splits of the correlation between the halves' group means (one point per group).
+
+    :func:`ceiling_from_split_half` of it is the ceiling of a between-group correlation with the score. NaN
+    with fewer than three groups.
+    """
+    import pandas as pd
+    from scipy.stats import rankdata
+
+    gid, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object).ravel()), use_na_sentinel=True)
+    rs = []
+    for a, b in zip(np.atleast_2d(h1), np.atleast_2d(h2), strict=True):
+        ok = np.isfinite(a) & np.isfinite(b) & (gid >= 0)
+        _, g = np.unique(gid[ok], return_inverse=True)
+        k = int(g.max()) + 1 if ok.any() else 0
+        if k < 3:
+            continue
+        ma = np.bincount(g, weights=a[ok], minlength=k) / np.bincount(g, minlength=k)
+        mb = np.bincount(g, weights=b[ok], minlength=k) / np.bincount(g, minlength=k)
+        if method == "spearman":
+            ma, mb = rankdata(ma), rankdata(mb)
+        if np.all(ma == ma[0]) or np.all(mb == mb[0]):
+            continue
+        rs.append(float(np.corrcoef(ma, mb)[0, 1]))
+    return float(np.mean(rs)) if rs else math.nan

@@ -12,7 +12,14 @@ import numpy as np
 
 from ..errors import DataError
 from .correlation import CorrResult, collected_warnings, correlate
-from .reliability import fdr_bh, split_half_reliability, within_ceiling
+from .parts import between_groups, correlation_difference
+from .reliability import (
+    between_split_half,
+    ceiling_from_split_half,
+    fdr_bh,
+    split_half_reliability,
+    within_split_half,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -101,8 +108,9 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
                       control: ControlSpec = None, method: str = "spearman", n_boot: int = 2000,
                       seed: int | None = 0, ci: str = "percentile", confidence: float = 0.95,
                       permutation: int = 0, ceiling: float | SplitHalves | None = None,
-                      id_col: str = "image_id", *, name: str = "table") -> pd.DataFrame:
-    """Pooled, per-group, within-group and partial correlations of columns ``x`` with ``y``.
+                      id_col: str = "image_id", *, name: str = "table",
+                      differences: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Pooled, per-group, within-group, between-group, partial and difference correlations of ``x`` with ``y``.
 
     Parameters
     ----------
@@ -113,29 +121,38 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
     y : str
         Outcome column (the memorability score).
     by : str, optional
-        Group column: adds one ``scope="group"`` row per group and a ``scope="within"`` row (ranks -- for
-        Spearman -- over the pooled sample with each group's mean removed, then correlated).
+        Group column: adds one ``scope="group"`` row per group, a ``scope="within"`` row (ranks -- for
+        Spearman -- over the pooled sample with each group's mean removed, then correlated) and a
+        ``scope="between"`` row from three groups on (the correlation of the group means, :func:`~memlens.stats.parts.between_groups`;
+        ``n_groups`` points). Pooled = a mixture of the within and between parts: read them side by side.
     control : str, list of str, or {x: [control set, ...]}
         Adds ``scope="partial"`` rows: one control set (partialled out together) for every ``x``, or a
         mapping giving the control sets of each ``x``. A set that contains ``x`` itself is skipped.
     method, n_boot, seed, ci, confidence, permutation
         As in :func:`correlate` (every row uses the same seed).
     ceiling : float or SplitHalves, optional
-        Noise ceiling of ``y``. A number is used for every row. A :class:`~memlens.data.halves.SplitHalves`
-        is restricted to the ids in ``df[id_col]`` and gives scope-specific ceilings: the split-half
-        correlation (``method``) over all images for pooled rows, over the group's images for a group row,
-        and the within-group split-half correlation for the within row. Partial rows get none.
+        Noise ceiling of ``y``. A number is the ceiling of every row (column ``split_half`` is then NaN). A
+        :class:`~memlens.data.halves.SplitHalves` is restricted to the ids in ``df[id_col]`` and gives
+        scope-specific ceilings: column ``split_half`` holds the split-half correlation (``method``) over all
+        images for pooled rows, over the group's images for a group row, within groups for the within row and
+        of the group means for the between row; column ``ceiling`` holds ``sqrt(2 s / (1 + s))`` of it
+        (:func:`~memlens.stats.reliability.ceiling_from_split_half`: the highest correlation with the
+        full-group score its reliability allows). Partial and difference rows get none.
     id_col : str
         Image-id column used to match ``ceiling`` split halves.
     name : str
         How error messages refer to ``df`` (e.g. its file name).
+    differences : sequence of (x1, x2)
+        Adds a ``scope="difference"`` row per pair: ``r = r(x1, y) - r(x2, y)`` with a paired bootstrap
+        interval from shared resamples (:func:`~memlens.stats.parts.correlation_difference`), ``x = x1`` and
+        ``minus = x2``; ``p_value`` is the bootstrap p-value.
 
     Returns
     -------
     DataFrame
         Columns ``x, y, scope, group, control, n, r, ci_low, ci_high, p_value, p_fdr, p_perm, method,
-        ci_method, confidence, n_boot, seed, n_groups`` (+ ``ceiling, r_over_ceiling`` when ``ceiling`` is
-        given; NaN for partial rows). ``p_fdr``: ``p_value`` adjusted for the false-discovery rate
+        ci_method, confidence, n_boot, seed, n_groups`` (+ ``minus`` with ``differences``; + ``split_half,
+        ceiling, r_over_ceiling`` when ``ceiling`` is given). ``p_fdr``: ``p_value`` adjusted for the false-discovery rate
         (Benjamini-Hochberg, :func:`fdr_bh`) over every row of the table.
     """
     import pandas as pd
@@ -145,9 +162,10 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
         raise ValueError("x must name at least one column")
     sets = _control_sets(control, xs)
     ctl_cols = sorted({c for v in sets.values() for s in v for c in s})
-    _require_columns(df, [*xs, y, *ctl_cols, *([by] if by else [])], name)
+    diff_cols = [c for pair in differences for c in pair]
+    _require_columns(df, [*xs, y, *ctl_cols, *diff_cols, *([by] if by else [])], name)
     yv = _numeric(df, y, name)
-    num = {c: _numeric(df, c, name) for c in dict.fromkeys([*xs, *ctl_cols])}
+    num = {c: _numeric(df, c, name) for c in dict.fromkeys([*xs, *ctl_cols, *diff_cols])}
     gvals, glabels = _group_labels(df, by) if by else (None, [])
 
     ceilings = _ceilings(df, ceiling, by, gvals, glabels, method, id_col, name)
@@ -160,10 +178,15 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
                "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value, "p_perm": res.p_perm,
                "method": res.method, "ci_method": res.ci_method, "confidence": res.confidence,
                "n_boot": res.n_boot, "seed": res.seed, "n_groups": res.n_groups}
+        if differences:
+            row["minus"] = None
         if ceilings is not None:
             # the split-half consistency bounds a correlation with the score, not a partial correlation
-            c = math.nan if scope == "partial" else ceilings.get((scope, None if group is None else str(group)),
-                                                                 ceilings[("pooled", None)])
+            sh = math.nan if scope not in _CEILING_SCOPES else ceilings.get(
+                (scope, None if group is None else str(group)), math.nan)
+            c = ceilings[("ceiling", None)] if ("ceiling", None) in ceilings and scope in _CEILING_SCOPES \
+                else ceiling_from_split_half(sh)
+            row["split_half"] = sh
             row["ceiling"] = c
             row["r_over_ceiling"] = res.r / c if c and math.isfinite(c) and c > 0 else math.nan
         rows.append(row)
@@ -180,10 +203,20 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
                     add(correlate(xv[mask], yv[mask], label=f"{xname} vs {y} ({by} = {g})", **kw),
                         xname, "group", g)
                 add(correlate(xv, yv, groups=gvals, label=f"{xname} vs {y} (within {by})", **kw), xname, "within")
+                if len(glabels) >= 3:  # a correlation of two group means is +-1 whatever the data
+                    add(between_groups(xv, yv, gvals, method=method, n_boot=n_boot, confidence=confidence, seed=seed,
+                                       label=f"{xname} vs {y} (between {by})"), xname, "between")
             for cs in sets[xname]:
                 cdf = pd.DataFrame({c: num[c] for c in cs})
                 add(correlate(xv, yv, control=cdf, label=f"{xname} vs {y} | {'+'.join(cs)}", **kw),
                     xname, "partial")
+        for x1, x2 in differences:
+            d = correlation_difference(num[x1], num[x2], yv, method=method, n_boot=n_boot, confidence=confidence,
+                                       seed=seed, label=f"r({x1}) - r({x2}) with {y}")
+            add(CorrResult(n=d["n"], r=d["diff"], ci_low=d["ci_low"], ci_high=d["ci_high"], p_value=d["p_boot"],
+                           method=method, n_boot=n_boot, seed=seed, ci_method="percentile",
+                           confidence=confidence), x1, "difference")
+            rows[-1]["minus"] = x2
     if troubles:
         for message in troubles:
             log.debug("%s", message)
@@ -198,24 +231,29 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
     return out
 
 
+#: the scopes a noise ceiling applies to (a correlation with the score itself)
+_CEILING_SCOPES = ("pooled", "group", "within", "between")
+
+
 def _ceilings(df: pd.DataFrame, ceiling: Any, by: str | None, gvals: np.ndarray | None, glabels: list[Any],
               method: str, id_col: str, name: str) -> dict[tuple[str, str | None], float] | None:
     if ceiling is None:
         return None
     if isinstance(ceiling, (int, float, np.floating, np.integer)):
-        return {("pooled", None): float(ceiling)}
+        return {("ceiling", None): float(ceiling)}
     if not hasattr(ceiling, "subset"):
         raise TypeError(f"ceiling must be a number or a SplitHalves, got {type(ceiling).__name__}")
     _require_columns(df, [id_col], name)
     ids = [str(i) for i in df[id_col].tolist()]
     halves = ceiling.subset(ids)
-    out = {("pooled", None): split_half_reliability(halves, method=method)["ceiling"]}
+    out = {("pooled", None): split_half_reliability(halves, method=method)["split_half"]}
     if by and gvals is not None:
         for g in glabels:
             mask = np.array([v == g for v in gvals], dtype=bool)
             sub = (halves.half1[:, mask], halves.half2[:, mask])
-            out[("group", str(g))] = split_half_reliability(sub, method=method)["ceiling"]
-        out[("within", None)] = within_ceiling(halves.half1, halves.half2, gvals, method)
+            out[("group", str(g))] = split_half_reliability(sub, method=method)["split_half"]
+        out[("within", None)] = within_split_half(halves.half1, halves.half2, gvals, method)
+        out[("between", None)] = between_split_half(halves.half1, halves.half2, gvals, method)
     return out
 
 
@@ -255,8 +293,9 @@ def format_correlations(table: pd.DataFrame, digits: int = 3) -> str:
               + (["ceil", "r/ceil"] if has_ceiling else []))
     lines = [header]
     for row in table.to_dict("records"):
-        which = row["group"] if row["scope"] == "group" else (
-            f"| {row['control']}" if row["scope"] == "partial" else "")
+        which = {"group": row["group"], "partial": f"| {row['control']}",
+                 "between": f"{row.get('n_groups')} group means", "difference": f"- {row.get('minus')}",
+                 }.get(row["scope"], "")
         cells = [str(row["x"]), row["scope"], str(which or ""), str(row["n"]), f(row["r"]),
                  f"[{f(row['ci_low'])}, {f(row['ci_high'])}]", fp(row["p_value"])]
         if has_fdr:

@@ -117,7 +117,8 @@ Simulated experiment: {n_observers} observers, each sees {m['view_fraction']:.0%
 Files
   memcat_image_data.csv    MemCat layout: one row per image, hits, false alarms, responses, both scores
   <category>/<subcategory>/demo_NNNN.jpg   the images (JPEG quality {JPEG_QUALITY})
-  split_halves.npz         image, half1, half2: hit rates of {n_splits} random observer splits (n_splits x N)
+  split_halves.npz         image, half1, half2: hit rates of {n_splits} random observer splits (n_splits x N);
+                           fa-corrected__half1/2: the same splits' false-alarm corrected scores
   demo_truth.csv           ground truth: hidden parameters, D, S, true p, ... per image
   experience/exp_NNNN.jpg  {n_experience} further images from the same generator, no scores (visual experience)
   experience_truth.csv     hidden parameters of the experience images
@@ -279,7 +280,9 @@ def make_demo_set(root: str | os.PathLike, n_images: int = 240, seed: int = 0, i
         _write_csv(tmp / "experience_truth.csv", ["image_id", "category", "subcategory", *PARAM_COLUMNS],
                    exp_rows)
         _write_npz(tmp / "split_halves.npz", {"image": np.array(ids), "half1": sim["half1"],
-                                               "half2": sim["half2"]})
+                                               "half2": sim["half2"], "kind": np.array("hit rate"),
+                                               "fa-corrected__half1": sim["corrected1"],
+                                               "fa-corrected__half2": sim["corrected2"]})
 
         split_r = [_spearman(sim["half1"][s], sim["half2"][s]) for s in range(n_splits)]
         stats = {

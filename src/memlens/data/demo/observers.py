@@ -2,7 +2,7 @@
 
 Observer j (random ability ``a_j``, false-alarm bias ``f_j``) sees a random subset of the images twice; a
 hit on the repeat has probability ``sigmoid(logit p_i + a_j)``, a false alarm on the first presentation
-``sigmoid(fa_logit_i + f_j)``. Random splits of the observers into halves give split-half hit rates.
+``sigmoid(fa_logit_i + f_j)``. Random splits of the observers into halves give split-half hit rates and false-alarm corrected scores.
 """
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ def simulate_observers(rng: np.random.Generator, logit_p: np.ndarray, fa_logit: 
     fas = (rng.random((n_observers, n)) < sigmoid(fa_logit[None, :] + fa_bias[:, None])) & seen
     half1 = np.empty((n_splits, n))
     half2 = np.empty((n_splits, n))
+    corrected1 = np.empty((n_splits, n))  # the false-alarm corrected score, (H - FA) / n_resp, of each half
+    corrected2 = np.empty((n_splits, n))
     with np.errstate(invalid="ignore", divide="ignore"):
         for s in range(n_splits):
             perm = rng.permutation(n_observers)
-            for half, group in ((half1, perm[: n_observers // 2]), (half2, perm[n_observers // 2:])):
+            for half, corr, group in ((half1, corrected1, perm[: n_observers // 2]),
+                                      (half2, corrected2, perm[n_observers // 2:])):
                 views = seen[group].sum(axis=0)
                 half[s] = np.where(views > 0, hits[group].sum(axis=0) / views, np.nan)
+                corr[s] = np.where(views > 0, (hits[group].sum(axis=0) - fas[group].sum(axis=0)) / views, np.nan)
     return {"H": hits.sum(axis=0), "FA": fas.sum(axis=0), "n_resp": seen.sum(axis=0), "half1": half1,
-            "half2": half2}
+            "half2": half2, "corrected1": corrected1, "corrected2": corrected2}

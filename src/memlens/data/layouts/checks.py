@@ -248,7 +248,9 @@ def finalize(source: Path, layout: str, raw: RawTable, options: dict[str, Any],
             notes.append(f"{HALVES_FILE} beside the table ignored ({exc})")
             halves = None
     elif halves is not None:  # aligned with the rows: keep the same rows
-        halves = SplitHalves(tuple(table["image_id"]), halves.half1[:, keep], halves.half2[:, keep])
+        halves = SplitHalves(tuple(table["image_id"]), halves.half1[:, keep], halves.half2[:, keep], halves.kind,
+                             tuple(SplitHalves(tuple(table["image_id"]), a.half1[:, keep], a.half2[:, keep], a.kind)
+                                   for a in halves.alternatives))
     return Collected(source=Path(os.path.abspath(source)), root=Path(root_abs), layout=layout, table=table, bad=bad, notes=notes,
                       halves=halves, options=options)
 

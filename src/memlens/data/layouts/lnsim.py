@@ -48,7 +48,7 @@ def read_lnsim(src: Path, options: ReadOptions, problems: list[Problem]) -> RawT
     raw = RawTable(root=src, refs=refs,
                    rows=[f"column {k + 1} of subject_hrs1/2.mat" for k in range(len(ids))],
                    scores=[float(x) for x in halves.scores()], empty_where=str(src / LNSIM_SPLITS),
-                   halves=SplitHalves(tuple(refs), halves.half1, halves.half2))
+                   halves=SplitHalves(tuple(refs), halves.half1, halves.half2, halves.kind))
     raw.notes.append(f"score = mean over {halves.n_splits} random splits of the two halves' hit rates "
                      "(Random_splits/subject_hrs1.mat, subject_hrs2.mat)")
     if extra_images:

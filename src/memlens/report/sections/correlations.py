@@ -32,14 +32,14 @@ def section_correlations(ctx: ReportContext) -> tuple[str, dict]:
         numeric.append(True)
     has_ceiling = "r_over_ceiling" in has
     if has_ceiling:
-        headers += ["split-half ρ", "ρ / split-half ρ"]
+        headers += ["noise ceiling", "ρ / ceiling"]
         numeric += [True, True]
     rows, classes = [], []
     prev = None
     for i, r in enumerate(shown):
         x = str(r.get("x", ""))
         row = [x, *([str(r.get("y") or "score")] if show_y else []), ctx.corr.scope.iloc[i] or "pooled",
-               " | ".join(str(v) for v in (r.get("group"), r.get("control")) if v) or "–", r.get("n"), fmt_r(r.get("r")),
+               _which(r), r.get("n"), fmt_r(r.get("r")),
                fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt_p(r.get("p_value"))]
         if "p_fdr" in has:
             row.append(fmt_p(r.get("p_fdr")))
@@ -53,7 +53,9 @@ def section_correlations(ctx: ReportContext) -> tuple[str, dict]:
     parts = [f'<p class="lead">Spearman correlations with 95% paired-bootstrap intervals, from '
              f'<code>{esc(ctx.corr.source)}</code> (written by <code>memlens analyze</code>). <i>pooled</i>: all images; '
              "<i>group</i>: within one category; <i>within</i>: the categories' shared within-category association; "
-             "<i>partial</i>: controlling for the named measure.</p>"]
+             "<i>between</i>: the correlation of the category means (as many points as categories); "
+             "<i>partial</i>: controlling for the named measure; <i>difference</i>: ρ of the measure after the "
+             "exposure minus ρ of the same measure before it (paired bootstrap on shared resamples).</p>"]
     settings = [(k, ctx.corr.meta.get(k)) for k in ("method", "ci_method", "confidence", "n_boot", "seed", "by")
                 if ctx.corr.meta.get(k) is not None]
     if settings:
@@ -65,11 +67,23 @@ def section_correlations(ctx: ReportContext) -> tuple[str, dict]:
         parts.append(note("p (permutation): the share of label permutations with a correlation at least as strong "
                           "(<code>--permutation N</code>); it does not assume the bootstrap's approximations."))
     if has_ceiling:
-        parts.append(note("split-half ρ: the human split-half consistency of the row's images (the noise ceiling; "
-                          "a group row uses its own group's; not Spearman-Brown corrected); ρ / split-half ρ: the "
-                          "correlation divided by it. Partial rows have none: the ceiling does not bound a partial "
-                          "correlation."))
+        parts.append(note("noise ceiling: the square root of the Spearman-Brown corrected split-half correlation "
+                          "of the row's images (a group row uses its own group's; the within and between rows the "
+                          "within- and between-category split-half correlations; column <code>split_half</code> of "
+                          "the file holds the uncorrected one): the highest correlation a model can reach with the "
+                          "full-group score (Spearman 1904; Lage-Castellanos et al. 2019). ρ / ceiling: the "
+                          "correlation divided by it. Partial and difference rows have none."))
     parts.append(html_table(headers, rows, numeric, row_classes=classes))
     if len(recs) > len(shown):
         parts.append(note(f"{len(recs) - len(shown)} more rows are in results.json and {esc(ctx.corr.source)}."))
     return "".join(parts), {"source": ctx.corr.source, "rows": recs}
+
+
+def _which(r: dict) -> str:
+    """The group, control, group count or subtracted measure of a row (a row has at most one)."""
+    scope = r.get("scope")
+    if scope == "between" and r.get("n_groups") is not None:
+        return f"{r.get('n_groups')} category means"
+    if scope == "difference" and r.get("minus"):
+        return f"minus {r.get('minus')}"
+    return " | ".join(str(v) for v in (r.get("group"), r.get("control")) if v) or "–"

@@ -1,5 +1,6 @@
 """The body shared by the per-image measure sections (reconstruction, distinctiveness): scatter,
-binned means, per-category panels, within/partial correlations and every measure of the family."""
+binned means, the pooled/within/between parts and the exposure test, per-category panels, partial correlations
+and every measure of the family."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def _correlation_for(ctx: ReportContext, col: str, df: pd.DataFrame, scope: str 
 
 def measure_section(ctx: ReportContext, sec: str, cols: list[str], primary: str, intro: str, command: str) -> tuple[str, dict]:
     """The body of a measure section ``sec`` (``cols``: its family of per_image.csv columns, ``primary`` the one
-    drawn); leaves the primary measure's pooled ρ in ``ctx.headline[sec]``."""
+    drawn); leaves ``(primary, rho, scope)`` in ``ctx.headline[sec]``: the within-category ρ when the run has
+    categories, else the pooled one."""
     df = ctx.per_image
     res: dict[str, Any] = {"primary": primary, "measures": {}}
     parts = [f'<p class="lead">{intro}</p>']
@@ -75,8 +77,10 @@ def measure_section(ctx: ReportContext, sec: str, cols: list[str], primary: str,
                             "Images sorted by the measure and cut into equal-count bins; mean score ± 95% CI."))
     figs.append("</div>")
     parts.extend(figs)
+    has_categories = "category" in df.columns and df["category"].nunique() >= 2
+    parts.extend(_parts_table(ctx, primary, df, res, has_categories))
     # per category
-    if "category" in df.columns and df["category"].nunique() >= 2:
+    if has_categories:
         counts = df["category"].astype(str).value_counts()
         cats = list(counts.index[:MAX_CATEGORY_PANELS])
         panels, per_cat = [], {}
@@ -93,25 +97,26 @@ def measure_section(ctx: ReportContext, sec: str, cols: list[str], primary: str,
                                  f"LOWESS fit (categories with at least {F.MIN_PANEL_FIT} images)."))
         if len(counts) > len(cats):
             parts.append(note(f"Only the {len(cats)} largest of {len(counts)} categories are drawn."))
-        scope_rows = []
+    if has_categories:
         within = _correlation_for(ctx, primary, df, "within")
         if within.get("r") is not None:
             res["measures"][primary]["within"] = within
-            scope_rows.append(("within category (category means removed)", "–", within["n"], within["r"],
-                               fmt_ci(within["ci_low"], within["ci_high"]), fmt_p(within["p_value"])))
-        partial = []
-        for row in ctx.corr.find_all(primary, "partial"):
-            numbers = correlation_numbers(row)
-            numbers["control"] = clean_value(row.get("control"))
-            partial.append(numbers)
-            scope_rows.append(("partial", numbers["control"] or "–", numbers["n"], numbers["r"],
-                               fmt_ci(numbers["ci_low"], numbers["ci_high"]), fmt_p(numbers["p_value"])))
-        if partial:
-            res["measures"][primary]["partial"] = partial
-        if scope_rows:
-            parts.append("<h3>Within category and partial correlations</h3>")
-            parts.append(html_table(["scope", "controlling for", "n", "ρ", "95% CI", "p"], scope_rows,
-                                    [False, False, True, True, True, True]))
+        between = ctx.corr.find(primary, "between")
+        if between is not None:
+            res["measures"][primary]["between"] = {**correlation_numbers(between),
+                                                   "n_groups": clean_value(between.get("n_groups"))}
+    partial, scope_rows = [], []
+    for row in ctx.corr.find_all(primary, "partial"):
+        numbers = correlation_numbers(row)
+        numbers["control"] = clean_value(row.get("control"))
+        partial.append(numbers)
+        scope_rows.append((numbers["control"] or "–", numbers["n"], numbers["r"],
+                           fmt_ci(numbers["ci_low"], numbers["ci_high"]), fmt_p(numbers["p_value"])))
+    if partial:
+        res["measures"][primary]["partial"] = partial
+        parts.append("<h3>Partial correlations</h3>")
+        parts.append(html_table(["controlling for", "n", "partial ρ", "95% CI", "p"], scope_rows,
+                                [False, True, True, True, True]))
     # all measures of this family
     table_rows, labels, rs, los, his = [], [], [], [], []
     for col in cols:
@@ -125,13 +130,76 @@ def measure_section(ctx: ReportContext, sec: str, cols: list[str], primary: str,
                            fmt_p(c.get("p_value")), c.get("source") or "–"))
     if len(cols) > 1:
         parts.append("<h3>All measures</h3>")
-        ceil = ctx.ceiling["split_half_spearman"] if ctx.ceiling else None
+        ceil = ctx.ceiling.get("ceiling") if ctx.ceiling else None
         parts.append(figure_html(F.correlation_forest(labels, rs, los, his, ceiling=ceil,
-                                                      ceiling_label="human split-half ρ",
+                                                      ceiling_label="noise ceiling √(Spearman-Brown)",
                                                       title="Pooled Spearman ρ with memorability (95% CI)"),
                                  f"pooled correlations of every {sec} measure"))
     parts.append(html_table(["measure", "meaning", "n", "ρ", "95% CI", "p", "source"], table_rows,
                             [False, False, True, True, True, True, False]))
-    if pooled.get("r") is not None:
-        ctx.headline[sec] = (primary, pooled["r"])
+    within = res["measures"][primary].get("within") or {}
+    if has_categories and within.get("r") is not None:
+        # with categories, the pooled rho mixes the category means with the effect inside categories: the
+        # within-category rho is the headline (issue #23; the pooled and between parts stand beside it)
+        ctx.headline[sec] = (primary, within["r"], "within category")
+    elif pooled.get("r") is not None:
+        ctx.headline[sec] = (primary, pooled["r"], "pooled")
+    res["headline_scope"] = ctx.headline[sec][2] if sec in ctx.headline else None
+    exposure = ctx.corr.find_all(primary, "difference")
+    if exposure:
+        res["measures"][primary]["exposure_test"] = {
+            "minus": clean_value(exposure[0].get("minus")), **correlation_numbers(exposure[0])}
     return "".join(parts), res
+
+
+def _parts_table(ctx: ReportContext, primary: str, df: pd.DataFrame, res: dict[str, Any],
+                 has_categories: bool) -> list[str]:
+    """The lead table: pooled, within- and between-category rho side by side, and the exposure test."""
+    rows = []
+    pooled = res["measures"][primary]["pooled"]
+    within = _correlation_for(ctx, primary, df, "within") if has_categories else {}
+    between = ctx.corr.find(primary, "between") if has_categories else None
+    if has_categories and within.get("r") is not None:
+        rows.append(("within category (category means removed): the headline", within["n"], within["r"],
+                     fmt_ci(within["ci_low"], within["ci_high"]), fmt_p(within["p_value"])))
+    if pooled.get("r") is not None:
+        rows.append(("pooled (all images; mixes the category means with the within-category effect)"
+                     if has_categories else "pooled", pooled["n"], pooled["r"],
+                     fmt_ci(pooled.get("ci_low"), pooled.get("ci_high")), fmt_p(pooled.get("p_value"))))
+    if between is not None:
+        b = correlation_numbers(between)
+        rows.append((f"between categories ({clean_value(between.get('n_groups'))} category means)", b["n"], b["r"],
+                     fmt_ci(b["ci_low"], b["ci_high"]), fmt_p(b["p_value"])))
+    before = f"{primary}_before"
+    after_given_before = next((r for r in ctx.corr.find_all(primary, "partial")
+                               if clean_value(r.get("control")) == before), None)
+    diff = next((r for r in ctx.corr.find_all(primary, "difference")
+                 if clean_value(r.get("minus")) == before), None)
+    ref = ctx.corr.find(before, "pooled")
+    if ref is not None:
+        c = correlation_numbers(ref)
+        rows.append(("before the exposure (the pretrained model: the image's difficulty)", c["n"], c["r"],
+                     fmt_ci(c["ci_low"], c["ci_high"]), fmt_p(c["p_value"])))
+    if after_given_before is not None:
+        c = correlation_numbers(after_given_before)
+        rows.append(("after the exposure, given the error before it (partial ρ: what the exposure adds)",
+                     c["n"], c["r"], fmt_ci(c["ci_low"], c["ci_high"]), fmt_p(c["p_value"])))
+    if diff is not None:
+        c = correlation_numbers(diff)
+        rows.append(("after − before (paired difference of the two ρ, shared resamples; p: bootstrap)", c["n"],
+                     c["r"], fmt_ci(c["ci_low"], c["ci_high"]), fmt_p(c["p_value"])))
+    if len(rows) < 2:
+        return []
+    out = [html_table(["part", "n", "ρ", "95% CI", "p"], rows, [False, True, True, True, True])]
+    notes = []
+    if has_categories:
+        notes.append("With categories, the pooled ρ mixes two effects: the between-category part (do categories "
+                     "with a higher mean error have a higher mean score?) and the within-category part (inside a "
+                     "category, are the images the model reconstructs worse remembered better?). The within-category "
+                     "ρ is the headline; the between-category ρ has as many points as categories.")
+    if after_given_before is not None:
+        notes.append("The exposure test: after one exposure at a small learning rate the error is mostly the "
+                     "pretrained model's error. The partial ρ asks whether the error after the exposure predicts "
+                     "memorability beyond the error before it; the difference row compares the two correlations.")
+    out.extend(note(t) for t in notes)
+    return out

@@ -19,6 +19,12 @@ _PRED_METRICS = ("spearman", "pearson", "mse", "auc")
 _PRED_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "mse": "MSE", "auc": "AUC", "rho": "ρ",
                 "r": "r"}
 
+#: how the report explains the ceiling it divides by
+CEILING_NOTE = ("The noise ceiling is the square root of the full-group score's Spearman-Brown reliability: the "
+                "highest correlation any model can reach with that score when the human scores' noise is the only "
+                "limit (the correction for attenuation, Spearman 1904; as a ceiling: Lage-Castellanos et al. 2019). "
+                "A ratio near 1 means the model predicts the score as well as its reliability allows.")
+
 
 def oof_predictions(run: RunFiles) -> tuple[pd.DataFrame | None, str | None]:
     """Out-of-fold predictions of ``predictor_oof.csv``: ``image_id``, ``score``, ``predicted_<model>``."""
@@ -84,8 +90,8 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
             f"{fmt(entry[f'{c}_mean'], 3)} ± {fmt(entry[f'{c}_sd'], 3)}" if entry[f"{c}_sd"] is not None
             else fmt(entry[f"{c}_mean"], 3) for c in metrics])
     # the noise ceiling of the predicted images: fit-predictor's mean rows, else the report's own. As in the
-    # correlation table, the ceiling divided by is the human split-half consistency; the Spearman-Brown value
-    # (the reliability of the full-group score; column "noise_ceiling" in older predictor_cv.csv files) beside it
+    # correlation table, the ceiling divided by is the square root of the Spearman-Brown value (the reliability
+    # of the full-group score; column "noise_ceiling" in older predictor_cv.csv files)
     consistency = reliability = None
     ceiling_source = None
     sb_col = next((c for c in ("spearman_brown", "noise_ceiling") if c in mean_rows.columns), None)
@@ -100,11 +106,12 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
     res["consistency"], res["spearman_brown"], res["ceiling_source"] = consistency, reliability, ceiling_source
     if consistency is not None and not (math.isfinite(consistency) and consistency > 0):
         consistency = None  # no usable ceiling (NaN, or halves that do not agree at all)
-    res["ceiling"] = consistency
-    if consistency and metric:
+    ceiling = math.sqrt(reliability) if consistency and reliability and reliability > 0 else None
+    res["ceiling"] = ceiling
+    if ceiling and metric:
         for entry in res["models"].values():
             m = entry.get(f"{metric}_mean")
-            entry[f"{metric}_over_ceiling"] = m / consistency if m is not None else None
+            entry[f"{metric}_over_ceiling"] = m / ceiling if m is not None else None
     # out-of-fold predictions of every image, pooled
     oof, oof_source = oof_predictions(ctx.run)
     oof_rows = []
@@ -142,7 +149,7 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
     figs = []
     if metric:
         figs.append(figure_html(F.predictor_bars(per_fold, metric=metric, consistency=consistency,
-                                                 reliability=reliability),
+                                                 ceiling=ceiling),
                                 "cross-validated prediction accuracy per model"))
         best = res["models"].get(main, {}).get(f"{metric}_mean")
         if best is None:
@@ -174,18 +181,16 @@ def section_predictor(ctx: ReportContext) -> tuple[str, dict]:
     if oof_rows:
         parts.append(f"<h3>All out-of-fold predictions pooled (<code>{esc(oof_source)}</code>)</h3>")
         parts.append(html_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
-    if consistency and metric:
+    if ceiling and metric:
         n_pred = next((e["n_test_total"] for e in res["models"].values() if e.get("n_test_total")), None)
         of = f" of the {n_pred} predicted images" if n_pred and ceiling_source == "predictor_cv.csv" else ""
-        kv = [(f"human split-half consistency{of} (the noise ceiling)", consistency),
-              ("reliability of the full-group score (Spearman-Brown)", reliability)]
-        kv += [(f"{name}: {metric} / human consistency", e.get(f"{metric}_over_ceiling"))
+        kv = [(f"human split-half consistency{of}", consistency),
+              ("reliability of the full-group score (Spearman-Brown)", reliability),
+              ("noise ceiling (√ reliability)", ceiling)]
+        kv += [(f"{name}: {metric} / noise ceiling", e.get(f"{metric}_over_ceiling"))
                for name, e in res["models"].items()]
         parts.append(kv_table(kv))
-        parts.append(note("A model that predicts one half of the observers as well as the other half does reaches "
-                          "1. The full-group score is more reliable than a half, so the ratio can exceed 1; the "
-                          "largest correlation expected with it is about the square root of the Spearman-Brown "
-                          "value."))
+        parts.append(note(CEILING_NOTE))
     else:
         parts.append(note("No noise ceiling: the data set has no split-half scores.", True))
     return "".join(parts), res
@@ -242,6 +247,7 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
     """The section for a predictor_cv.csv that separates the selection figures from the honest estimate."""
     kind, shown = honest["kind"], honest["model"]
     res["estimate"] = honest
+    ceiling = res.get("ceiling")
     inner_means: dict[str, float] = {}
     if len(inner) and "spearman" in inner.columns:
         f = inner[inner["fold"].astype(str) != "mean"]
@@ -274,7 +280,7 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
     figs = []
     if per_fold and kind == "outer-cv":
         figs.append(figure_html(F.predictor_bars(per_fold, metric=res["metric"] or "spearman",
-                                                 consistency=consistency, reliability=reliability),
+                                                 consistency=consistency, ceiling=ceiling),
                                 "outer-fold prediction accuracy per model"))
     col = f"predicted_{shown}"
     oof_rows = []
@@ -312,15 +318,13 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
         parts.append(note("These are the figures the choice of model was made on. Picking the best of several "
                           "close candidates also picks up their luck, so they overstate what to expect on new "
                           "images; they are shown to explain the choice, not as its accuracy."))
-    if consistency and honest["spearman"] is not None:
-        kvc = [("human split-half consistency (the noise ceiling)", consistency),
+    if ceiling and honest["spearman"] is not None:
+        kvc = [("human split-half consistency", consistency),
                ("reliability of the full-group score (Spearman-Brown)", reliability),
-               ("estimate / human consistency", honest["spearman"] / consistency)]
+               ("noise ceiling (√ reliability)", ceiling),
+               ("estimate / noise ceiling", honest["spearman"] / ceiling)]
         parts.append(kv_table(kvc))
-        parts.append(note("A model that predicts one half of the observers as well as the other half does reaches "
-                          "1. The full-group score is more reliable than a half, so the ratio can exceed 1; the "
-                          "largest correlation expected with it is about the square root of the Spearman-Brown "
-                          "value."))
+        parts.append(note(CEILING_NOTE))
     elif not consistency:
         parts.append(note("No noise ceiling: the data set has no split-half scores.", True))
     res["ceiling_source"] = ceiling_source

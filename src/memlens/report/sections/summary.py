@@ -47,12 +47,12 @@ def section_summary(ctx: ReportContext) -> tuple[str, dict]:
         res["noise_ceiling"] = ctx.ceiling
         n_ceil = ctx.ceiling.get("n_images")
         on = f", {fmt(n_ceil)} images" if n_ceil is not None else ""
-        tiles.append((f"human split-half ρ (noise ceiling{on})", fmt_r(ctx.ceiling["split_half_spearman"])))
-        tiles.append(("reliability (Spearman-Brown)", fmt_r(ctx.ceiling["spearman_brown"])))
+        tiles.append((f"noise ceiling √(Spearman-Brown){on}", fmt_r(ctx.ceiling.get("ceiling"))))
+        tiles.append(("human split-half ρ", fmt_r(ctx.ceiling["split_half_spearman"])))
     for key in ("reconstruction", "distinctiveness"):
         if key in ctx.headline:
-            col, r = ctx.headline[key]
-            tiles.append((f"ρ of {col} with the score", fmt_r(r)))
+            col, r, scope = ctx.headline[key]
+            tiles.append((f"ρ of {col} with the score" + (f" ({scope})" if scope != "pooled" else ""), fmt_r(r)))
     if "predictor" in ctx.headline:
         which = ctx.headline.get("predictor_label")
         how = ctx.headline.get("predictor_how", "cross-validated")
@@ -73,9 +73,15 @@ def section_summary(ctx: ReportContext) -> tuple[str, dict]:
             for label, k in (("mean", "mean"), ("SD", "sd"), ("median", "median"), ("min", "min"), ("max", "max"))]))
         if ctx.ceiling:
             c = ctx.ceiling
-            parts.append(kv_table([("split-half splits", c["n_splits"]), ("images in the halves", c["n_images"]),
-                                   ("mean Spearman ρ between halves (the noise ceiling)", c["split_half_spearman"]),
-                                   ("reliability of the full-group score (Spearman-Brown)", c["spearman_brown"])]))
+            rows = [("split-half splits", c["n_splits"]), ("images in the halves", c["n_images"]),
+                    ("mean Spearman ρ between halves", c["split_half_spearman"]),
+                    ("reliability of the full-group score (Spearman-Brown)", c["spearman_brown"]),
+                    ("noise ceiling: √ reliability, the highest ρ a model can reach with the score", c.get("ceiling"))]
+            if c.get("score") not in (None, "unspecified"):
+                agree = c.get("score_agreement")
+                rows.append(("the halves are of the score", f"{c['score']}" + (
+                    f" (their mean vs the analysed score: Spearman {agree:.3f})" if agree is not None else "")))
+            parts.append(kv_table(rows))
         parts.append("</div></div>")
     else:
         parts.append(note("No human scores in <code>per_image.csv</code>: the correlations and the predictor "
