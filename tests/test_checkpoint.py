@@ -13,6 +13,7 @@ from memlens.errors import CheckpointError
 from memlens.models import create_autoencoder, load_autoencoder, read_checkpoint, save_autoencoder
 from memlens.models.checkpoint import (
     load_mapped_state_dict,
+    load_state_dict_as_scripts,
     load_train_state,
     read_state_dict,
     save_train_state,
@@ -134,6 +135,7 @@ def test_train_state_round_trip_and_foreign_file(tmp_path):
 def test_read_state_dict_unwraps_and_strips_module_prefix(tmp_path):
     torch.save({"state_dict": {"module.a.weight": torch.ones(2)}, "epoch": 1}, tmp_path / "c.pth")
     assert list(read_state_dict(tmp_path / "c.pth")) == ["a.weight"]
+    assert list(read_state_dict(tmp_path / "c.pth", strip_module_prefix=False)) == ["module.a.weight"]
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="holds no state dict"):
         read_state_dict(tmp_path / "list.pth")
@@ -241,3 +243,44 @@ def test_vgg16_refuses_an_imagenet_autoencoder_checkpoint_with_a_missing_layer(i
     msg = str(info.value)
     assert "refusing a partial load" in msg and "missing keys (7)" in msg
     assert "decoder.blocks.1.layers.3.weight (from decoder.conv2.2 DecoderLayer.layer.0.weight)" in msg
+
+
+def test_scripts_load_of_a_module_prefixed_imagenet_autoencoder_checkpoint_loads_nothing(iae_checkpoint, caplog):
+    """The released scripts' non-strict load keeps the file's module. prefix: no key matches the model's."""
+    from memlens.models.vgg import imagenet_autoencoder_mapping
+
+    ae, path = iae_checkpoint
+    model = create_autoencoder("vgg16", init="scratch", seed=1).eval()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    raw = read_state_dict(path, strip_module_prefix=False)
+    mapping = imagenet_autoencoder_mapping(model)
+    with caplog.at_level("WARNING", logger="memlens.models.checkpoint"):
+        rep = load_state_dict_as_scripts(model, raw, mapping, what="vgg16 checkpoint")
+    n = len(model.state_dict())
+    assert rep["load"] == "scripts" and rep["n_loaded"] == 0 and rep["n_expected"] == n
+    assert rep["loaded_by_part"]["encoder"][0] == rep["loaded_by_part"]["decoder"][0] == 0
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())  # random weights kept
+    assert f"0 of {n} tensors loaded" in caplog.text and "carry a 'module.' prefix" in caplog.text
+    assert "the model starts from random weights, as the released scripts did" in caplog.text
+    # the same file without the prefix: every key matches, as a strict load would give
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="memlens.models.checkpoint"):
+        rep = load_state_dict_as_scripts(model, ae.state_dict(), mapping)
+    assert rep["n_loaded"] == n and not caplog.text
+    x = _x(size=64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ae(x), rtol=1e-5, atol=1e-6)
+
+
+def test_scripts_load_keeps_unmatched_tensors_and_refuses_shape_mismatches():
+    model = create_autoencoder("small", init="scratch", input_size=32, width=8, latent_channels=8, seed=0)
+    other = create_autoencoder("small", init="scratch", input_size=32, width=8, latent_channels=8, seed=1)
+    sd = model.state_dict()
+    dec = {k: v for k, v in other.state_dict().items() if k.startswith("decoder.")}
+    rep = load_state_dict_as_scripts(model, dec, {k: k for k in sd})
+    assert rep["n_loaded"] == len(dec) and rep["loaded_by_part"]["decoder"] == [len(dec), len(dec)]
+    assert rep["loaded_by_part"]["encoder"][0] == 0
+    assert all(torch.equal(model.state_dict()[k], dec[k]) for k in dec)
+    bad = {"decoder." + k.split(".", 1)[1]: torch.zeros(1) for k in list(dec)[:1]}
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_state_dict_as_scripts(model, bad, {k: k for k in sd})

@@ -48,12 +48,14 @@ def test_builtin_name_loads_the_shipped_file(tmp_path, monkeypatch):
     from memlens.config import builtin_configs
     from memlens.errors import ConfigError
 
-    assert builtin_configs() == {"bagheri2026": CONFIG.resolve()}
+    assert builtin_configs()["bagheri2026"] == CONFIG.resolve()
+    assert set(builtin_configs()) == {"bagheri2026", "bagheri2026-scripts"}  # the stated method, the released scripts
     monkeypatch.chdir(tmp_path)  # found by name from any folder, as a pip user would run it
     assert load_config("bagheri2026").to_dict() == load_config(CONFIG).to_dict()
     (tmp_path / "bagheri2026").write_text("train:\n  seed: 5\n")  # a file of that name wins over the built-in
     assert load_config("bagheri2026").to_dict()["train"] == {"seed": 5}
-    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found \(built-in configs: bagheri2026\)"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found \(built-in configs: "
+                                          r"bagheri2026-scripts, bagheri2026\)"):
         load_config("nope.yaml")
 
 

@@ -700,3 +700,13 @@ def test_real_run_results_match_the_stage_files(real):
     stages = ["check", "train", "score", "analyze", "fit-predictor", "explain"]
     assert [c.split()[1] for c in m["commands"]][:6] == stages  # (+ report, once pipeline.json records it)
     assert "--inputs" not in m["commands"][4] and "--features latents" in m["commands"][4]
+
+
+def test_featured_error_follows_a_complement_loss():
+    """A run trained on 1 - LPIPS (the released scripts) features the LPIPS distance, not a fallback."""
+    from memlens.report.sections.reconstruction import _primary_recon
+
+    cols = ["recon_mse", "recon_lpips-squeeze", "recon_lpips-squeeze_before", "recon_exposure"]
+    assert _primary_recon(cols, {"train": {"loss": "1-lpips-squeeze"}}) == "recon_lpips-squeeze"
+    assert _primary_recon(cols, {"train": {"loss": "lpips-squeeze"}}) == "recon_lpips-squeeze"
+    assert _primary_recon(cols, {"train": {"loss": "l1"}}) == "recon_mse"

@@ -269,6 +269,20 @@ def test_gpu_exposure_agrees_with_cpu(images, fast, amp, rtol):
     np.testing.assert_allclose(gpu.exposure_loss, cpu.exposure_loss, rtol=rtol)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_complement_and_bn_train_agree_with_cpu(images):
+    """The CUDA-graph path records the distance for 1-<metric> too; bn='train' runs eager (no graph)."""
+    imgs = images
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        for kw, fast in (({"loss": "1-mse"}, True), ({"bn": "train"}, False)):
+            cpu = fit_autoencoder(_model(), imgs, lr=1e-4, device="cpu", **kw)
+            gpu = fit_autoencoder(_model(), imgs, lr=1e-4, device="cuda", amp="float32", **kw)
+            assert gpu.fast_path == fast and gpu.precision == "float32"
+            np.testing.assert_allclose(gpu.exposure_loss, cpu.exposure_loss, rtol=2e-3)
+        assert fit_autoencoder(_model(), imgs, max_steps=2, device="cuda", amp="bfloat16").precision == "bf16 autocast"
+
+
 # -- the command -----------------------------------------------------------------------------------
 
 
@@ -449,3 +463,265 @@ def test_a_killed_retrain_is_undone_before_the_next_one(tmp_path, capsys):
     assert "per_image.csv" in capsys.readouterr().err  # refused: the earlier run's later outputs are back
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert not aside.exists() and not (run / "checkpoints").exists()
+
+
+# -- the released scripts' switches (--loss 1-METRIC, --order, --bn, --init-load) and --amp -------------
+
+
+@pytest.mark.parametrize("name", ["mse", "dssim"])
+def test_complement_loss_gradient_is_the_negative_of_the_metrics(images, name):
+    from memlens.metrics import make_loss
+
+    x = images[:3]
+    y0 = (0.8 * images[3:6] + 0.1).clone()
+    plain, comp = make_loss(name), make_loss(f"1-{name}")
+    assert comp.spec == f"1-{name}" and comp.complement and not plain.complement
+    y1, y2 = y0.clone().requires_grad_(), y0.clone().requires_grad_()
+    (g_plain,) = torch.autograd.grad(plain(x, y1), y1)
+    (g_comp,) = torch.autograd.grad(comp(x, y2), y2)
+    assert g_plain.abs().sum() > 0
+    torch.testing.assert_close(g_comp, -g_plain)
+    # the per-image values stay distances; only the objective is complemented
+    torch.testing.assert_close(comp.per_image(x, y0), plain.per_image(x, y0))
+    torch.testing.assert_close(comp(x, y0), 1 - plain(x, y0))
+
+
+def test_complement_lpips_squeeze_gradient():
+    pytest.importorskip("lpips")
+    from memlens.metrics import make_loss
+
+    g = torch.Generator().manual_seed(0)
+    x, y0 = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    try:
+        plain = make_loss("lpips-squeeze")
+        y1 = y0.clone().requires_grad_()
+        (g_plain,) = torch.autograd.grad(plain(x, y1), y1)
+    except Exception as exc:  # the package is there but its backbone weights cannot be fetched offline
+        pytest.skip(f"lpips-squeeze unusable here: {exc}")
+    y2 = y0.clone().requires_grad_()
+    (g_comp,) = torch.autograd.grad(make_loss("1-lpips-squeeze")(x, y2), y2)
+    torch.testing.assert_close(g_comp, -g_plain)
+
+
+def test_complement_loss_spec_errors():
+    from memlens.metrics import make_loss
+
+    for bad in ("1-mse+dssim", "1-0.5*mse", "1-"):
+        with pytest.raises(ConfigError, match="a complement must be '1-<metric>'"):
+            make_loss(bad)
+    with pytest.raises(ConfigError, match="loss '1-nope': unknown metric 'nope'"):
+        make_loss("1-nope")
+
+
+@pytest.mark.parametrize("loss", ["mse", "dssim"])
+def test_one_exposure_step_moves_the_distance_down_with_the_loss_and_up_with_its_complement(images, loss):
+    from memlens.metrics import get_metric
+
+    x = images[5:6]
+    metric = get_metric(loss)
+    start = _model()
+    with torch.no_grad():
+        d0 = float(metric(x, start.eval()(x)))
+    after = {}
+    for spec in (loss, f"1-{loss}"):
+        model = copy.deepcopy(start)
+        res = fit_autoencoder(model, x, loss=spec, lr=1e-3, device="cpu")
+        # exposure.csv's loss is the distance at exposure, not 1 - d
+        assert res.exposure_loss[0] == pytest.approx(d0, rel=1e-5)
+        assert res.settings["loss"] == spec
+        with torch.no_grad():
+            after[spec] = float(metric(x, model(x)))
+    assert after[loss] < d0 < after[f"1-{loss}"]
+
+
+def test_given_exposure_order_is_used_for_every_pass(images):
+    order = list(range(N))[::-1]
+    res = fit_autoencoder(_model(), images, order=order, epochs=2, lr=1e-3, device="cpu")
+    assert res.orders.tolist() == [order, order] and res.settings["order"] == "given"
+    assert fit_autoencoder(_model(), images, max_steps=1, device="cpu").settings["order"] == "random"
+    for bad in ([0, 0, *range(2, N)], list(range(N - 1))):
+        with pytest.raises(ConfigError, match="permutation"):
+            fit_autoencoder(_model(), images, order=bad, device="cpu")
+    with pytest.raises(ConfigError, match="exposure mode only"):
+        fit_autoencoder(_model(), images, mode="pretrain", order=order, device="cpu")
+
+
+def test_amp_float32_equals_auto_on_the_cpu_and_bfloat16_is_refused(images):
+    a, b = _model(), _model()
+    ra = fit_autoencoder(a, images, lr=1e-3, device="cpu", amp="auto")
+    rb = fit_autoencoder(b, images, lr=1e-3, device="cpu", amp="float32")
+    assert np.array_equal(ra.exposure_loss, rb.exposure_loss) and _equal(_weights(a), _weights(b))
+    assert ra.precision == rb.precision == "float32" and ra.summary()["precision"] == "float32"
+    with pytest.raises(ConfigError, match="bfloat16 needs a CUDA device"):
+        fit_autoencoder(_model(), images, device="cpu", amp="bfloat16")
+
+
+def _cat_set(root, n=12, cats=("b_cat", "a_cat", "c_cat")):
+    """A csv set whose table interleaves the categories (row i has category i % 3)."""
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32] / 32.0
+    rows = []
+    for i in range(n):
+        c = rng.normal(size=(3, 2))
+        img = np.stack([np.sin(4 * xx * c[k, 0]) + c[k, 1] * yy for k in range(3)], -1)
+        img = (img - img.min()) / (np.ptp(img) + 1e-9)
+        name = f"im{(7 * i) % n:02d}.png"  # table order is not the file-name order
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / name)
+        rows.append({"image": name, "score": float(rng.random()), "category": cats[i % len(cats)]})
+    pd.DataFrame(rows).to_csv(root / "scores.csv", index=False)
+    return root
+
+
+_EXPOSE = ["--backbone", "small", "--image-size", "32", "--pretrain-epochs", "0", "--threads", "1", "--lr", "1e-3"]
+
+
+def test_cli_order_category_groups_the_exposure_and_random_interleaves(tmp_path):
+    data = _cat_set(tmp_path / "set")
+    table = pd.read_csv(data / "scores.csv")
+    cat_of = dict(zip(table["image"], table["category"], strict=True))
+    seqs = {}
+    for order in ("category", "random"):
+        run = tmp_path / order
+        assert main(["train", str(data), "--out", str(run), *_EXPOSE, "--order", order]) == 0
+        exp = pd.read_csv(run / "exposure.csv").sort_values("order")
+        assert list(exp.columns) == ["image_id", "order", "loss"] and len(exp) == 12
+        seqs[order] = [(cat_of[i], i) for i in exp["image_id"]]
+        man = json.loads((run / "manifest.json").read_text())
+        assert man["training"]["exposure"]["settings"]["order"] == ("given" if order == "category" else "random")
+        assert json.loads((run / "config.json").read_text())["order"] == order
+    assert seqs["category"] == sorted(seqs["category"])  # grouped by category, then image id
+    cats = [c for c, _ in seqs["random"]]
+    assert sum(a != b for a, b in zip(cats, cats[1:], strict=False)) > 2  # interleaved, not three blocks
+
+
+def test_cli_order_category_needs_categories(tmp_path, capsys):
+    data = _csv_set(tmp_path / "set")
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *_EXPOSE, "--order", "category"]) == 1
+    err = capsys.readouterr().err
+    assert "order 'category' needs image categories" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bn_train_updates_running_statistics_and_frozen_keeps_them(tmp_path):
+    data = _cat_set(tmp_path / "set")
+    stats = {}
+    for bn in ("frozen", "train"):
+        run = tmp_path / bn
+        assert main(["train", str(data), "--out", str(run), *_EXPOSE, "--bn", bn]) == 0
+        before, after = load_autoencoder(run / "autoencoder_before.pt"), load_autoencoder(run / "autoencoder.pt")
+        b, a = before.state_dict(), after.state_dict()
+        keys = [k for k in b if k.endswith(("running_mean", "running_var"))]
+        assert keys
+        stats[bn] = all(torch.equal(b[k], a[k]) for k in keys)
+        man = json.loads((run / "manifest.json").read_text())
+        assert man["training"]["exposure"]["settings"]["bn"] == bn
+        assert man["training"]["exposure"]["bn"].startswith(bn)
+        # the trained model scores in eval mode with its (updated) running statistics
+        assert main(["score", str(data), "--run", str(run), "--metrics", "mse", "--device", "cpu"]) == 0
+        per = pd.read_csv(run / "per_image.csv")
+        assert len(per) == 12 and np.isfinite(per["recon_mse"]).all()
+    assert stats == {"frozen": True, "train": False}
+
+
+def _cli_model(seed: int = 0):
+    """The small autoencoder `memlens train --backbone small --image-size 32 --seed SEED` builds."""
+    return create_autoencoder("small", input_size=SIZE, seed=seed)
+
+
+def _prefixed_checkpoint(path, seed=5):
+    """A small autoencoder's weights saved as a DataParallel training script would: module. prefix."""
+    src = _cli_model(seed=seed)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    return src
+
+
+def test_cli_init_load_scripts_loads_nothing_from_a_prefixed_checkpoint_and_warns(tmp_path, caplog, capsys):
+    data = _cat_set(tmp_path / "set")
+    ck = tmp_path / "ae.pth"
+    src = _prefixed_checkpoint(ck)
+    n = len(src.state_dict())
+    small = ["--backbone", "small", "--image-size", "32", "--pretrain-epochs", "0", "--threads", "1"]
+    # strict (default): every tensor loads, module. prefix removed
+    run = tmp_path / "strict"
+    with caplog.at_level("INFO", logger="memlens"):
+        assert main(["train", str(data), "--out", str(run), *small, "--init", str(ck)]) == 0
+    rep = json.loads((run / "manifest.json").read_text())["model"]["init_report"]
+    assert rep["n_loaded"] == rep["n_expected"] == n and rep.get("load") != "scripts"
+    assert _equal(_weights(load_autoencoder(run / "autoencoder_before.pt")), _weights(src))
+    assert "decoder has learned nothing" not in caplog.text  # a whole pretrained autoencoder: no such warning
+    # scripts: nothing matches the prefixed keys; the model keeps its seeded random initial weights
+    caplog.clear()
+    capsys.readouterr()
+    run = tmp_path / "scripts"
+    with caplog.at_level("WARNING", logger="memlens"):
+        assert main(["train", str(data), "--out", str(run), *small, "--init", str(ck), "--init-load", "scripts"]) == 0
+    assert f"0 of {n} tensors loaded" in caplog.text and "starts from random weights, as the released scripts did" \
+        in caplog.text
+    assert "decoder has learned nothing" in caplog.text
+    man = json.loads((run / "manifest.json").read_text())
+    rep = man["model"]["init_report"]
+    assert rep["load"] == "scripts" and rep["n_loaded"] == 0 and rep["n_expected"] == n
+    assert rep["n_unmatched_file_keys"] == n and rep["loaded_by_part"]["decoder"][0] == 0
+    assert json.loads((run / "config.json").read_text())["init_load"] == "scripts"
+    assert _equal(_weights(load_autoencoder(run / "autoencoder_before.pt")), _weights(_cli_model(seed=0)))
+    assert f"0 of {n} tensors loaded" in capsys.readouterr().out
+    # scripts with an unprefixed file: the keys match, everything loads
+    plain = tmp_path / "plain.pth"
+    torch.save(src.state_dict(), plain)
+    run = tmp_path / "scripts-plain"
+    assert main(["train", str(data), "--out", str(run), *small, "--init", str(plain), "--init-load", "scripts"]) == 0
+    assert json.loads((run / "manifest.json").read_text())["model"]["init_report"]["n_loaded"] == n
+    assert _equal(_weights(load_autoencoder(run / "autoencoder_before.pt")), _weights(src))
+
+
+def test_cli_init_load_scripts_needs_a_path_and_complement_needs_no_experience(tmp_path, capsys):
+    data = _cat_set(tmp_path / "set")
+    assert main(["train", str(data), "--out", str(tmp_path / "r1"), *_EXPOSE, "--init-load", "scripts"]) == 1
+    assert "give --init PATH, not --init scratch" in capsys.readouterr().err
+    args = ["train", str(data), "--out", str(tmp_path / "r2"), "--backbone", "small", "--image-size", "32",
+            "--loss", "1-mse", "--pretrain-epochs", "2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "maximises the distance" in err and "Traceback" not in err
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_cli_no_experience_warns_only_when_the_decoder_is_untrained(tmp_path, caplog):
+    from memlens.models import save_autoencoder
+
+    data = _cat_set(tmp_path / "set")
+    with caplog.at_level("WARNING", logger="memlens"):
+        assert main(["train", str(data), "--out", str(tmp_path / "scratch"), *_EXPOSE]) == 0
+    assert "no visual experience before exposure (pretrain_epochs=0) and the model starts from random weights " \
+           "(init scratch): the decoder has learned nothing" in caplog.text
+    caplog.clear()
+    ck = save_autoencoder(tmp_path / "pretrained.pt", _cli_model(seed=3))  # a memlens autoencoder file
+    with caplog.at_level("WARNING", logger="memlens"):
+        assert main(["train", str(data), "--out", str(tmp_path / "paper"), *_EXPOSE, "--init", str(ck)]) == 0
+    assert "decoder has learned nothing" not in caplog.text
+
+
+def test_cli_complement_amp_and_options_are_recorded(tmp_path):
+    data = _cat_set(tmp_path / "set")
+    runs = {}
+    for amp in ("auto", "float32"):
+        run = tmp_path / amp
+        assert main(["train", str(data), "--out", str(run), *_EXPOSE, "--loss", "1-mse", "--amp", amp]) == 0
+        runs[amp] = run
+        man = json.loads((run / "manifest.json").read_text())
+        assert man["device"]["amp"] == amp and man["device"]["precision"] == "float32"
+        ex = man["training"]["exposure"]
+        assert ex["settings"]["loss"] == "1-mse" and ex["precision"] == "float32"
+        assert ex["objective"].startswith("1 - mse") and "records the distance" in ex["objective"]
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["loss"] == "1-mse" and cfg["amp"] == amp and cfg["bn"] == "frozen" and cfg["order"] == "random"
+    a, b = (pd.read_csv(runs[k] / "exposure.csv") for k in ("auto", "float32"))
+    pd.testing.assert_frame_equal(a, b)
+    assert _equal(_weights(load_autoencoder(runs["auto"] / "autoencoder.pt")),
+                  _weights(load_autoencoder(runs["float32"] / "autoencoder.pt")))
+    # the recorded loss is the distance mse (in [0, 1], small for these images), not 1 - mse
+    assert (a["loss"] < 0.5).all()
+    assert main(["train", str(data), "--out", str(tmp_path / "bf"), *_EXPOSE, "--amp", "bfloat16"]) == 1

@@ -17,7 +17,9 @@ Registered metrics (exact definitions in ``docs/metrics.md``):
                 EfficientNet-Lite0 (works offline), range [0, 4];
 ``lpips``       LPIPS (AlexNet) from the optional ``lpips`` package (``pip install memlens[lpips]``).
 
-Losses are built from the same registry with :func:`make_loss` (``"mse"``, ``"l1+0.5*dssim"``, ...).
+Losses are built from the same registry with :func:`make_loss` (``"mse"``, ``"l1+0.5*dssim"``, ...);
+``"1-<metric>"`` is a complement objective (minimising it maximises the distance), whose recorded per-image
+values stay distances.
 """
 
 from __future__ import annotations
@@ -494,15 +496,28 @@ _TERM = re.compile(
 )
 
 
+#: ``1-<rest>``: the complement of a metric (the rest is checked to be one metric name)
+_COMPLEMENT = re.compile(r"^\s*1\s*-\s*(?P<rest>.*)$", re.DOTALL)
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
 @dataclass(frozen=True)
 class Loss:
-    """A weighted sum of registered metrics: ``loss(x, y)`` = batch mean of ``sum_i w_i * metric_i(x, y)``."""
+    """A weighted sum of registered metrics: ``loss(x, y)`` = batch mean of ``sum_i w_i * metric_i(x, y)``.
+
+    With ``complement=True`` (spec ``"1-<metric>"``) the training objective is ``1 - d`` instead of the
+    distance ``d``: minimising it *maximises* the distance (the released scripts of Bagheri & Mohsenzadeh
+    trained on ``1 - LPIPS``). :meth:`per_image` is always the distance ``d`` (what a run records, higher =
+    worse); :meth:`objective` and ``loss(x, y)`` are what the optimiser minimises.
+    """
 
     terms: tuple[tuple[float, Metric], ...]
     spec: str
+    complement: bool = False
 
     def per_image(self, x: Tensor, y: Tensor, *, validate: bool = True) -> Tensor:
-        """The weighted sum per image (N,), e.g. to record each image's loss at exposure."""
+        """The distance per image (N,): the weighted sum of the metrics, e.g. to record each image's loss at
+        exposure. Never complemented, so it stays a distance (higher = worse) for ``"1-<metric>"`` too."""
         check_images(x, y, check_range=validate)
         total = None
         for w, metric in self.terms:
@@ -511,9 +526,14 @@ class Loss:
         assert total is not None
         return total
 
+    def objective(self, distance: Tensor) -> Tensor:
+        """The per-image training objective from the per-image distances: ``1 - d`` for a complement loss,
+        else ``d`` itself (the same tensor)."""
+        return 1.0 - distance if self.complement else distance
+
     def __call__(self, x: Tensor, y: Tensor, *, validate: bool = True) -> Tensor:
-        """Scalar loss: the mean over the batch of :meth:`per_image`."""
-        return self.per_image(x, y, validate=validate).mean()
+        """Scalar training objective: the mean over the batch of :meth:`objective` of :meth:`per_image`."""
+        return self.objective(self.per_image(x, y, validate=validate)).mean()
 
     @property
     def names(self) -> list[str]:
@@ -532,16 +552,32 @@ def make_loss(spec: str | Mapping[str, float] | Metric | Loss) -> Loss:
     spec : str or mapping
         ``"mse"``, ``"l1+0.5*dssim"``, ``"0.7*mse+0.3*ms-dssim"`` (terms joined by ``+``, each
         ``[weight*]name``), or a mapping ``{"mse": 0.7, "ms-dssim": 0.3}``. Weights must be positive.
+        ``"1-<metric>"`` (e.g. ``"1-lpips-squeeze"``): the complement of one metric, whose minimisation
+        maximises the distance (as in the released scripts of Bagheri & Mohsenzadeh); it must be the whole
+        loss (one metric, no weight, no other term).
 
     Returns
     -------
     Loss
-        ``loss(x, y)`` -> scalar (mean over the batch); ``loss.per_image(x, y)`` -> (N,).
+        ``loss(x, y)`` -> scalar objective (mean over the batch); ``loss.per_image(x, y)`` -> (N,) distances.
     """
     if isinstance(spec, Loss):
         return spec
     if isinstance(spec, Metric):
         return Loss(((1.0, spec),), spec.name)
+    if isinstance(spec, str):
+        comp = _COMPLEMENT.match(spec)
+        if comp is not None:
+            rest = comp.group("rest").strip()
+            if not _NAME.match(rest):
+                raise ConfigError(
+                    f"loss {spec!r}: a complement must be '1-<metric>' with one metric and no weight or other "
+                    f"term, e.g. '1-lpips-squeeze' (available metrics: {', '.join(_REGISTRY)})")
+            try:
+                inner = make_loss(rest)
+            except ConfigError as exc:  # name the spec as given
+                raise ConfigError(str(exc).replace(f"loss {rest!r}", f"loss {spec!r}", 1)) from None
+            return Loss(inner.terms, f"1-{inner.spec}", complement=True)
     pairs: list[tuple[float, str]] = []
     if isinstance(spec, Mapping):
         for name, w in spec.items():

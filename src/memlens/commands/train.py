@@ -80,8 +80,10 @@ class _Bar:
 @click.option("--freeze-encoder/--train-encoder", default=None,
               help="During visual experience / pretrain: fit only the decoder [default: frozen for --init imagenet].")
 @click.option("--loss", default="mse", show_default=True,
-              help="Loss from the metric registry: mse, l1, dssim, ms-dssim, perceptual, lpips, or a weighted "
-                   "sum such as mse+0.5*dssim.")
+              help="Loss from the metric registry: mse, l1, dssim, ms-dssim, perceptual, lpips, lpips-squeeze, or "
+                   "a weighted sum such as mse+0.5*dssim; 1-METRIC (e.g. 1-lpips-squeeze, the released scripts') "
+                   "minimises 1 - d, i.e. maximises the distance (exposure with --pretrain-epochs 0 only). "
+                   "exposure.csv always records the distance d.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="exposure: passes (default 1, the paper); pretrain: epochs (default 10).")
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
@@ -91,6 +93,20 @@ class _Bar:
 @click.option("--image-size", type=click.IntRange(min=8), default=None,
               help="Square input size [default: the backbone's, 64 for small, 224 otherwise].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order, splits.")
+@click.option("--order", type=click.Choice(["random", "category"]), default="random", show_default=True,
+              help="Exposure order: random = a permutation seeded by --seed; category = sorted by category, then "
+                   "image id, unshuffled (as the paper's released scripts fed the images).")
+@click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
+              help="Batch norm during exposure: frozen = running statistics fixed (eval mode; scale and shift "
+                   "learn); train = train mode at batch 1 (each image normalised with its own statistics, running "
+                   "statistics updated; the released scripts'). Visual experience and pretrain always train BN.")
+@click.option("--init-load", type=click.Choice(["strict", "scripts"]), default="strict", show_default=True,
+              help="How --init PATH loads: strict = every tensor must load, or stop; scripts = the released "
+                   "scripts' non-strict load, which keeps the file's module. prefix, so often nothing loads and the "
+                   "model starts from random weights (a warning and manifest.json say how many tensors loaded).")
+@click.option("--amp", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto", show_default=True,
+              help="Training precision: auto = bf16 autocast on CUDA, float32 on the CPU; bfloat16 = bf16 autocast "
+                   "(CUDA only, refused on the CPU); float32 = no autocast. Recorded in manifest.json.")
 @click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same settings).")
 @click.option("--layout", type=LayoutChoice(), default="auto", show_default=True,
@@ -114,14 +130,17 @@ def train(data: str, out: Path, backbone: str, init: str | None, weights: str | 
           pretrain_lr: float | None, freeze_encoder: bool | None, loss: str, epochs: int | None, lr: float | None,
           batch_size: int, image_size: int | None, seed: int, device: str, resume: bool, layout: str,
           image_col: str | None, score_col: str | None, category_col: str | None, score_variant: str | None,
-          split: tuple[str, ...], overwrite: bool, workers: int, threads: str) -> None:
+          split: tuple[str, ...], overwrite: bool, workers: int, threads: str, order: str, bn: str,
+          init_load: str, amp: str) -> None:
     """Train an autoencoder on DATA and write the run directory --out.
 
     exposure mode: (1) visual experience -- pretraining on images disjoint from DATA, saved as
     autoencoder_before.pt; (2) a single exposure of DATA: one pass, batch size 1, seeded random order,
-    Adam (lr 1e-5); each image's loss at its exposure goes to exposure.csv (image_id, order, loss).
-    Also written: autoencoder.pt, config.json, dataset.json, manifest.json, training_curve.csv/.png.
-    Losses are distances: higher = worse reconstruction.
+    Adam (lr 1e-5), batch norm frozen; each image's loss at its exposure goes to exposure.csv (image_id,
+    order, loss). Also written: autoencoder.pt, config.json, dataset.json, manifest.json,
+    training_curve.csv/.png. Recorded losses are distances: higher = worse reconstruction (with
+    --loss 1-METRIC too). --order category, --bn train, --init-load scripts and --loss 1-METRIC reproduce the
+    paper's released scripts (config bagheri2026-scripts; docs/reproduce-paper.md).
     """
     from ..train import train_run
 
@@ -137,7 +156,7 @@ def train(data: str, out: Path, backbone: str, init: str | None, weights: str | 
             batch_size=batch_size, image_size=image_size, seed=seed, device=device, resume=resume, layout=layout,
             image_col=image_col, score_col=score_col, category_col=category_col, score_variant=score_variant,
             splits=list(split) or None, num_workers=workers, threads=threads if threads == "auto" else int(threads),
-            overwrite=overwrite, progress=bar,
+            overwrite=overwrite, progress=bar, order=order, bn=bn, init_load=init_load, amp=amp,
         )
     finally:
         if bar is not None:
@@ -145,7 +164,13 @@ def train(data: str, out: Path, backbone: str, init: str | None, weights: str | 
     rep = manifest["model"].get("init_report") or {}
     if "n_loaded" in rep:
         kind = f" ({rep['kind']})" if rep.get("kind") else ""
-        extra = "" if rep["n_loaded"] == rep["n_expected"] else " (missing BN counters kept)"
+        if rep.get("load") == "scripts":
+            extra = ", non-strict as in the released scripts" + (
+                "" if rep["n_loaded"] == rep["n_expected"] else
+                "; the model keeps its random initial weights" if rep["n_loaded"] == 0 else
+                "; the others keep their random initial values")
+        else:
+            extra = "" if rep["n_loaded"] == rep["n_expected"] else " (missing BN counters kept)"
         click.echo(f"init {manifest['model']['init']}: {rep['n_loaded']} of {rep['n_expected']} tensors loaded "
                    f"from {rep.get('path')}{kind}{extra}")
     tr = manifest["training"]

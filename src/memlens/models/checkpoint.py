@@ -1,4 +1,5 @@
-"""Checkpoint I/O: memlens autoencoder files, training states, and strict key-mapped loading.
+"""Checkpoint I/O: memlens autoencoder files, training states, and strict key-mapped loading (and, to
+reproduce the paper's released scripts on request, their non-strict load: :func:`load_state_dict_as_scripts`).
 
 A memlens autoencoder file is a ``torch.save``-d dict::
 
@@ -40,6 +41,7 @@ __all__ = [
     "torch_load_safe",
     "read_state_dict",
     "load_mapped_state_dict",
+    "load_state_dict_as_scripts",
     "strip_prefix",
     "save_train_state",
     "load_train_state",
@@ -84,10 +86,11 @@ def _is_tensor_dict(obj: Any) -> bool:
         isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, *, strip_module_prefix: bool = True) -> dict[str, torch.Tensor]:
     """Read a state dict from a file: a plain one, one under ``state_dict``/``model``, or a memlens file.
 
-    ``module.`` prefixes are removed. Raises ``CheckpointError`` when no tensor dict is found.
+    ``module.`` prefixes are removed (``strip_module_prefix=False``: the keys as written in the file).
+    Raises ``CheckpointError`` when no tensor dict is found.
     """
     obj = torch_load_safe(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
@@ -104,7 +107,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} holds no state dict (found a {kind}{f' with keys {keys}' if keys else ''}; expected "
             "a dict of tensors, possibly under 'state_dict')"
         )
-    return strip_prefix(obj)
+    return strip_prefix(obj) if strip_module_prefix else dict(obj)
 
 
 def _listing(keys: Iterable[str]) -> str:
@@ -171,6 +174,60 @@ def load_mapped_state_dict(
     n_ignored = sum(1 for k in source if k not in used)
     log.info("%s: loaded %d of %d tensors%s", what, n_loaded, len(own), f", ignored {n_ignored}" if n_ignored else "")
     return {"n_loaded": n_loaded, "n_expected": len(own), "n_ignored": n_ignored}
+
+
+def load_state_dict_as_scripts(
+    module: torch.nn.Module,
+    source: Mapping[str, torch.Tensor],
+    mapping: Mapping[str, str],
+    *,
+    what: str = "checkpoint",
+) -> dict[str, Any]:
+    """A non-strict load by exact key, as the paper's released scripts loaded their checkpoint.
+
+    The released scripts of Bagheri & Mohsenzadeh called ``model.load_state_dict(checkpoint, strict=False)``
+    on a model whose keys lack the checkpoint's DataParallel ``module.`` prefix. This does the same through
+    an explicit ``mapping`` (target key -> the key the scripts' model would have): a target tensor is replaced
+    only when ``source`` (keys as written in the file, **no prefix removed**) holds exactly that key; every
+    other tensor keeps its current (e.g. random initial) value, and nothing is reported as an error -- except
+    a shape mismatch on a matching key, which torch's non-strict load refuses too (``CheckpointError``).
+
+    Logs a WARNING unless every tensor loaded, saying how many did. Returns ``{"load": "scripts",
+    "n_loaded", "n_expected", "n_unmatched_file_keys", "loaded_by_part": {top-level module: [loaded,
+    total]}}``.
+    """
+    full = module.state_dict()
+    matched = [k for k in full if mapping.get(k) in source]
+    shape = [f"{k}: model {tuple(full[k].shape)} vs file {tuple(source[mapping[k]].shape)}"
+             for k in matched if tuple(full[k].shape) != tuple(source[mapping[k]].shape)]
+    if shape:
+        raise CheckpointError(f"{what}: shape mismatches ({len(shape)}), which a non-strict load refuses too: "
+                              f"{_listing(shape)}")
+    new = dict(full)
+    for k in matched:
+        new[k] = source[mapping[k]].to(dtype=full[k].dtype)
+    module.load_state_dict(new, strict=True)
+    used = {mapping[k] for k in matched}
+    hit = set(matched)
+    parts: dict[str, list[int]] = {}
+    for k in full:
+        part = parts.setdefault(k.split(".", 1)[0], [0, 0])
+        part[1] += 1
+        part[0] += k in hit
+    n, total = len(matched), len(full)
+    report = {"load": "scripts", "n_loaded": n, "n_expected": total,
+              "n_unmatched_file_keys": sum(1 for k in source if k not in used), "loaded_by_part": parts}
+    if n == total:
+        log.info("%s: non-strict load as in the released scripts: %d of %d tensors loaded", what, n, total)
+    else:
+        prefixed = sum(1 for k in source if k.startswith("module."))
+        why = (f"; {prefixed} of the file's {len(source)} keys carry a 'module.' prefix the model's keys lack"
+               if prefixed else "")
+        rest = ("the model starts from random weights, as the released scripts did" if n == 0 else
+                f"the other {total - n} keep their initial values, as in the released scripts")
+        log.warning("%s: non-strict load as in the released scripts: %d of %d tensors loaded%s: %s",
+                    what, n, total, why, rest)
+    return report
 
 
 # -- memlens autoencoder files ---------------------------------------------------------------------

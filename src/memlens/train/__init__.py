@@ -14,7 +14,8 @@ state : the checkpointed loop state, RNG states, resuming from a training state.
 images, augment, seeding, runtime : the images read, the augmentation, seed-derived randomness, and the
     device / threads / determinism settings.
 distributed : DDP pretraining under ``torchrun`` (also importable as ``memlens.distributed``).
-training_run : :func:`train_run`; with experience (the visual-experience corpus and its caution), rundir
+training_run : :func:`train_run` (and the released scripts' switches: ``order="category"``, ``bn="train"``,
+    ``init_load="scripts"``, a ``"1-<metric>"`` loss); with experience (the visual-experience corpus and its caution), rundir
     (run-directory files, setting an earlier run aside) and records (orders, training curve, table hash).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from .augment import CROP_RATIO, CROP_SCALE, augment_batch
 from .experience import MAX_VAL_LOSS_RATIO, MIN_SCRATCH_EXPERIENCE_STEPS, experience_caution
-from .fit import DEFAULT_CHECKPOINT_EVERY, DEFAULT_LR, fit_autoencoder
+from .fit import DEFAULT_CHECKPOINT_EVERY, DEFAULT_LR, fit_autoencoder, resolve_precision
 from .loop import ProgressFn
 from .records import table_sha256
 from .result import TrainResult
@@ -33,7 +34,9 @@ from .training_run import (
     DEFAULT_EXPERIENCE_FRACTION,
     DEFAULT_PRETRAIN_BATCH,
     DEFAULT_PRETRAIN_EPOCHS,
+    category_order,
     train_run,
+    untrained_decoder,
 )
 
 __all__ = [
@@ -43,5 +46,5 @@ __all__ = [
     "derive_seed", "seeded_generator", "seeded_permutation", "table_sha256", "experience_caution",
     "MIN_SCRATCH_EXPERIENCE_STEPS", "MAX_VAL_LOSS_RATIO", "LATER_OUTPUTS", "TRAIN_STATES", "RUN_FILES",
     "has_resumable_state", "later_outputs", "DEFAULT_EXPERIENCE_FRACTION", "DEFAULT_PRETRAIN_EPOCHS",
-    "DEFAULT_PRETRAIN_BATCH",
+    "DEFAULT_PRETRAIN_BATCH", "resolve_precision", "category_order", "untrained_decoder",
 ]

@@ -61,16 +61,17 @@ class ExposureLoop(TrainLoop):
             for j, x in enumerate(iter_batches(self.src, [[int(i)] for i in idx], self.num_workers)):
                 xd = self.to_device(x)
                 if graph is not None:
-                    static_x, static_loss, g = graph
+                    static_x, static_rec, g = graph
                     static_x.copy_(xd)
                     g.replay()
-                    dev_losses[st.step].copy_(static_loss.detach())
+                    dev_losses[st.step].copy_(static_rec)
                 else:
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss, _ = self.forward_loss(xd)
+                    loss, _, dist = self.forward_loss(xd)
                     loss.backward()
                     self.optimizer.step()
-                    dev_losses[st.step] = loss.detach().float()
+                    # recorded: the image's distance (the objective itself unless the loss is '1-<metric>')
+                    dev_losses[st.step] = dist.detach().float().mean()
                 st.step += 1
                 due_ck = self.ck_path is not None and st.step % self.ck_every == 0
                 if due_ck or self.dev.type == "cpu" or st.step == chunk_end:
@@ -110,7 +111,7 @@ class ExposureLoop(TrainLoop):
             with torch.cuda.stream(side):
                 for _ in range(3):
                     opt.zero_grad(set_to_none=True)
-                    loss, _ = self.forward_loss(static_x)
+                    loss, _, _ = self.forward_loss(static_x)
                     loss.backward()
                     opt.step()
             torch.cuda.current_stream(self.dev).wait_stream(side)
@@ -118,11 +119,12 @@ class ExposureLoop(TrainLoop):
             g = torch.cuda.CUDAGraph()
             opt.zero_grad(set_to_none=True)
             with torch.cuda.graph(g):
-                static_loss, _ = self.forward_loss(static_x)
+                static_loss, _, static_dist = self.forward_loss(static_x)
                 static_loss.backward()
                 opt.step()
+                static_rec = static_dist.detach().float().mean()  # the recorded distance
             torch.cuda.synchronize(self.dev)
-            return static_x, static_loss, g
+            return static_x, static_rec, g
         except Exception as exc:  # capture is an optimisation: fall back to eager
             restore()
             opt.zero_grad(set_to_none=True)

@@ -3,13 +3,16 @@
 ``fit_autoencoder(model, images, mode=...)`` trains ``model`` in place and returns a :class:`TrainResult`.
 
 exposure
-    One pass over the images, batch size 1, in a seeded random order (never the given order), Adam at a
+    One pass over the images, batch size 1, in a seeded random order (``order="random"``; or an explicit
+    presentation order, e.g. images grouped by category as the paper's released scripts fed them), Adam at a
     small learning rate (default 1e-5) held constant. Each image's loss is recorded *at its exposure*: the
     loss of the forward pass that the image's own update is computed from, i.e. before the model learned
     from it. Batch norm: ``bn="auto"`` = ``"frozen"``: every BN layer runs in eval mode with its running
     statistics fixed (a batch of one image has no meaningful batch statistics, and updating running
     averages from single images would make an image's loss depend on the few images shown just before it);
-    BN's affine weights still learn. ``bn="train"`` uses batch statistics instead.
+    BN's affine weights still learn. ``bn="train"`` uses batch statistics instead (each image normalised
+    with its own statistics, and the running statistics updated from it, as plain ``model.train()`` at
+    batch 1 does; the CUDA-graph fast path is not used then).
 pretrain
     Multi-epoch mini-batch training with augmentation (random resized crop + horizontal flip, written in
     torch, seeded per step), Adam (default lr 1e-3) with a cosine schedule to 0, and a validation loss
@@ -22,7 +25,7 @@ the full training state (model, optimizer, schedule position, RNG states, per-im
 written atomically every ``checkpoint_every`` steps; ``resume=True`` continues from it and -- on the CPU with
 ``deterministic=True`` -- ends with exactly the weights of an uninterrupted run.
 
-On CUDA: bf16 autocast for the model, channels_last memory format, and for exposure a fast path that
+On CUDA: bf16 autocast for the model (``amp``), channels_last memory format, and for exposure a fast path that
 captures the whole batch-1 training step (forward, loss, backward, Adam) in a CUDA graph and replays it per
 image (``fast="auto"``); it falls back to eager execution when capture fails.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,7 @@ from .runtime import deterministic_algorithms, num_threads, resolve_device
 from .seeding import derive_seed, seeded_permutation
 from .state import TrainState, check_same_run, restore_state, set_rng_state
 
-__all__ = ["fit_autoencoder", "DEFAULT_LR", "DEFAULT_CHECKPOINT_EVERY"]
+__all__ = ["fit_autoencoder", "resolve_precision", "DEFAULT_LR", "DEFAULT_CHECKPOINT_EVERY"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,8 @@ def fit_autoencoder(
     max_steps: int | None = None,
     progress: ProgressFn | None = None,
     num_workers: int = 0,
-    amp: bool = True,
+    amp: bool | str = True,
+    order: str | Sequence[int] = "random",
     channels_last: bool = True,
     fast: bool | str = "auto",
     deterministic: bool = False,
@@ -97,7 +102,8 @@ def fit_autoencoder(
     images : a tensor (N, 3, H, W), a sequence of (3, H, W) tensors, or a torch Dataset whose items are
         tensors or ``(tensor, index)`` (e.g. ``memlens.data.ImageDataset``); float32 in [0, 1].
     mode : ``"exposure"`` or ``"pretrain"``.
-    loss : a :func:`memlens.metrics.make_loss` spec (``"mse"``, ``"mse+0.5*dssim"``, ...).
+    loss : a :func:`memlens.metrics.make_loss` spec (``"mse"``, ``"mse+0.5*dssim"``, ...); ``"1-<metric>"``
+        minimises the complement (maximises the distance). Recorded losses are distances either way.
     lr : learning rate; default 1e-5 (exposure) or 1e-3 (pretrain).
     epochs : passes over the images (exposure: each pass in a new seeded order; the paper uses 1).
     batch_size : exposure requires 1 (the paper's setting); pretrain mini-batch size.
@@ -112,7 +118,12 @@ def fit_autoencoder(
     max_steps : stop after this many steps in total (the state is checkpointed; resume continues).
     progress : ``progress(done, total, info)`` after each step (info: phase, epoch, loss when known).
     num_workers : background processes decoding a Dataset's images.
-    amp, channels_last, fast : CUDA only: bf16 autocast, channels_last, the CUDA-graph exposure path.
+    amp : the model's precision: ``True``/``"auto"`` = bf16 autocast on CUDA, float32 on the CPU;
+        ``"bf16"``/``"bfloat16"`` = bf16 autocast (CUDA only: ``ConfigError`` on the CPU); ``False``/``"float32"`` =
+        no autocast.
+    order : exposure only: ``"random"`` (a seeded permutation per pass) or a presentation order (a
+        permutation of the image indices) used for every pass, unshuffled.
+    channels_last, fast : CUDA only: channels_last, the CUDA-graph exposure path.
     deterministic : enable ``torch.use_deterministic_algorithms`` during the call.
     cache_images : keep decoded images in memory across epochs (``"auto"``: pretrain, when under 1 GiB).
     threads : CPU threads for torch during the call (restored afterwards); None leaves the setting alone.
@@ -148,6 +159,7 @@ def fit_autoencoder(
     ddp = context_for_training(mode, dev)  # None unless started by torchrun (WORLD_SIZE > 1)
     if ddp is not None:
         dev = ddp.device
+    use_amp = resolve_precision(amp, dev) == "bf16"
     spec = getattr(model, "spec", None)
     multiple = int(getattr(spec, "size_multiple", 1) or 1)
 
@@ -173,7 +185,11 @@ def fit_autoencoder(
     val_idx = np.sort(split[:n_val]) if n_val else np.zeros(0, dtype=np.int64)
     train_idx = np.sort(split[n_val:]) if n_val else np.arange(n_total, dtype=np.int64)
     n_train = len(train_idx)
-    if mode == "exposure":
+    given = _given_order(order, mode, n_total)
+    if mode == "exposure" and given is not None:
+        orders = np.stack([given] * epochs)
+        batches_per_epoch = n_total
+    elif mode == "exposure":
         orders = np.stack([seeded_permutation(n_total, seed, "exposure", p) for p in range(epochs)])
         batches_per_epoch = n_total
     else:
@@ -190,6 +206,7 @@ def fit_autoencoder(
         "mode": mode, "loss": loss_fn.spec, "lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": int(seed),
         "val_fraction": float(val_fraction) if mode == "pretrain" else 0.0, "augment": bool(augment) and mode == "pretrain",
         "bn": bn, "freeze_encoder": bool(freeze_encoder), "weight_decay": float(weight_decay),
+        "order": "random" if given is None else "given",
         "schedule": "cosine" if mode == "pretrain" else "constant", "n_images": n_total,
         "model": getattr(spec, "name", type(model).__name__),
         # the initialisation seed does not matter once weights are restored from a training state
@@ -232,7 +249,7 @@ def fit_autoencoder(
             ddp.sync_training_state(model, optimizer, state)
             train_model = wrap_model(model, ddp, global_bn=bn == "train")
         loop_class = ExposureLoop if mode == "exposure" else PretrainLoop
-        run = loop_class(model=train_model, optimizer=optimizer, loss_fn=loss_fn, src=src, dev=dev, amp=amp,
+        run = loop_class(model=train_model, optimizer=optimizer, loss_fn=loss_fn, src=src, dev=dev, amp=use_amp,
                          use_cl=use_cl, bn=bn, freeze_encoder=freeze_encoder, settings=settings, state=state,
                          ck_path=ck_path, ck_every=checkpoint_every, max_steps=max_steps, progress=progress,
                          total=total_steps, num_workers=num_workers, augment=bool(augment), seed=int(seed), lr=lr,
@@ -247,11 +264,19 @@ def fit_autoencoder(
                 torch.default_generator.manual_seed(derive_seed(seed, "global"))
                 if dev.type == "cuda":
                     torch.cuda.default_generators[dev.index or 0].manual_seed(derive_seed(seed, "global-cuda"))
-            if isinstance(run, ExposureLoop):
-                fast_used = run.exposure(want_fast, fast)
-            else:
-                fast_used = False
-                run.pretrain()
+            try:
+                if isinstance(run, ExposureLoop):
+                    fast_used = run.exposure(want_fast, fast)
+                else:
+                    fast_used = False
+                    run.pretrain()
+            except ValueError as exc:
+                if bn == "train" and "more than 1 value per channel" in str(exc):
+                    raise ConfigError(
+                        f"bn='train' at batch size {1 if mode == 'exposure' else batch_size}: a batch-norm layer "
+                        "sees a single value per channel (a 1x1 feature map), which has no batch statistics; use "
+                        "a larger image size or bn='frozen'") from None
+                raise
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0
@@ -272,7 +297,43 @@ def fit_autoencoder(
         completed=state.step >= total_steps, seconds=seconds,
         images_per_s=(n_seen / loop_s) if loop_s > 0 and done else 0.0, device=str(dev), fast_path=fast_used,
         settings=settings, resumed_at=resumed_at, setup_seconds=run.setup_seconds,
+        precision="bf16 autocast" if use_amp else "float32",
     )
     log.info("%s: %d/%d steps in %.1f s (%.1f images/s) on %s%s", mode, state.step, total_steps, seconds,
              result.images_per_s, dev, " with the CUDA-graph path" if fast_used else "")
     return result
+
+
+def resolve_precision(amp: bool | str, dev: torch.device) -> str:
+    """``"bf16"`` or ``"float32"``: what ``fit_autoencoder(amp=...)`` runs the model in on ``dev``.
+
+    ``True``/``"auto"``: bf16 autocast on CUDA, float32 elsewhere; ``"bf16"`` (or ``"bfloat16"``): bf16
+    autocast, refused with a ``ConfigError`` on the CPU (memlens trains on the CPU in float32 only);
+    ``False``/``"float32"``: float32.
+    """
+    key = ("auto" if amp else "float32") if isinstance(amp, bool) else str(amp)
+    key = "bf16" if key == "bfloat16" else key
+    if key == "auto":
+        return "bf16" if dev.type == "cuda" else "float32"
+    if key == "bf16":
+        if dev.type != "cuda":
+            raise ConfigError(f"amp bfloat16 needs a CUDA device; training on {dev} runs in float32 only "
+                              "(use --amp auto or float32 there)")
+        return "bf16"
+    if key == "float32":
+        return "float32"
+    raise ConfigError(f"amp must be auto, bfloat16 or float32, got {amp!r}")
+
+
+def _given_order(order: str | Sequence[int], mode: str, n: int) -> np.ndarray | None:
+    """None for ``order="random"``, else the given presentation order checked to be a permutation of ``range(n)``."""
+    if isinstance(order, str):
+        if order != "random":
+            raise ConfigError(f"order must be 'random' or a sequence of image indices, got {order!r}")
+        return None
+    if mode != "exposure":
+        raise ConfigError("a given presentation order is for exposure mode only (pretraining shuffles every epoch)")
+    arr = np.asarray(order)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or len(arr) != n or not np.array_equal(np.sort(arr), np.arange(n)):
+        raise ConfigError(f"order must be a permutation of the {n} image indices (each exactly once)")
+    return arr.astype(np.int64)

@@ -81,13 +81,21 @@ class TrainLoop:
         x = x.to(self.dev, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.use_cl else x
 
-    def forward_loss(self, x: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean loss of the batch ``x`` and its per-image losses (``model``: default the trained one)."""
+    def forward_loss(self, x: torch.Tensor,
+                     model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mean training objective of the batch ``x``, its per-image objectives, and its per-image
+        distances (``model``: default the trained one).
+
+        The objectives are what the optimiser minimises; the distances (higher = worse reconstruction) are
+        what a run records. They are the same tensor unless the loss is a complement ``"1-<metric>"``
+        (objective ``1 - d``).
+        """
         model = self.model if model is None else model
         with model_autocast(self.dev, self.amp):
             out = model(x, check=False) if isinstance(unwrap(model), Autoencoder) else model(x)
-        per = self.loss_fn.per_image(x, out.float(), validate=False)
-        return per.mean(), per
+        dist = self.loss_fn.per_image(x, out.float(), validate=False)
+        per = self.loss_fn.objective(dist)
+        return per.mean(), per, dist
 
     def save(self) -> None:
         """Write the training state checkpoint (rank 0 only; nothing without a checkpoint path)."""

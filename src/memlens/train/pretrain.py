@@ -67,12 +67,14 @@ class PretrainLoop(TrainLoop):
                     group["lr"] = lr
                 xd = self.to_device(x)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, per = self.forward_loss(xd)
+                loss, per, dist = self.forward_loss(xd)
                 if self.ddp is not None:  # DDP's gradient average then equals the global batch mean's gradient
                     loss = self.ddp.scaled_loss(per, n_batch)
                 loss.backward()
                 self.optimizer.step()
-                lv = float(loss.detach()) if self.ddp is None else self.ddp.all_sum(per.detach().sum()) / n_batch
+                # the curve records distances (the objective itself unless the loss is a complement)
+                lv = float(dist.detach().mean()) if self.ddp is None else \
+                    self.ddp.all_sum(dist.detach().sum()) / n_batch
                 st.epoch_loss_sum += lv * n_batch
                 st.epoch_loss_n += n_batch
                 st.step += 1
@@ -106,9 +108,9 @@ class PretrainLoop(TrainLoop):
             idx = idx[a:z]
         for i in range(0, len(idx), bs):
             x = self.to_device(self.src.batch(idx[i:i + bs]))
-            _, per = self.forward_loss(x, model)
-            total += float(per.sum())
-            n += len(per)
+            _, _, dist = self.forward_loss(x, model)
+            total += float(dist.sum())
+            n += len(dist)
         if self.ddp is not None:
             total, n = self.ddp.all_sum(total), int(round(self.ddp.all_sum(n)))
         return total / n

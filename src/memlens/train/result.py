@@ -32,6 +32,7 @@ class TrainResult:
     device, fast_path : where it ran and whether the CUDA-graph path was used.
     settings : the resolved settings (lr, loss, batch_size, bn, augment, seed, ...).
     resumed_at : the step a resumed run continued from (None when it started fresh).
+    precision : what the model ran in: ``"bf16 autocast"`` or ``"float32"``.
     """
 
     mode: str
@@ -51,6 +52,7 @@ class TrainResult:
     settings: dict[str, Any] = field(default_factory=dict)
     resumed_at: int | None = None
     setup_seconds: float = 0.0
+    precision: str = "float32"
 
     @property
     def order(self) -> np.ndarray:
@@ -96,6 +98,7 @@ class TrainResult:
             "completed": self.completed, "seconds": round(self.seconds, 3),
             "setup_seconds": round(self.setup_seconds, 3),
             "images_per_s": round(self.images_per_s, 2), "device": self.device, "fast_path": self.fast_path,
+            "precision": self.precision,
             "n_train": int(len(self.train_indices)), "n_val": int(len(self.val_indices)),
             "resumed_at": self.resumed_at, "settings": dict(self.settings),
             "final_val_loss": next((r["val_loss"] for r in reversed(self.curve) if r.get("val_loss") is not None), None),

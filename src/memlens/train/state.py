@@ -59,12 +59,18 @@ def set_rng_state(rng: dict[str, Any], dev: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], dev)
 
 
+#: settings added to training states later, with the value that states written before them had
+_ADDED = {"order": "random"}
+
+
 def check_same_run(saved: dict[str, Any], settings: dict[str, Any], path: Path) -> None:
     """Raise :class:`CheckpointError` unless the training state ``saved`` was written with ``settings``."""
     old = saved.get("settings")
     if not isinstance(old, dict):
         raise CheckpointError(f"{path}: training state without settings (cannot resume)")
-    diff = [f"{k} ({old.get(k)!r} -> {settings.get(k)!r})" for k in settings if old.get(k) != settings.get(k)]
+    # a setting added after the state was written had its default value then
+    diff = [f"{k} ({old.get(k, _ADDED.get(k))!r} -> {settings.get(k)!r})" for k in settings
+            if old.get(k, _ADDED.get(k)) != settings.get(k)]
     if diff:
         raise CheckpointError(f"{path} was written by a different run; it differs in: {', '.join(diff)} "
                               "(remove it or restore the original settings to resume)")

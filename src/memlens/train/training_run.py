@@ -23,20 +23,27 @@ from .._io import check_output_path
 from ..errors import ConfigError, DataError, RunDirError, TrainingError
 from .distributed import context_for_training, scratch_output
 from .experience import choose_experience, experience_caution
-from .fit import fit_autoencoder
+from .fit import fit_autoencoder, resolve_precision
 from .loop import ProgressFn
 from .records import phase_info, table_sha256, write_curve
 from .result import TrainResult
 from .rundir import RUN_FILES, TRAIN_STATES, has_resumable_state, later_outputs, recover_set_aside, set_aside
 from .runtime import auto_threads, busy_machine_note, resolve_device
 
-__all__ = ["train_run", "DEFAULT_EXPERIENCE_FRACTION", "DEFAULT_PRETRAIN_EPOCHS", "DEFAULT_PRETRAIN_BATCH"]
+__all__ = ["train_run", "untrained_decoder", "category_order", "DEFAULT_EXPERIENCE_FRACTION", "DEFAULT_PRETRAIN_EPOCHS",
+           "DEFAULT_PRETRAIN_BATCH", "ORDERS", "BN_MODES", "INIT_LOADS", "AMP_MODES"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIENCE_FRACTION = 0.25
 DEFAULT_PRETRAIN_EPOCHS = 10
 DEFAULT_PRETRAIN_BATCH = 32
+#: the values of the exposure options (first = default = memlens's method; the others: the released scripts)
+ORDERS = ("random", "category")
+BN_MODES = ("frozen", "train")
+INIT_LOADS = ("strict", "scripts")
+AMP_MODES = ("auto", "bfloat16", "float32")
+_AMP_ARG = {"auto": "auto", "bfloat16": "bf16", "float32": "float32"}
 
 
 def _versions() -> dict[str, str]:
@@ -77,6 +84,10 @@ def train_run(
     threads: int | str | None = "auto",
     overwrite: bool = False,
     progress: Callable[[str, int, int, dict[str, Any]], None] | None = None,
+    order: str = "random",
+    bn: str = "frozen",
+    init_load: str = "strict",
+    amp: str = "auto",
 ) -> dict[str, Any]:
     """Train an autoencoder on a data set and write the run directory (``memlens train`` calls this).
 
@@ -92,6 +103,21 @@ def train_run(
 
     pretrain mode: multi-epoch training on the collection itself (``epochs``, default 10; encoder frozen
     for ``init="imagenet"`` unless ``freeze_encoder=False``) -> ``autoencoder.pt``.
+
+    Options of the single exposure (the defaults are memlens's method; the other values reproduce the paper's
+    released scripts, see ``docs/reproduce-paper.md``):
+
+    * ``loss``: a :func:`memlens.metrics.make_loss` spec; ``"1-<metric>"`` minimises the complement (maximises
+      the distance; exposure without visual experience only). ``exposure.csv`` records the distance either way.
+    * ``order``: ``"random"`` (a seeded permutation) or ``"category"`` (sorted by category, then image id,
+      unshuffled).
+    * ``bn``: ``"frozen"`` (BN statistics fixed) or ``"train"`` (batch statistics of each single image,
+      running statistics updated).
+    * ``init_load``: ``"strict"`` (every tensor of ``init=PATH`` must load) or ``"scripts"`` (a non-strict load
+      by exact key that keeps the file's ``module.`` prefix, as the released scripts did: often nothing
+      loads; a WARNING says how many tensors did and the manifest's ``model.init_report`` records it).
+    * ``amp``: ``"auto"`` (bf16 autocast on CUDA, float32 on the CPU), ``"bfloat16"`` (CUDA only) or
+      ``"float32"`` (no autocast); for every phase of the training.
 
     Also written: ``config.json``, ``dataset.json``, ``manifest.json``, ``training_curve.csv``/``.png``.
     ``threads``: CPU threads ("auto": :func:`auto_threads`, None: torch's setting). ``score_variant`` and
@@ -114,10 +140,18 @@ def train_run(
         raise ConfigError(f"experience_fraction must be in (0, 1), got {experience_fraction}")
     if int(pretrain_epochs) < 0:
         raise ConfigError(f"pretrain_epochs must be >= 0, got {pretrain_epochs}")
+    for name, value, allowed in (("order", order, ORDERS), ("bn", bn, BN_MODES), ("init_load", init_load, INIT_LOADS),
+                                 ("amp", amp, AMP_MODES)):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     spec = get_spec(backbone)
     init = init or spec.default_init
     size = int(image_size or spec.input_size)
+    if init_load == "scripts" and init in (*spec.inits, "scratch", "imagenet"):
+        raise ConfigError(f"init_load 'scripts' reproduces how the released scripts loaded a checkpoint file: give "
+                          f"--init PATH, not --init {init}")
     dev = resolve_device(device)
+    precision = resolve_precision(_AMP_ARG[amp], dev)  # bfloat16 on the CPU is refused here
     ddp = context_for_training(mode, dev)  # torchrun: join the process group (pretrain only)
     shared_out = Path(out)  # every rank checks the real run directory; rank 0 alone changes it
     if ddp is not None and not ddp.is_main:  # rank-0-only writes: the others write to a private scratch folder
@@ -145,11 +179,21 @@ def train_run(
                           "the data set. Write the run elsewhere")
     # the model and the loss too: bad settings fail before anything is written
     t0 = time.perf_counter()
-    model = create_autoencoder(backbone, init=init, input_size=size, seed=seed, weights=weights, download=download)
+    if init_load == "scripts":
+        model = create_autoencoder(backbone, init="scratch", input_size=size, seed=seed)
+        _load_as_scripts(model, Path(init))
+    else:
+        model = create_autoencoder(backbone, init=init, input_size=size, seed=seed, weights=weights,
+                                   download=download)
     timings: dict[str, float] = {"create_model_s": time.perf_counter() - t0}
     from ..metrics import make_loss
 
-    make_loss(loss)
+    loss_fn = make_loss(loss)
+    if loss_fn.complement and (mode == "pretrain" or int(pretrain_epochs) > 0):
+        where = "--mode pretrain" if mode == "pretrain" else f"visual experience (--pretrain-epochs {pretrain_epochs})"
+        raise ConfigError(f"loss {loss!r} maximises the distance, which only the single exposure of the released "
+                          f"scripts did; with {where} it would train the autoencoder not to reconstruct (use "
+                          "--pretrain-epochs 0 with --mode exposure, or a plain distance loss)")
     # resuming an interrupted training (its checkpoints, or the visual experience done and the exposure not)
     # keeps the directory as it is; anything else, --resume or not, is a new training
     recover_set_aside(shared_out)  # a killed retrain's earlier run first: the checks below must see it
@@ -169,10 +213,19 @@ def train_run(
                                                                           experience_fraction, seed)
     elif mode == "exposure":
         exp_info = {"source": "none", "note": "pretrain_epochs=0: no visual experience before exposure"}
-        log.warning("no visual experience before exposure (pretrain_epochs=0): the decoder has learned nothing")
+        untrained = untrained_decoder(init, getattr(model, "init_report", {}), spec.inits)
+        if untrained:
+            log.warning("no visual experience before exposure (pretrain_epochs=0) and %s: the decoder has learned "
+                        "nothing", untrained)
+        else:  # e.g. a whole pretrained autoencoder (the paper's imagenet-autoencoder checkpoint)
+            log.info("no visual experience before exposure (pretrain_epochs=0): the model's experience is its "
+                     "initialisation (%s)", init)
 
     if mode == "exposure" and len(exposed) == 0:
         raise DataError(f"{source}: no images left to expose")
+    given_order: Any = "random"
+    if mode == "exposure" and order == "category":
+        given_order = category_order(exposed.table, str(source))
 
     # every check passed: prepare the run directory. The earlier run's outputs are set aside, not deleted: a
     # training that fails or is interrupted puts them back, one that completes removes them
@@ -202,7 +255,7 @@ def train_run(
             "pretrain_lr": pretrain_lr, "freeze_encoder": freeze_encoder, "loss": loss, "epochs": epochs, "lr": lr,
             "batch_size": int(batch_size), "image_size": size, "seed": int(seed), "device": str(device),
             "resolved_device": str(dev), "layout": layout, **data_opts, "num_workers": int(num_workers),
-            "threads": threads,
+            "threads": threads, "order": order, "bn": bn, "init_load": init_load, "amp": amp,
         }
         atomic_write_json(out / "config.json", config)
         dataset_json = {"source": str(Path(source).absolute()), "root": str(ds.root), "layout": ds.layout,
@@ -224,7 +277,8 @@ def train_run(
                 return None
             return lambda done, total, info: progress(phase, done, total, info)
 
-        common = {"loss": loss, "seed": seed, "device": dev, "num_workers": num_workers, "threads": threads}
+        common = {"loss": loss, "seed": seed, "device": dev, "num_workers": num_workers, "threads": threads,
+                  "amp": _AMP_ARG[amp]}
         if mode == "pretrain":
             n_ep = int(epochs or DEFAULT_PRETRAIN_EPOCHS)
             imgs = ImageDataset(ds.paths, size)
@@ -281,7 +335,7 @@ def train_run(
             t0 = time.perf_counter()
             res = fit_autoencoder(model, ImageDataset(exposed.paths, size), mode="exposure", lr=lr,
                                   epochs=int(epochs or 1), checkpoint_path=states / "exposure.pt", resume=resume,
-                                  progress=cb("exposure"), **common)
+                                  progress=cb("exposure"), bn=bn, order=given_order, **common)
             timings["exposure_s"] = time.perf_counter() - t0
             _check_finite(model, res, "exposure", lr, "--lr")
             curves += res.curve
@@ -291,12 +345,20 @@ def train_run(
             with atomic_path(out / "exposure.csv") as tmp:
                 frame.to_csv(tmp, index=False, float_format="%.8g")
             phases["exposure"] = {k: v for k, v in res.summary().items() if k != "settings"}
-            phases["exposure"].update({"settings": res.settings, "presentations_per_image": res.epochs,
-                                       "order": f"seeded random permutation (seed {seed}) per pass",
-                                       "order_file": "exposure.csv", "loss_recorded": "at exposure, before the update"})
+            phases["exposure"].update({
+                "settings": res.settings, "presentations_per_image": res.epochs,
+                "order": f"seeded random permutation (seed {seed}) per pass" if order == "random" else
+                         "sorted by category, then image id; the same order every pass, unshuffled (order=category)",
+                "order_file": "exposure.csv", "loss_recorded": "at exposure, before the update",
+                "bn": "frozen: BN statistics fixed (eval mode), affine weights learn" if bn == "frozen" else
+                      "train: each image normalised with its own statistics, running statistics updated",
+                "objective": (f"1 - {loss_fn.terms[0][1].name}: minimised, so the distance is maximised; "
+                              "exposure.csv records the distance d, not 1 - d") if loss_fn.complement else
+                             f"{loss_fn.spec} (a distance, minimised)"})
 
         if mode == "exposure" and exp_info.get("source") != "none":  # no experience at all is warned about above
-            caution = experience_caution(init, phases.get("experience") or exp_info,
+            scratch = untrained_decoder(init, init_report, spec.inits) and init_load == "scripts"
+            caution = experience_caution("scratch" if scratch else init, phases.get("experience") or exp_info,
                                          [r.get("val_loss") for r in curves if r.get("phase") == "experience"])
             if caution:
                 log.warning("%s", caution)
@@ -315,7 +377,8 @@ def train_run(
             "versions": _versions(),
             "device": {"requested": str(device), "used": str(dev),
                        "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                       "torch_threads": threads or torch.get_num_threads()},
+                       "torch_threads": threads or torch.get_num_threads(),
+                       "amp": amp, "precision": "bf16 autocast" if precision == "bf16" else "float32"},
             "seeds": {"seed": int(seed), "model_init": int(seed), "derivation": "sha256(seed/purpose)"},
             "input": {"source": str(source_p.absolute()), "layout": ds.layout, "n_images": len(ds),
                       "table_sha256": table_sha256(ds.table),
@@ -330,6 +393,62 @@ def train_run(
         }
         atomic_write_json(out / "manifest.json", manifest)
         return manifest
+
+def untrained_decoder(init: str, init_report: dict[str, Any], named_inits: Sequence[str] = ()) -> str | None:
+    """Why the decoder starts untrained (a phrase for a warning), or None when it starts from trained weights.
+
+    ``init="scratch"``: random weights; ``init="imagenet"``: an ImageNet *encoder* only (every backbone's decoder
+    starts random); a checkpoint PATH loaded strictly holds the whole autoencoder, decoder included; one loaded
+    non-strictly (``init_load="scripts"``) counts as untrained unless every decoder tensor loaded.
+    """
+    if init == "scratch":
+        return "the model starts from random weights (init scratch)"
+    if init == "imagenet" or init in named_inits:
+        return f"only the encoder is pretrained (init {init}); the decoder starts from random weights"
+    parts = (init_report or {}).get("loaded_by_part") or {}
+    if "decoder" in parts and parts["decoder"][0] < parts["decoder"][1]:
+        return (f"the non-strict load of the checkpoint (init_load scripts) gave the decoder {parts['decoder'][0]} "
+                f"of its {parts['decoder'][1]} tensors")
+    return None
+
+
+def category_order(table: Any, source: str = "the data set") -> list[int]:
+    """Row indices of ``table`` sorted by ``category``, then ``image_id`` (the ``order="category"`` exposure
+    order; :class:`DataError` when a row has no category)."""
+    if "category" not in table.columns:
+        raise DataError(f"{source}: order 'category' needs image categories and the data set has none (give "
+                        "--category-col C for a table)")
+    cats = table["category"]
+    blank = cats.isna() | (cats.astype(str).str.strip() == "")
+    if blank.any():
+        first = table["image_id"][blank].iloc[0]
+        raise DataError(f"{source}: order 'category' needs a category for every image; {int(blank.sum())} have none "
+                        f"(e.g. {first})")
+    keys = list(zip(cats.astype(str), table["image_id"].astype(str), strict=True))
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def _load_as_scripts(model: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model`` as the released scripts did (non-strict, ``module.`` prefix kept); sets
+    ``model.init`` and ``model.init_report`` as :func:`memlens.models.create_autoencoder` does."""
+    from .._io import file_sha256
+    from ..models.checkpoint import load_state_dict_as_scripts, read_state_dict, strip_prefix
+
+    if not path.is_file():
+        raise ConfigError(f"init must be a checkpoint file for init_load 'scripts'; no file at {str(path)!r}")
+    raw = read_state_dict(path, strip_module_prefix=False)
+    foreign = getattr(model, "foreign_mapping", None)
+    mapping = foreign(strip_prefix(raw)) if foreign is not None else None
+    kind = "imagenet-autoencoder" if mapping is not None else "state_dict"
+    if mapping is None:
+        mapping = {k: k for k in model.state_dict()}
+    report = load_state_dict_as_scripts(model, raw, mapping, what=f"{model.spec.name} checkpoint {path}")
+    report.update(init=str(path), path=str(path), kind=kind, sha256=file_sha256(path))
+    n, total = report["n_loaded"], report["n_expected"]
+    model.init = f"checkpoint:{path}" if n == total else \
+        f"checkpoint:{path} (non-strict load as in the released scripts: {n} of {total} tensors; the rest random)"
+    model.init_report = report
+
 
 def _check_finite(model: nn.Module, res: TrainResult, phase: str, lr: float | None, flag: str) -> None:
     """Raise :class:`TrainingError` when a phase ended with a non-finite loss or non-finite weights."""

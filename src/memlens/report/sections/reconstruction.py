@@ -22,6 +22,9 @@ def _primary_recon(cols: Sequence[str], config: Any) -> str:
                 elif isinstance(v, Mapping):
                     stack.append(v)
     for loss in losses:
+        loss = loss.strip()
+        if loss.startswith("1-"):  # the released scripts' complement loss: its distance is the measure
+            loss = loss[2:].strip()
         for cand in (f"recon_{loss}", f"recon_{loss.replace('-', '_')}", f"recon_{loss.replace('_', '-')}"):
             if cand in cols:
                 return cand
