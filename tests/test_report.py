@@ -226,7 +226,7 @@ def test_correlation_cells_fixed_decimals_ceiling_and_permutation(tmp_path):
     sec = _section(build_report(fake.run).read_text(encoding="utf-8"), "correlations")
     cells = re.findall(r'<td class="num">([^<]*)</td>', sec)
     assert "0.001" in cells and "0.000" in cells and not any("e-" in c or c == "-0.000" for c in cells)
-    assert "p (permutation)" in sec and "split-half ρ</th>" in sec
+    assert "p (permutation)" in sec and "noise ceiling</th>" in sec
     group = corr[(corr.scope == "group")].iloc[0]
     assert f"{group.ceiling:.3f}" in sec  # a group row shows its own group's ceiling
 
@@ -710,3 +710,24 @@ def test_featured_error_follows_a_complement_loss():
     assert _primary_recon(cols, {"train": {"loss": "1-lpips-squeeze"}}) == "recon_lpips-squeeze"
     assert _primary_recon(cols, {"train": {"loss": "lpips-squeeze"}}) == "recon_lpips-squeeze"
     assert _primary_recon(cols, {"train": {"loss": "l1"}}) == "recon_mse"
+
+
+def test_real_run_predictor_parts_within_and_between_categories(real):
+    """The predictor's honest predictions, pooled / within / between categories, recomputed from the files."""
+    from memlens.stats import between_groups, correlate
+
+    r, page, results = real
+    parts = results["predictor"]["estimate_parts"]
+    oof = pd.read_csv(r.run / "predictor_oof.csv")
+    est = results["predictor"]["estimate"]
+    oof = oof[oof.part == est["kind"]]
+    cats = pd.read_csv(r.run / "per_image.csv").set_index("image_id").category
+    g = oof.image_id.map(cats).to_numpy(dtype=object)
+    pred = oof[f"predicted_{est['model']}"]
+    within = correlate(pred, oof.score, groups=g, n_boot=0)
+    assert parts["within"]["r"] == pytest.approx(within.r) and parts["within"]["n"] == len(oof)
+    assert parts["pooled"]["r"] == pytest.approx(correlate(pred, oof.score, n_boot=0).r)
+    assert parts["between"]["r"] == pytest.approx(between_groups(pred, oof.score, g, n_boot=0).r)
+    assert parts["between"]["n_groups"] == len(set(g)) and set(parts["categories"]) == set(g)
+    assert results["headline"]["predictor rho within category (same images)"] == pytest.approx(within.r, abs=5e-4)
+    assert "within and between categories" in _section(page, "predictor")

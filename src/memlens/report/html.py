@@ -91,6 +91,8 @@ def _headline(ctx: ReportContext, results: Mapping[str, Any]) -> dict[str, Any]:
         how = ctx.headline.get("predictor_how")
         key = f"predictor rho ({how})" if how else "predictor rho (cross-validated)"
         out[key] = round(ctx.headline["predictor"], 3)
+        if "predictor_within" in ctx.headline:
+            out["predictor rho within category (same images)"] = round(ctx.headline["predictor_within"], 3)
     return out
 
 

@@ -306,6 +306,9 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
                 "Only images that took no part in choosing or fitting the model that predicted them."))
     if figs:
         parts.append(f'<div class="figrow">{"".join(figs)}</div>')
+    if oof is not None and "score" in oof.columns and col in oof.columns:
+        sub = oof[oof["part"].astype(str) == kind] if "part" in oof.columns else oof
+        parts.extend(_category_parts(ctx, sub, col, res))
     if oof_rows:
         parts.append(f"<h3>Every model on the same unseen images (<code>{esc(oof_source)}</code>)</h3>")
         parts.append(html_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
@@ -329,3 +332,54 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
         parts.append(note("No noise ceiling: the data set has no split-half scores.", True))
     res["ceiling_source"] = ceiling_source
     return "".join(parts), res
+
+
+def _category_parts(ctx: ReportContext, sub: pd.DataFrame, col: str, res: dict[str, Any]) -> list[str]:
+    """The honest predictions' rho pooled, within and between categories (and per category), side by side.
+
+    A predictor can reach a high pooled rho by telling the categories apart (landscapes are forgettable) while
+    ranking the images inside a category no better than chance: the within-category rho says which.
+    """
+    per_image = ctx.per_image
+    if per_image is None or "category" not in per_image.columns or "image_id" not in sub.columns:
+        return []
+    cats = per_image.set_index(per_image["image_id"].astype(str))["category"]
+    df = sub.assign(category=sub["image_id"].astype(str).map(cats))
+    df = df[df["category"].notna() & (df["category"].astype(str).str.strip() != "")]
+    if df["category"].nunique() < 2 or len(df) < 10:
+        return []
+    from ...stats import correlation_table
+    from ...stats.correlation import collected_warnings
+    from ..analysis import BOOT_SEED, N_BOOT
+
+    with collected_warnings():  # a small category's NaN row is shown as such, not warned about
+        table = correlation_table(df.rename(columns={col: "predicted"}), x="predicted", y="score", by="category",
+                                  n_boot=N_BOOT, seed=BOOT_SEED, name="predictor_oof.csv")
+    rows, out = [], {}
+    labels = {"within": "within category (category means removed)",
+              "pooled": "pooled (mixes telling the categories apart with ranking inside them)",
+              "between": "between categories (category means)"}
+    for scope in ("within", "pooled", "between"):
+        hit = table[table["scope"] == scope]
+        if hit.empty:
+            continue
+        r = hit.iloc[0]
+        out[scope] = {"n": int(r["n"]), "r": finite_float(r["r"]), "ci_low": finite_float(r["ci_low"]),
+                      "ci_high": finite_float(r["ci_high"]), "p_value": finite_float(r["p_value"]),
+                      "n_groups": None if pd.isna(r["n_groups"]) else int(r["n_groups"])}
+        label = labels[scope] + (f", {out[scope]['n_groups']} points" if scope == "between" else "")
+        rows.append((label, out[scope]["n"], out[scope]["r"], fmt_ci(out[scope]["ci_low"], out[scope]["ci_high"]),
+                     fmt_p(out[scope]["p_value"])))
+    for r in table[table["scope"] == "group"].itertuples():
+        out.setdefault("categories", {})[str(r.group)] = {"n": int(r.n), "r": finite_float(r.r),
+                                                          "ci_low": finite_float(r.ci_low),
+                                                          "ci_high": finite_float(r.ci_high)}
+        rows.append((f"category {r.group}", int(r.n), finite_float(r.r), fmt_ci(r.ci_low, r.ci_high), fmt_p(r.p_value)))
+    res["estimate_parts"] = out
+    if out.get("within", {}).get("r") is not None:
+        ctx.headline["predictor_within"] = out["within"]["r"]
+    return ["<h3>The same unseen images, within and between categories</h3>",
+            html_table(["part", "n", "ρ", "95% CI", "p"], rows, [False, True, True, True, True]),
+            note("The within-category ρ asks whether the predictor ranks the images inside a category; the "
+                 "between-category ρ whether it orders the categories' mean memorability (as many points as "
+                 "categories). The pooled ρ mixes both.")]
