@@ -409,8 +409,12 @@ def test_explain_run_writes_every_output(tmp_path, patched_model):
 
     run, ids, scores, _ = _fake_run(tmp_path)
     summary = explain_run(
-        run, images=["img_05.png"], top=2, bottom=2, n_steps=8, n_boot=50, aggregate_max=2, sanity_max=3
+        run, images=["img_05.png"], top=2, bottom=2, n_steps=8, n_boot=50, aggregate_max=2, sanity_max=3,
+        model_for="final",  # a stand-in model: no cross-validation to refit folds of
     )
+    assert summary["model_for"] == "final"
+    assert {e["explained_with"] for g in ("image", "top", "bottom") for e in summary["explained"][g]} == {
+        "final model (fitted on this image: in-sample)"}
     att = run / "attributions"
     order = np.argsort(-scores)
     top_ids, bottom_ids = [ids[i] for i in order[:2]], [ids[i] for i in order[::-1][:2]]
@@ -492,7 +496,7 @@ def test_explain_run_uses_stored_predictions_and_rejects_unknown_images(tmp_path
     from memlens.explain import explain_run
 
     run, ids, _, per = _fake_run(tmp_path, with_predicted=True)
-    explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1)
+    explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1, model_for="final")
     desc = pd.read_csv(run / "descriptors.csv")
     np.testing.assert_allclose(desc["predicted_score"], per["predicted_score"])
     assert len(list((run / "attributions").glob("overlay_*.png"))) == 2
@@ -503,7 +507,7 @@ def test_explain_run_uses_stored_predictions_and_rejects_unknown_images(tmp_path
     oof.loc[0, "predicted_mlp"] = np.nan
     oof.to_csv(run / "predictor_oof.csv", index=False)
     per.drop(columns="predicted_score").to_csv(run / "per_image.csv", index=False)
-    summary = explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1)
+    summary = explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1, model_for="final")
     assert summary["predicted_score_source"].startswith("predictor_oof.csv")
     desc = pd.read_csv(run / "descriptors.csv")
     np.testing.assert_allclose(desc["predicted_score"], oof["predicted_mlp"].to_numpy()[::-1])
@@ -512,12 +516,12 @@ def test_explain_run_uses_stored_predictions_and_rejects_unknown_images(tmp_path
     oof.to_csv(run / "predictor_oof.csv", index=False)
     pd.DataFrame({"fold": ["mean", "mean"], "model": ["mlp", "svr"], "saved": [False, True]}).to_csv(
         run / "predictor_cv.csv", index=False)
-    summary = explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1)
+    summary = explain_run(run, top=1, bottom=1, n_steps=4, n_boot=0, aggregate_max=1, model_for="final")
     assert summary["predicted_score_source"] == "predictor_oof.csv (predicted_svr, out-of-fold)"
     desc = pd.read_csv(run / "descriptors.csv")
     np.testing.assert_allclose(desc["predicted_score"], oof["predicted_svr"].to_numpy()[::-1])
     with pytest.raises(DataError, match="--images nope.png: neither an image id"):
-        explain_run(run, images=["nope.png"], n_steps=2)
+        explain_run(run, images=["nope.png"], n_steps=2, model_for="final")
     (run / "predictor.pt").unlink()
     with pytest.raises(RunDirError, match="predictor.pt not found .*fit-predictor"):
         explain_run(run)
@@ -529,7 +533,8 @@ def test_explain_cli(tmp_path, patched_model, capsys):
     from memlens.cli import main
 
     run, ids, scores, _ = _fake_run(tmp_path)
-    args = ["-q", "explain", str(run), "--top", "1", "--bottom", "1", "--steps", "4", "--baseline", "blur"]
+    args = ["-q", "explain", str(run), "--top", "1", "--bottom", "1", "--steps", "4", "--baseline", "blur",
+            "--model-for", "final"]
     rc = main([*args, "--n-boot", "0", "--aggregate-max", "2", "--images", ids[3], "--seed", "4"])
     out = capsys.readouterr()
     assert rc == 0, out.err
@@ -580,7 +585,8 @@ def test_explain_run_with_a_real_predictor_file(tmp_path):
         }
     ]
     save_predictor(run / "predictor.pt", reg, recipe)
-    summary = explain_run(run, top=2, bottom=2, n_steps=8, n_boot=0, aggregate_max=2, device="cpu")
+    summary = explain_run(run, top=2, bottom=2, n_steps=8, n_boot=0, aggregate_max=2, device="cpu",
+                          model_for="final")
     assert summary["input_size"] == S
     # the model's predictions through IG equal the regressor's on the latents
     z_ = np.load(run / "attributions" / "attributions.npz")
@@ -588,6 +594,11 @@ def test_explain_run_with_a_real_predictor_file(tmp_path):
     np.testing.assert_allclose(z_["predicted_scores"], reg.predict(z[k]), rtol=1e-4, atol=1e-5)
     sanity = json.loads((run / "attributions" / "sanity.json").read_text())
     assert sanity["randomized_module"] == "head" and np.isfinite(sanity["mean_spearman"])
+    # the default explains each image with its fold model: a predictor saved by hand has no folds to refit
+    from memlens.errors import RunDirError
+
+    with pytest.raises(RunDirError, match="does not record how it was cross-validated.*--model-for final"):
+        explain_run(run, top=1, bottom=1, n_steps=2, n_boot=0, aggregate_max=0, device="cpu")
 
 
 def test_sanity_check_convergence_warning_names_the_randomised_model(images, caplog):

@@ -13,9 +13,11 @@ N = 150
 CATS = ("beach", "forest", "city")
 
 
-def make_run(tmp_path, *, halves: bool = True, with_autoencoder: bool = True, seed: int = 0):
+def make_run(tmp_path, *, halves: bool = True, with_autoencoder: bool = True, seed: int = 0,
+             subcategories: bool = False):
     """per_image.csv, latents.npy (float16, 32 = 8x2x2 columns like the small autoencoder at 16 px),
-    features.npy, latent_ids.txt (in a different order than the table), split_halves.npz, autoencoder.pt."""
+    features.npy, latent_ids.txt (in a different order than the table), split_halves.npz, autoencoder.pt.
+    ``subcategories``: a ``subcategory`` column too (MemCat's layout), of 5 to 40 images and one of 2."""
     from memlens.models import create_autoencoder, save_autoencoder
 
     rng = np.random.default_rng(seed)
@@ -27,6 +29,9 @@ def make_run(tmp_path, *, halves: bool = True, with_autoencoder: bool = True, se
     score = 0.6 + 0.12 * signal + 0.03 * rng.normal(size=N)
     table = pd.DataFrame({"image_id": ids, "score": score, "category": [CATS[i % 3] for i in range(N)]})
     table.loc[7, "score"] = np.nan  # an image without a score is left out
+    if subcategories:  # per category: subcategories of 40, 5 and 5 images (i // 3 = rank inside the category)
+        table["subcategory"] = [f"{CATS[i % 3]}-{0 if i // 3 < 40 else 1 + (i // 3) % 2}" for i in range(N)]
+        table.loc[[0, 3], "subcategory"] = "beach-tiny"  # 2 images: fewer than the folds, merged into beach's rest
     table.to_csv(run / "per_image.csv", index=False)
     order = rng.permutation(N)  # the latent rows are in another order than the table: aligned by id
     np.save(run / "latents.npy", lat[order].astype(np.float16))
@@ -255,3 +260,50 @@ def test_report_leads_with_the_honest_estimate(tmp_path):
     # one CI per figure: the report quotes fit-predictor's (the same in the headline, the table and predictor_cv.csv)
     assert pred["oof"][est["model"]]["ci_low"] == pytest.approx(est["ci_low"])
     assert pred["oof"][est["model"]]["r"] == pytest.approx(est["spearman"])
+
+
+def test_subcategory_stratification_end_to_end(tmp_path):
+    """A run with a subcategory column: --stratify subcategory (and auto) stratifies by category > subcategory >
+    score half, while the default keeps category strata; each
+    subcategory is spread over the folds within one image (a 2-image one merged into its category's rest); the
+    fold of every image is in predictor_oof.csv; category stratification gives the splits of before."""
+    from memlens.errors import ConfigError
+    from memlens.predict import fit_predictor_run, read_predictor
+
+    run, table = make_run(tmp_path / "sub", subcategories=True)
+    res = fit_predictor_run(run, cv=3, inputs="latents", model="svr", holdout=0, hidden=(16,), max_epochs=30,
+                            finetune=None, stratify="auto")
+    assert res["stratify"] == "subcategory"
+    assert read_predictor(run / "predictor.pt")["info"]["stratify"] == "subcategory"
+    oof = pd.read_csv(run / "predictor_oof.csv")
+    assert oof["fold"].notna().all() and set(oof["fold"]) == {0, 1, 2}
+    cv = pd.read_csv(run / "predictor_cv.csv")
+    outer = cv[(cv["model"] == "svr") & (cv["fold"] != "mean")]
+    assert oof["fold"].value_counts().sort_index().tolist() == outer["n_test"].astype(int).tolist()
+    sub = oof["image_id"].map(dict(zip(table["image_id"], table["subcategory"], strict=True)))
+    sub = sub.where(sub != "beach-tiny", "beach|rest")  # the merged remainder counts as one group
+    for g, rows in oof.groupby(sub):
+        counts = rows["fold"].value_counts().reindex([0, 1, 2], fill_value=0)
+        assert counts.max() - counts.min() <= 1, (g, counts.tolist())
+    assert np.isfinite(oof["predicted_svr"]).all() and cv["spearman"].notna().all()
+    # with a holdout too (stratified alike)
+    res = fit_predictor_run(run, cv=3, inputs="latents", model="ridge", holdout=0.3, hidden=(16,), max_epochs=30,
+                            finetune=None, stratify="subcategory")
+    assert res["estimate"]["kind"] == "holdout" and res["stratify"] == "subcategory"
+
+    # the default (category) on that run: the same splits as a run without the column (the behaviour before)
+    fit_predictor_run(run, cv=3, inputs="latents", model="svr", holdout=0, hidden=(16,), max_epochs=30,
+                      finetune=None)
+    assert read_predictor(run / "predictor.pt")["info"]["stratify"] == "category"
+    plain, _ = make_run(tmp_path / "plain")
+    res = fit_predictor_run(plain, cv=3, inputs="latents", model="svr", holdout=0, hidden=(16,), max_epochs=30,
+                            finetune=None)
+    assert res["stratify"] == "category"
+    pd.testing.assert_frame_equal(pd.read_csv(run / "predictor_oof.csv"), pd.read_csv(plain / "predictor_oof.csv"))
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--model", "ridge", "--holdout",
+                 "0", "--stratify", "subcategory", *FAST]) == 0
+    assert read_predictor(run / "predictor.pt")["info"]["stratify"] == "subcategory"
+    with pytest.raises(ConfigError, match="no subcategory column"):
+        fit_predictor_run(plain, cv=3, inputs="latents", stratify="subcategory", finetune=None)
+    with pytest.raises(ConfigError, match="stratify must be one of"):
+        fit_predictor_run(plain, cv=3, inputs="latents", stratify="random", finetune=None)

@@ -15,6 +15,7 @@ from memlens.predict import (
     MemorabilityModel,
     MemorabilityRegressor,
     cross_validate,
+    holdout_split,
     load_memorability_model,
     make_splits,
     prediction_metrics,
@@ -344,3 +345,82 @@ def test_no_leakage_scalers_fit_on_training_rows_only():
     table = res.table
     assert set(table["model"]) == {"mlp", "ridge"} and (table["n_test"] == len(sp["test"])).all()
     assert np.isfinite(res.oof["mlp"][sp["test"]]).all() and np.isnan(res.oof["mlp"][sp["train"]]).all()
+
+
+# ------------------------------------------------------------------------------ stratification by subcategory
+def _subcategory_table(seed=0):
+    """Three categories with subcategories of 40 down to 2 images (the small ones: fewer than the folds)."""
+    sizes = {"animal": [40, 23, 7, 2], "food": [31, 18, 3], "sports": [55, 12, 1]}
+    cats = np.array([c for c, subs in sizes.items() for k, m in enumerate(subs) for _ in range(m)], dtype=object)
+    subs = np.array([f"{c}{k}" for c, subs in sizes.items() for k, m in enumerate(subs) for _ in range(m)],
+                    dtype=object)
+    perm = np.random.default_rng(seed).permutation(len(cats))  # rows of a subcategory are not contiguous
+    scores = np.random.default_rng(seed + 1).random(len(cats))
+    return scores, cats[perm], subs[perm]
+
+
+def test_subcategory_strata_merge_small_subcategories_into_their_category_rest():
+    from memlens.predict.evaluation import SUBCATEGORY_REST
+
+    scores, cats, subs = _subcategory_table()
+    labels = strata_labels(scores, cats, subs, min_size=5)
+    groups = {lab.rsplit("|", 1)[0] for lab in labels}
+    assert groups == {"animal|animal0", "animal|animal1", "animal|animal2", f"animal|{SUBCATEGORY_REST}",
+                      "food|food0", "food|food1", f"food|{SUBCATEGORY_REST}", "sports|sports0", "sports|sports1",
+                      f"sports|{SUBCATEGORY_REST}"}
+    rest = labels[subs == "animal3"]
+    assert all(lab.startswith(f"animal|{SUBCATEGORY_REST}|") for lab in rest)  # 2 < 5 members: merged
+    assert all(lab.startswith("animal|animal2|") for lab in labels[subs == "animal2"])  # 7 >= 5: kept
+    # without categories the remainder is shared; unknown subcategories are merged too
+    no_cat = strata_labels(scores[:4], None, ["x", "x", None, float("nan")], min_size=2)
+    assert [lab.rsplit("|", 1)[0] for lab in no_cat] == ["x", "x", SUBCATEGORY_REST, SUBCATEGORY_REST]
+    # the category strata are unchanged
+    assert strata_labels(scores[:2], cats[:2]).tolist() == [f"{cats[0]}|{'hi' if scores[0] > np.median(scores[:2]) else 'lo'}",
+                                                            f"{cats[1]}|{'hi' if scores[1] > np.median(scores[:2]) else 'lo'}"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_subcategory_splits_hold_the_proportions_of_every_subcategory(seed):
+    """Nested dealing: every subcategory (the merged remainder counted as one), every category and every
+    subcategory x score half is spread over the folds within one image of its share; the holdout too."""
+    scores, cats, subs = _subcategory_table(seed)
+    k = 5
+    labels = strata_labels(scores, cats, subs, min_size=k)
+    group = np.array([lab.rsplit("|", 1)[0] for lab in labels], dtype=object)
+    levels = {"category": cats, "subcategory": group, "subcategory x half": labels}
+    splits = make_splits(labels, "kfold", k, seed=seed, nested=True)
+    assert sorted(np.concatenate([s["test"] for s in splits]).tolist()) == list(range(len(labels)))
+    for name, lev in levels.items():
+        for g in set(lev.tolist()):
+            size = int((lev == g).sum())
+            counts = [int((lev[s["test"]] == g).sum()) for s in splits]
+            assert all(abs(c - size / k) < 1 for c in counts), (name, g, counts)
+    hs = holdout_split(labels, 0.2, seed=seed, nested=True)
+    assert len(hs["holdout"]) == round(0.2 * len(labels))
+    for name, lev in levels.items():
+        for g in set(lev.tolist()):
+            size = int((lev == g).sum())
+            assert abs(int((lev[hs["holdout"]] == g).sum()) - 0.2 * size) < 1, (name, g)
+    # the paper split deals a 10-image 6/1/3 pattern: every subcategory within 1.2 images of 60/10/30
+    for sp in make_splits(labels, "paper", 2, seed=seed, nested=True):
+        for g in set(group.tolist()):
+            size = int((group == g).sum())
+            for part, frac in (("train", 0.6), ("val", 0.1), ("test", 0.3)):
+                assert abs(int((group[sp[part]] == g).sum()) - frac * size) <= 1.2 + 1e-9, (g, part)
+    # the flat (category) dealing is what it was: nested=False is the default
+    flat = strata_labels(scores, cats)
+    assert all(np.array_equal(a["test"], b["test"]) for a, b in
+               zip(make_splits(flat, "kfold", k, seed=seed), make_splits(flat, "kfold", k, seed=seed, nested=False),
+                   strict=True))
+
+
+def test_resolve_stratify():
+    from memlens.errors import ConfigError
+    from memlens.predict.evaluation import resolve_stratify
+
+    assert resolve_stratify("auto", True) == "subcategory" and resolve_stratify(None, False) == "category"
+    assert resolve_stratify("category", True) == "category" and resolve_stratify("none", True) == "none"
+    with pytest.raises(ConfigError, match="no subcategory column"):
+        resolve_stratify("subcategory", False)
+    with pytest.raises(ConfigError, match="stratify must be one of auto, category, subcategory, none"):
+        resolve_stratify("random", True)

@@ -157,6 +157,13 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
 
     sanity = json.loads((r / "attributions" / "sanity.json").read_text())
     assert sanity["randomized_module"] == "head+tails"
+    # by default each image is explained by its fold model (SVR and tails refitted on that fold's training
+    # images), which reproduces fit-predictor's out-of-fold prediction of it
+    info = json.loads((r / "attributions" / "explain.json").read_text())
+    assert info["model_for"] == "oof" and info["models"]["refit"]["model"] == "svr+finetune"
+    assert info["models"]["check"]["passed"] is True and info["models"]["check"]["n_images"] >= 2
+    assert all(e["model"].startswith("outer-cv fold ") and not e["in_sample"]
+               for g in ("top", "bottom") for e in info["explained"][g])
     model = load_memorability_model(r / "predictor.pt")
     from memlens.explain.sanity import randomize_weights
 

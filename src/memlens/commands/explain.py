@@ -119,6 +119,15 @@ from ._common import FiniteFloatRange, check_device, echo, progress_bar, progres
     show_default=True,
     help="Seed (aggregate sample, SmoothGrad, randomised head, bootstrap).",
 )
+@click.option(
+    "--model-for",
+    type=click.Choice(["oof", "final"]),
+    default="oof",
+    show_default=True,
+    help="Which model explains each image of the run: oof = the cross-validation fold model that did not see it "
+    "(fit-predictor's configuration refitted on that fold's training images, for the folds of explained images "
+    "only); final = predictor.pt, fitted on every image (its maps and predictions are in-sample).",
+)
 @click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 @click.pass_context
 def explain(
@@ -139,13 +148,15 @@ def explain(
     error_tolerance: float,
     error_check: bool,
     seed: int,
+    model_for: str,
     device: str,
 ) -> None:
     """Explain the predictor of RUN: Integrated Gradients maps and visual descriptors.
 
     Writes RUN/attributions/ (overlay PNGs, aggregate maps of the top vs bottom quartile, attributions.npz,
     sanity.json with the weight-randomisation check, explain.json), RUN/descriptors.csv and
-    RUN/descriptor_correlations.csv.
+    RUN/descriptor_correlations.csv. By default each image of the run is explained with the cross-validation
+    fold model that was not fitted on it (--model-for oof); explained_with in the outputs says which model.
     """
     from memlens.explain import explain_run
 
@@ -175,8 +186,22 @@ def explain(
             error_tolerance=error_tolerance,
             error_check=error_check,
             device=device,
+            model_for=model_for,
             progress=factory,
         )
+    models = summary.get("models") or {}
+    fits = models.get("fits") or {}
+    if fits:
+        chk = models.get("check") or {}
+        agree = (f"; they reproduce predictor_oof.csv for {chk['n_images']} images (max difference "
+                 f"{chk['max_abs_diff']:.2g})" if chk.get("passed") else
+                 f"; WARNING: they differ from predictor_oof.csv by up to {chk['max_abs_diff']:.2g}"
+                 if chk.get("passed") is False else "")
+        echo(f"explained with: {len(fits)} refitted fold model(s) ({', '.join(fits)}), each not fitted on the "
+             f"images it explains{agree}")
+    n_in = models.get("n_in_sample") or 0
+    if n_in:
+        echo(f"explained with: the final model for {n_in} image(s) it was fitted on (in-sample)")
     ig = summary["integrated_gradients"]
     n_maps = ig["n_images"]
     checked = ig.get("flag_criterion") == "map_error"

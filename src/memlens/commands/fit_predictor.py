@@ -43,7 +43,7 @@ def _fmt(v: float, digits: int = 3) -> str:
               help="Folds for --split kfold [default: 5]; repeated random splits for --split paper [default: 1].")
 @click.option("--split", type=click.Choice(["kfold", "paper"]), default="kfold", show_default=True,
               help="kfold: K stratified folds (early stopping inside the training folds); paper: 60/10/30 "
-                   "train/val/test stratified by category x above/below-median score.")
+                   "train/val/test, stratified as --stratify says.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the splits and the MLP.")
 @click.option("--features", "features",
               type=click.Choice(["lite01", "lite01-flip", "lite0-crop", "latents", "features", "both"]),
@@ -70,9 +70,15 @@ def _fmt(v: float, digits: int = 3) -> str:
 @click.option("--max-epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Upper bound on training epochs (early stopping usually ends sooner).")
 @click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu, cuda or auto (training the MLP).")
+@click.option("--stratify", type=click.Choice(["category", "subcategory", "auto", "none"]), default="category",
+              show_default=True,
+              help="Strata of the folds, the paper split and the holdout: category (x above/below-median score); "
+                   "subcategory: category > subcategory > score half, as the paper's authors split (subcategories "
+                   "smaller than the folds merged into their category's rest); auto: subcategory when per_image.csv "
+                   "has a subcategory column, else category; none.")
 def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, model: str,
                   finetune: str, holdout: str | float, hidden: tuple[int, ...], max_epochs: int,
-                  device: str) -> None:
+                  device: str, stratify: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.
 
     Reads RUN/per_image.csv (image_id, score, category), RUN/latent_ids.txt and RUN/features.npy and/or
@@ -92,7 +98,8 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
 
     res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=features, hidden=hidden,
                             max_epochs=max_epochs, device=device, model=model, holdout=holdout,
-                            finetune=None if finetune == "none" else finetune, progress=progress)
+                            finetune=None if finetune == "none" else finetune, stratify=stratify,
+                            progress=progress)
     table = res["table"]
     est = res["estimate"]
     n_hold = int(round(res["n_images"] * res["holdout"]))

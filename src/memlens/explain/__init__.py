@@ -2,7 +2,10 @@
 the visual descriptors of memorable images.
 
 The model explained is any ``nn.Module`` mapping images in [0, 1], shape (N, 3, H, W), to one score per
-image, shape (N,) (the :class:`memlens.predict.MemorabilityModel`: encoder + predictor head). Definitions
+image, shape (N,) (the :class:`memlens.predict.MemorabilityModel`: the frozen encoder(s) of the predictor's
+inputs, e.g. the ImageNet EfficientNet-Lite networks of a feature set or an autoencoder's encoder, then the
+fitted head). :func:`explain_run` explains each scored image of a run with the cross-validation fold model that
+was not fitted on it (``model_for="oof"``, refitted) or with the final model (``"final"``). Definitions
 (IG, baselines, convergence delta, the sanity check, every descriptor) are in ``docs/explain.md``.
 
 The science functions (:func:`integrated_gradients`, :func:`aggregate_maps`, :func:`randomization_check`,
@@ -10,7 +13,8 @@ the figures) take tensors/arrays and do no I/O; :func:`explain_run` is the edge 
 and writes ``RUN/attributions/``, ``RUN/descriptors.csv`` and ``RUN/descriptor_correlations.csv``.
 
 Modules: ``gradients`` (IG core) -> ``maps`` (normalisation, aggregates, figures) and ``sanity`` (the
-randomisation check) -> ``stage`` (:func:`explain_run`, the run-directory edge). The descriptors themselves are
+randomisation check); ``models`` (which model explains each image: fold models or the final one) -> ``stage``
+(:func:`explain_run`, the run-directory edge). The descriptors themselves are
 :mod:`memlens.descriptors`.
 """
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..descriptors import DESCRIPTOR_COLUMNS
-from .gradients import ScalarOutput, integrated_gradients
+from .gradients import IGResult, ScalarOutput, integrated_gradients
 from .maps import (
     aggregate_figure,
     aggregate_maps,
@@ -23,7 +23,8 @@ from .maps import (
     save_figure,
     single_map_figure,
 )
-from .sanity import SANITY_THRESHOLD, randomization_check
+from .models import FINAL, MODEL_FOR, explaining_models
+from .sanity import SANITY_THRESHOLD, RandomizationCheck, randomization_check
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -165,13 +166,15 @@ def explain_run(
     check_aggregates: bool = False,
     channels_last: bool = True,
     device: str = "auto",
+    model_for: str = "oof",
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> dict[str, Any]:
     """Explain a run: IG overlays, aggregate maps, the sanity check, descriptors and their correlations.
 
-    Reads ``RUN/predictor.pt`` (the image -> score model), ``RUN/per_image.csv`` and ``RUN/dataset.json``;
-    writes ``RUN/attributions/`` (``overlay_*.png``, ``aggregate_*.png``, ``attributions.npz``,
-    ``sanity.json``, ``explain.json``), ``RUN/descriptors.csv`` and ``RUN/descriptor_correlations.csv``.
+    Reads ``RUN/predictor.pt`` (the image -> score model), ``RUN/per_image.csv`` and ``RUN/dataset.json`` (and,
+    for the fold models, ``RUN/predictor_oof.csv`` and the predictor's inputs); writes ``RUN/attributions/``
+    (``overlay_*.png``, ``aggregate_*.png``, ``attributions.npz``, ``sanity.json``, ``explain.json``),
+    ``RUN/descriptors.csv`` and ``RUN/descriptor_correlations.csv``.
 
     Parameters
     ----------
@@ -201,6 +204,14 @@ def explain_run(
         Bootstrap resamples of the descriptor correlations (:func:`memlens.stats.correlate`).
     device
         ``auto``, ``cpu`` or ``cuda``.
+    model_for
+        ``oof`` (default): each scored image of the run is explained with a model not fitted on it, the
+        cross-validation fold model that held it out (the saved predictor's configuration refitted on that
+        fold's training rows, only for the folds of explained images: :mod:`memlens.explain.models`); images
+        without a score or outside the run with the final model, which never saw them either. ``final``: the
+        final model of ``predictor.pt`` for every image (in-sample for the scored ones). Each explained image's
+        ``explained_with`` (explain.json, attributions.npz, descriptors.csv) says which model, and its
+        ``predicted_score`` is that model's prediction.
     progress
         Optional ``progress(stage, total) -> advance(n)`` factory (CLI progress bars).
 
@@ -229,6 +240,10 @@ def explain_run(
             raise RunDirError(f"{run / name} not found (written by {made_by})")
     if min(top, bottom, aggregate_max, sanity_max) < 0:
         raise ValueError("top, bottom, aggregate_max and sanity_max must be >= 0")
+    if model_for not in MODEL_FOR:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"model_for must be one of {', '.join(MODEL_FOR)}, got {model_for!r}")
 
     def _tick(stage: str, total: int) -> Callable[[int], None]:
         return progress(stage, total) if progress is not None else (lambda k: None)
@@ -301,6 +316,16 @@ def explain_run(
         )
     )
 
+    # ---- the model of each image: its fold model (not fitted on it), or the final one
+    t0 = time.perf_counter()
+    ex = explaining_models(
+        run, model, needed, scored={ids[k] for k in scored}, external=set(external), model_for=model_for,
+        device=dev, progress=lambda m: log.info("%s", m),
+    )
+    if channels_last and dev.type == "cpu":
+        ex.models = {k: m.to(memory_format=torch.channels_last) for k, m in ex.models.items()}
+    timings["fold_models"] = time.perf_counter() - t0
+
     # ---- integrated gradients
     t0 = time.perf_counter()
 
@@ -330,10 +355,19 @@ def explain_run(
     # aggregate averages are not judged (their errors partly average out; the delta is no guide)
     shown = set(groups["image"] + groups["top"] + groups["bottom"])
     checked = [bool(error_check) and (check_aggregates or i in shown) for i in needed]
-    res = integrated_gradients(
-        model, x, seed=seed, progress=_tick("integrated gradients", len(needed)),
-        **{**ig_kw, "error_check": checked if any(checked) else bool(error_check)},
-    )
+    keys = [ex.of[i].key for i in needed]
+    tick_ig = _tick("integrated gradients", len(needed))
+    parts = []
+    for key in dict.fromkeys(keys) or [FINAL]:
+        rows = [k for k, kk in enumerate(keys) if kk == key]
+        chk = [checked[k] for k in rows]
+        part = integrated_gradients(
+            ex.models[key], x[rows] if needed else x, seed=seed, progress=tick_ig,
+            label=None if key == FINAL else f"{key} model",
+            **{**ig_kw, "error_check": chk if any(checked) else bool(error_check)},
+        )
+        parts.append((rows, part))
+    res = _merge_results(parts, len(needed))
     timings["integrated_gradients"] = time.perf_counter() - t0
     row_of = {i: k for k, i in enumerate(needed)}
 
@@ -354,18 +388,27 @@ def explain_run(
         module = "head" if isinstance(getattr(model, "head", None), nn.Module) else None
         if module and isinstance(getattr(model, "tails", None), nn.Module):
             module = "head+tails"  # a blend: both learned parts (the fine-tuned tails and the head)
-        rows = [row_of[i] for i in sanity_ids]
-        check = randomization_check(
-            model,
-            x[rows],
-            module=module,
-            maps=res.maps[rows],
-            seed=seed,
-            progress=_tick("sanity check", len(rows)),
-            **{**ig_kw, "error_check": False, "delta_tolerance": math.inf},  # ranks, not exact maps
-        )
+        tick_s = _tick("sanity check", len(sanity_ids))
+        rho = np.full(len(sanity_ids), np.nan)
+        check = None
+        skeys = [ex.of[i].key for i in sanity_ids]
+        for key in dict.fromkeys(skeys):  # each image's own model, randomised
+            at = [k for k, kk in enumerate(skeys) if kk == key]
+            rows = [row_of[sanity_ids[k]] for k in at]
+            check = randomization_check(
+                ex.models[key],
+                x[rows],
+                module=module,
+                maps=res.maps[rows],
+                seed=seed,
+                progress=tick_s,
+                **{**ig_kw, "error_check": False, "delta_tolerance": math.inf},  # ranks, not exact maps
+            )
+            rho[at] = check.spearman
+        check = RandomizationCheck(spearman=rho, module=check.module, seed=check.seed, settings=check.settings)
         sanity = check.to_dict()
         sanity["image_ids"] = sanity_ids
+        sanity["explained_with"] = [ex.of[i].label for i in sanity_ids]
         sanity["passed"] = bool(np.isfinite(check.mean) and check.mean < SANITY_THRESHOLD)
         sanity["threshold"] = SANITY_THRESHOLD
     else:
@@ -389,10 +432,12 @@ def explain_run(
             label = g if g == "image" else f"{g}{rank:02d}"
             fname = f"overlay_{label}_{safe_name(i)}.png"
             s = score_of.get(i, np.nan)
+            w = ex.of[i]
+            by = "in-sample" if w.in_sample else (w.key if w.key != FINAL else "final model")
             title = (
-                f"{i} | score {s:.3f} | predicted {res.scores[k]:.3f}"
+                f"{i} | score {s:.3f} | predicted {res.scores[k]:.3f} ({by})"
                 if np.isfinite(s)
-                else f"{i} | predicted {res.scores[k]:.3f}"
+                else f"{i} | predicted {res.scores[k]:.3f} ({by})"
             )
             if res.flagged[k]:
                 title += (f" | NOT ACCURATE YET (est. error {100 * res.map_error[k]:.1f}%)"
@@ -449,6 +494,8 @@ def explain_run(
             scores=np.array([score_of.get(i, np.nan) for i in needed], dtype=np.float64),
             predicted_scores=res.scores,
             baseline_scores=res.baseline_scores,
+            explained_with=np.array([ex.of[i].label for i in needed], dtype=str),
+            in_sample=np.array([ex.of[i].in_sample for i in needed], dtype=bool),
             **extra,
         )
     atomic_write_json(att / "sanity.json", sanity)
@@ -485,6 +532,8 @@ def explain_run(
     desc.insert(0, "image_id", ids)
     desc.insert(1, "score", score)
     desc.insert(2, "predicted_score", predicted)
+    # which model each map (ig_center_share) comes from; empty for images without a map
+    desc["explained_with"] = [ex.of[i].label if i in row_of else "" for i in ids]
     with atomic_path(run / "descriptors.csv") as tmp:
         desc.to_csv(tmp, index=False)
     timings["descriptors"] = time.perf_counter() - t0
@@ -518,8 +567,10 @@ def explain_run(
     timings["correlations"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 
+    oof_of = _stored_oof(run, needed)
     summary = {
         "run": str(run),
+        "model_for": model_for,
         "device": str(dev),
         "input_size": size,
         "n_images": len(ids),
@@ -531,6 +582,10 @@ def explain_run(
                     "file": files.get(i),
                     "score": score_of.get(i),
                     "predicted_score": float(res.scores[row_of[i]]),
+                    "explained_with": ex.of[i].label,
+                    "model": ex.of[i].key,
+                    "in_sample": ex.of[i].in_sample,
+                    "oof_predicted_score": oof_of.get(i),
                     "relative_delta": float(res.relative_delta[row_of[i]]),
                     "map_error": float(res.map_error[row_of[i]]) if np.isfinite(res.map_error[row_of[i]]) else None,
                     "flagged": bool(res.flagged[row_of[i]]),
@@ -553,6 +608,11 @@ def explain_run(
             )
         },
         "predicted_score_source": predicted_source,
+        "models": {
+            **ex.info,
+            "explained_with": {i: ex.of[i].label for i in needed},
+            "n_in_sample": int(sum(ex.of[i].in_sample for i in needed)),
+        },
         "descriptor_correlations": {"n_boot": n_boot, "seed": seed, "file": "descriptor_correlations.csv"},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -565,6 +625,53 @@ def explain_run(
         timings["total"],
     )
     return summary
+
+
+def _merge_results(parts: list[tuple[list[int], IGResult]], n: int) -> IGResult:
+    """One :class:`IGResult` in the rows of ``needed`` from the results of each model's rows. As one call would:
+    when some map was error-checked, the maps of a model none of whose maps was are not judged (not flagged)."""
+    import dataclasses
+
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    checked = any(r.error_checked for _, r in parts)
+
+    def cat(name: str) -> np.ndarray:
+        a0 = np.asarray(getattr(first, name))
+        out = np.empty((n, *a0.shape[1:]), dtype=a0.dtype)
+        for rows, r in parts:
+            out[rows] = np.asarray(getattr(r, name))
+        return out
+
+    flagged = np.zeros(n, dtype=bool)
+    for rows, r in parts:
+        flagged[rows] = r.flagged if (r.error_checked or not checked) else False
+    fields = {k: cat(k) for k in ("attributions", "maps", "signed_maps", "delta", "relative_delta", "scores",
+                                    "baseline_scores", "map_error")}
+    settings = {**first.settings, "n_error_checked": int(sum(r.settings.get("n_error_checked", 0) for _, r in parts))}
+    return dataclasses.replace(first, **fields, flagged=flagged, error_checked=checked, settings=settings)
+
+
+def _stored_oof(run: Any, image_ids: Sequence[str]) -> dict[str, float]:
+    """The out-of-fold predictions of ``predictor_oof.csv`` (the saved model's column) of these images."""
+    import pandas as pd
+
+    from ..predict import saved_model
+
+    path = run / "predictor_oof.csv"
+    if not image_ids or not path.is_file():
+        return {}
+    try:
+        cv_path = run / "predictor_cv.csv"
+        col = f"predicted_{saved_model(pd.read_csv(cv_path) if cv_path.is_file() else None)}"
+        oof = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, ValueError):
+        return {}
+    if not {"image_id", col} <= set(oof.columns):
+        return {}
+    vals = dict(zip(oof["image_id"], pd.to_numeric(oof[col], errors="coerce"), strict=True))
+    return {i: float(vals[i]) for i in image_ids if i in vals and np.isfinite(vals[i])}
 
 
 def _stored_predictions(run: Any, table: Any) -> tuple[np.ndarray | None, str | None]:

@@ -19,17 +19,98 @@ from .svr import MemorabilitySVR
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))
 
 
-def strata_labels(scores: np.ndarray, categories: Sequence[Any] | None = None) -> np.ndarray:
-    """Stratum per image: category x (score above the median or not), as strings."""
+#: the label a subcategory too small to spread over the splits is merged into (its category's remainder)
+SUBCATEGORY_REST = "~rest"
+#: how ``fit-predictor`` can stratify its splits (``--stratify``); ``auto`` resolves by :func:`resolve_stratify`
+STRATIFY = ("auto", "category", "subcategory", "none")
+
+
+def strata_labels(scores: np.ndarray, categories: Sequence[Any] | None = None,
+                  subcategories: Sequence[Any] | None = None, *, min_size: int = 2) -> np.ndarray:
+    """Stratum per image, as strings.
+
+    Without ``subcategories``: category x (score above the median or not), ``"cat|hi"`` (``"hi"``/``"lo"``
+    without categories). With ``subcategories``: the path ``"category|subcategory|hi"`` (no category level
+    without categories), meant for the nested dealing of :func:`make_splits` and :func:`holdout_split`
+    (``nested=True``), which spreads every level (category, subcategory, subcategory x score half) over the
+    splits within one row. A subcategory with fewer than ``min_size`` rows (e.g. fewer than the folds) cannot
+    be spread: it is merged into its category's remainder, :data:`SUBCATEGORY_REST`. Missing subcategories
+    (None/NaN) count as one more small group and are merged likewise.
+    """
     scores = np.asarray(scores, dtype=float)
-    above = np.where(scores > np.median(scores), "hi", "lo")
-    if categories is None:
-        return above.astype(object)
-    return np.array([f"{c}|{a}" for c, a in zip(categories, above, strict=True)], dtype=object)
+    above = np.where(scores > np.median(scores), "hi", "lo") if len(scores) else np.zeros(0, dtype=str)
+    if subcategories is None:
+        if categories is None:
+            return above.astype(object)
+        return np.array([f"{c}|{a}" for c, a in zip(categories, above, strict=True)], dtype=object)
+
+    def name(v: Any) -> str | None:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return str(v).replace("|", "/")  # "|" separates the levels
+
+    subs = [name(v) for v in subcategories]
+    if len(subs) != len(scores):
+        raise ValueError(f"{len(subs)} subcategories for {len(scores)} scores")
+    cats = [None] * len(subs) if categories is None else [name(v) for v in categories]
+    if len(cats) != len(subs):
+        raise ValueError(f"{len(cats)} categories for {len(subs)} subcategories")
+    from collections import Counter
+
+    size = Counter(zip(cats, subs, strict=True))
+    out = []
+    for c, s, a in zip(cats, subs, above, strict=True):
+        sub = s if s is not None and size[(c, s)] >= max(1, int(min_size)) else SUBCATEGORY_REST
+        out.append(f"{sub}|{a}" if categories is None else f"{c if c is not None else ''}|{sub}|{a}")
+    return np.array(out, dtype=object)
+
+
+def resolve_stratify(stratify: str | None, has_subcategories: bool) -> str:
+    """The stratification ``fit-predictor`` uses: ``auto`` (or None) is ``subcategory`` when the data has a
+    subcategory column, else ``category`` (category x score half: the behaviour before ``--stratify``
+    existed); ``subcategory`` without such a column is a :class:`memlens.errors.ConfigError`."""
+    from ..errors import ConfigError
+
+    mode = "auto" if stratify is None else str(stratify).strip().lower()
+    if mode not in STRATIFY:
+        raise ConfigError(f"stratify must be one of {', '.join(STRATIFY)}, got {stratify!r}")
+    if mode == "auto":
+        return "subcategory" if has_subcategories else "category"
+    if mode == "subcategory" and not has_subcategories:
+        raise ConfigError("--stratify subcategory: the run's per_image.csv has no subcategory column with values "
+                          "(use --stratify category or auto)")
+    return mode
+
+
+def _dealt_order(strata: np.ndarray, rng: np.random.Generator, nested: bool = False) -> np.ndarray:
+    """Row order for dealing: stratum by stratum, strata in random order, random order inside each.
+
+    ``nested``: labels are ``|``-separated paths and every prefix's rows stay together (the groups of each
+    level in random order), so dealing spreads every level, not only the finest, within one row."""
+    if not len(strata):
+        return np.zeros(0, dtype=int)
+    if not nested:
+        labels = sorted(set(strata.tolist()), key=str)
+        labels = [labels[i] for i in rng.permutation(len(labels))]
+        return np.concatenate([rng.permutation(np.flatnonzero(strata == lab)) for lab in labels])
+    paths = [str(s).split("|") for s in strata.tolist()]
+
+    def order(rows: np.ndarray, level: int) -> list[np.ndarray]:
+        groups: dict[str, list[int]] = {}
+        leaves: list[int] = []
+        for r in rows.tolist():
+            (groups.setdefault(paths[r][level], []) if level < len(paths[r]) else leaves).append(r)
+        out = [np.asarray(leaves, dtype=int)[rng.permutation(len(leaves))]] if leaves else []
+        keys = sorted(groups)
+        for k in (keys[i] for i in rng.permutation(len(keys))):
+            out += order(np.asarray(groups[k], dtype=int), level + 1)
+        return out
+
+    return np.concatenate(order(np.arange(len(strata)), 0))
 
 
 def make_splits(strata: Sequence[Any], split: str = "kfold", n_splits: int = 5,
-                seed: int = 0) -> list[dict[str, np.ndarray]]:
+                seed: int = 0, *, nested: bool = False) -> list[dict[str, np.ndarray]]:
     """Stratified, disjoint train/val/test index sets.
 
     Rows are ordered stratum by stratum (random order within each stratum, strata in random order) and
@@ -37,6 +118,8 @@ def make_splits(strata: Sequence[Any], split: str = "kfold", n_splits: int = 5,
     tested exactly once; ``val`` is empty: early stopping splits the training folds); ``paper`` deals a
     repeating pattern of 6 train, 1 validation and 3 test rows (60/10/30), ``n_splits`` times with different
     seeds. Either way every stratum is spread over the sets in the same proportions (up to one row).
+    ``nested``: the labels are paths (:func:`strata_labels` with subcategories) and every level of them is
+    spread alike (see :func:`_dealt_order`); the default orders the finest strata only, as before.
 
     Returns a list of dicts with sorted ``train``, ``val``, ``test`` index arrays.
     """
@@ -48,10 +131,7 @@ def make_splits(strata: Sequence[Any], split: str = "kfold", n_splits: int = 5,
         raise ValueError(f"n_splits must be >= 2 for kfold and >= 1 for paper, got {n_splits}")
 
     def dealt_order(rng: np.random.Generator) -> np.ndarray:
-        labels = sorted(set(strata.tolist()), key=str)
-        labels = [labels[i] for i in rng.permutation(len(labels))]
-        return np.concatenate([rng.permutation(np.flatnonzero(strata == lab)) for lab in labels]) \
-            if labels else np.zeros(0, dtype=int)
+        return _dealt_order(strata, rng, nested)
 
     out: list[dict[str, np.ndarray]] = []
     if split == "kfold":
@@ -75,12 +155,14 @@ def make_splits(strata: Sequence[Any], split: str = "kfold", n_splits: int = 5,
     return out
 
 
-def holdout_split(strata: Sequence[Any], fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+def holdout_split(strata: Sequence[Any], fraction: float, seed: int = 0, *,
+                  nested: bool = False) -> dict[str, np.ndarray]:
     """An untouched test part set aside before any choice: sorted ``select`` and ``holdout`` row indices.
 
     Stratified like :func:`make_splits` (rows ordered stratum by stratum, random order within each, then
     dealt out), so every stratum is in the holdout in the same proportion (up to one row); the same
-    ``strata``, ``fraction`` and ``seed`` always give the same rows. ``fraction`` in (0, 1).
+    ``strata``, ``fraction`` and ``seed`` always give the same rows. ``fraction`` in (0, 1). ``nested`` as
+    for :func:`make_splits`.
     """
     strata = np.asarray(list(strata), dtype=object)
     n = len(strata)
@@ -90,9 +172,7 @@ def holdout_split(strata: Sequence[Any], fraction: float, seed: int = 0) -> dict
     if n_hold < 1 or n_hold >= n:
         raise ValueError(f"a holdout of {fraction:g} of {n} rows leaves no rows on one side")
     rng = np.random.default_rng([seed, 7919])  # its own stream: independent of the CV folds' seed use
-    labels = sorted(set(strata.tolist()), key=str)
-    labels = [labels[i] for i in rng.permutation(len(labels))]
-    order = np.concatenate([rng.permutation(np.flatnonzero(strata == lab)) for lab in labels])
+    order = _dealt_order(strata, rng, nested)
     # deal: position p goes to the holdout when floor((p + 1) * f) > floor(p * f) (evenly spread, exact count)
     pos = np.arange(n) + float(rng.random())
     take = np.floor((pos + 1) * n_hold / n) > np.floor(pos * n_hold / n)

@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .evaluation import (
     holdout_split,
     linear_head,
     make_splits,
+    resolve_stratify,
     ridge_baseline,
     strata_labels,
     summarize_cv,
@@ -73,7 +75,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, holdout: float | str | None = "auto",
                       finetune: str | None = "auto", finetune_params: dict[str, Any] | None = None,
-                      progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                      stratify: str = "category", progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Choose, evaluate honestly and save a memorability predictor for a run.
 
     Every figure written for the saved model comes from images that no choice saw
@@ -96,15 +98,22 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     ``RUN/split_halves.npz`` exists, ``spearman_pooled, ci_low, ci_high`` (the Spearman of the pooled honest
     predictions with its paired bootstrap 95 % CI, on mean rows), ``epochs`` (MLP), ``alpha`` (ridge),
     ``seconds``, ``saved`` (the model in ``predictor.pt``), ``reported`` (the rows of its honest estimate)),
-    ``RUN/predictor_oof.csv`` (``image_id, score, part`` and one ``predicted_<model>``
-    column per model: each image predicted by models that did not see it; ``part`` says by which estimate)
+    ``RUN/predictor_oof.csv`` (``image_id, score, part, fold`` and one ``predicted_<model>``
+    column per model: each image predicted by models that did not see it; ``part`` says by which estimate,
+    ``fold`` by which split of it: the ``fold`` of its rows in ``predictor_cv.csv``, empty where none tested it)
     and ``RUN/predictor.pt`` (see :func:`save_predictor`; its ``info["estimate"]`` is the honest figure), all
     atomically.
 
     Parameters
     ----------
     cv : number of folds (``kfold``, default 5) or of repeated random 60/10/30 splits (``paper``, default 1).
-    split : ``kfold`` or ``paper`` (stratified by category x above/below-median score).
+    split : ``kfold`` or ``paper`` (stratified as ``stratify`` says).
+    stratify : ``auto`` (default: ``subcategory`` when ``per_image.csv`` has a ``subcategory`` column with values,
+        else ``category``), ``category`` (category x above/below-median score, or the score half alone without
+        categories: the behaviour before this option), ``subcategory`` (category > subcategory > score half,
+        every level spread over the splits within one image; a subcategory with fewer images than folds, or than
+        10 for ``paper``, is merged into its category's remainder) or ``none`` (seeded random splits). The
+        holdout is stratified alike.
     inputs : a feature set of :mod:`memlens.features` (default ``lite01``: pretrained multi-stage features of
         two ImageNet networks, extracted from the run's images and cached in the run), ``latents`` (the
         autoencoder's), ``features`` (``features.npy``: pooled Lite0 head features from ``memlens score``)
@@ -142,6 +151,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     if model not in MODELS:
         raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     torch_device(device)  # fail early on a bad device
+    strat = resolve_stratify(stratify, _run_subcategories(run) is not None)  # before any feature is extracted
     variant = _finetune_variant(finetune, inputs)
     if variant is not None and str(finetune).lower() == "auto" and _n_scored(run) < AUTO_FINETUNE_MIN:
         variant = None  # small sets: nested CV would fit ~36 tails for a blend least likely to help there
@@ -151,9 +161,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     data = load_run_inputs(run, inputs, trunk=trunk, progress=progress)
     n = len(data.y)
     frac = resolve_holdout(holdout, n)
-    from ..features import FEATURE_SETS
-
-    svr_base = MemorabilitySVR(blocks=FEATURE_SETS[inputs].blocks() if inputs in FEATURE_SETS else None)
+    svr_base = _svr_base(inputs)
     n_cv_rows = n - int(round(n * frac))
     if split == "kfold" and n_splits > n_cv_rows // 2:
         raise DataError(f"{n_cv_rows} images are too few for {n_splits} folds"
@@ -162,10 +170,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     base = MemorabilityRegressor(random_state=seed, **params)
     ceiling, overall = _ceiling_fn(run, data.image_ids)
     cats = np.asarray(data.categories, dtype=object) if data.categories is not None else None
+    subcats = _run_subcategories(run, data.image_ids) if strat == "subcategory" else None
     X, y = data.X, np.asarray(data.y, dtype=float)
-
-    def strata(idx: np.ndarray) -> np.ndarray:
-        return strata_labels(y[idx], None if cats is None else cats[idx].tolist())
+    strata = _strata_fn(y, cats, subcats, strat, split, n_splits)
+    nested = strat == "subcategory"
 
     def sub_ceiling(idx: np.ndarray) -> Callable[[np.ndarray], dict[str, float]] | None:
         return None if ceiling is None else (lambda te: ceiling(idx[te]))
@@ -191,16 +199,16 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         res.table.insert(2, "estimate", tag)
         return res
 
-    log.info("fit-predictor: %d images, %d columns (%s), %s x%d, holdout %g, model %s", n, X.shape[1], inputs,
-             split, n_splits, frac, model)
+    log.info("fit-predictor: %d images, %d columns (%s), %s x%d stratified by %s, holdout %g, model %s", n,
+             X.shape[1], inputs, split, n_splits, strat, frac, model)
+    plan = _split_plan(strata, n, split=split, n_splits=n_splits, seed=seed, frac=frac, nested=nested)
     every = np.arange(n)
     oof_cols: dict[str, np.ndarray] = {}
     part = np.full(n, "", dtype=object)
     tables = []
     if frac > 0:
-        hs = holdout_split(strata(every), frac, seed)
-        sel, hold = hs["select"], hs["holdout"]
-        inner = run_cv(sel, make_splits(strata(sel), split=split, n_splits=n_splits, seed=seed), "inner-cv")
+        sel, hold = plan["select"], plan["holdout"]
+        inner = run_cv(sel, plan["splits"], "inner-cv")
         chosen = choose_model(inner.table, candidates) if model == "auto" else model
         if progress is not None:
             progress(f"fitting every model on the {len(sel)} selection images, scoring the {len(hold)} held out")
@@ -218,7 +226,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         kind = "holdout"
         inner_means = _mean_spearman(inner.table)
     else:
-        splits = make_splits(strata(every), split=split, n_splits=n_splits, seed=seed)
+        splits = plan["splits"]
         outer = run_cv(every, splits, "outer-cv")
         tables.append(outer.table)
         oof_cols = dict(outer.oof)
@@ -236,7 +244,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                 tr = np.concatenate([sp["train"], sp["val"]])
                 k_in = min(n_splits if split == "kfold" else 5, len(tr) // 2)
                 inner_j = cross_validate(X[tr], y[tr], make_splits(strata(tr), n_splits=max(2, k_in),
-                                                                    seed=seed + 1 + j),
+                                                                    seed=seed + 1 + j, nested=nested),
                                          regressor=base, svr=svr_base, **models(tr))
                 pick = choose_model(inner_j.table, candidates)
                 selected[sp["test"]] = oof_cols[pick][sp["test"]]
@@ -247,8 +255,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
             tables.append(pd.DataFrame(sel_rows))
             oof_cols = {"selected": selected, **oof_cols}
             # the model to save: chosen by a cross-validation of every image (its figures are inner-cv)
-            final_cv = run_cv(every, make_splits(strata(every), split=split, n_splits=n_splits, seed=seed + 1000),
-                              "inner-cv")
+            final_cv = run_cv(every, make_splits(strata(every), split=split, n_splits=n_splits, seed=seed + 1000,
+                                                 nested=nested), "inner-cv")
             tables.insert(0, final_cv.table)
             chosen = choose_model(final_cv.table, candidates)
             inner_means = _mean_spearman(final_cv.table)
@@ -264,7 +272,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     table["reported"] = (table["model"] == honest_model) & (table["estimate"] == kind)
     with atomic_path(run / "predictor_cv.csv") as tmp:
         table.to_csv(tmp, index=False)
-    oof = pd.DataFrame({"image_id": data.image_ids, "score": y, "part": part,
+    fold = pd.array([pd.NA] * n, dtype="Int64")
+    for r, (_, j) in _held_out_by(plan, n).items():
+        fold[r] = j
+    oof = pd.DataFrame({"image_id": data.image_ids, "score": y, "part": part, "fold": fold,
                         **{f"predicted_{m}": v for m, v in oof_cols.items()}})
     with atomic_path(run / "predictor_oof.csv") as tmp:
         oof.to_csv(tmp, index=False)
@@ -292,7 +303,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                                                           "ci_low", "ci_high")
                    if c in mean_rows.columns} for m in mean_rows.index}
     info = {"inputs": inputs, "model": chosen, "model_option": model, "split": split, "n_splits": n_splits,
-            "seed": seed, "holdout": frac, "n_images": n, "estimate": est, "inner": inner_means, "cv": summary,
+            "stratify": strat, "seed": seed, "holdout": frac, "n_images": n, "estimate": est, "inner": inner_means, "cv": summary,
             "ceiling": overall, "final_epochs": getattr(final, "best_epoch_", None)}
     if ft_base is not None:
         info["finetune"] = {k: v for k, v in ft_base.get_params().items() if k not in ("device", "num_threads")}
@@ -300,7 +311,278 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     seconds = time.perf_counter() - t0
     return {"table": table, "summary": summary, "inner": inner_means, "estimate": est, "ceiling": overall,
             "n_images": n, "model": chosen, "holdout": frac, "n_features": int(X.shape[1]), "seconds": seconds,
+            "stratify": strat,
             "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt"]}
+
+
+# ------------------------------------------------------------------------------ splits (shared with the refits)
+def _run_subcategories(run: Path, image_ids: Sequence[str] | None = None) -> np.ndarray | None:
+    """``RUN/per_image.csv``'s ``subcategory`` column, in the order of ``image_ids`` (as read without them);
+    None when the table has no such column or no value in it (or cannot be read: the loader says why)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(run / "per_image.csv", dtype={"image_id": str, "subcategory": object})
+    except (OSError, ValueError):
+        return None
+    if "subcategory" not in table.columns or not table["subcategory"].notna().any():
+        return None
+    if image_ids is None:
+        return table["subcategory"].to_numpy(dtype=object)
+    by_id = dict(zip(table["image_id"].astype(str), table["subcategory"], strict=False))
+    return np.array([by_id.get(i) for i in image_ids], dtype=object)
+
+
+def _strata_fn(y: np.ndarray, cats: np.ndarray | None, subcats: np.ndarray | None, stratify: str, split: str,
+               n_splits: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``strata(rows)``: the strata labels of those rows (their own score median), as ``stratify`` says."""
+    min_size = n_splits if split == "kfold" else 10  # the paper split deals 10-row patterns (6/1/3)
+
+    def strata(idx: np.ndarray) -> np.ndarray:
+        if stratify == "none":
+            return np.full(len(idx), "", dtype=object)
+        c = None if cats is None else cats[idx].tolist()
+        if stratify == "subcategory":
+            return strata_labels(y[idx], c, subcats[idx].tolist(), min_size=min_size)
+        return strata_labels(y[idx], c)
+
+    return strata
+
+
+def _split_plan(strata: Callable[[np.ndarray], np.ndarray], n: int, *, split: str, n_splits: int, seed: int,
+                frac: float, nested: bool) -> dict[str, Any]:
+    """The splits :func:`fit_predictor_run` evaluates on: with a holdout, ``select``/``holdout`` rows and the
+    cross-validation ``splits`` of the selection rows (indices into ``select``); without, the ``splits`` of every
+    row. The fold refits of ``memlens explain`` (:func:`refit_fold_models`) rebuild them with this function."""
+    every = np.arange(n)
+    if frac > 0:
+        hs = holdout_split(strata(every), frac, seed, nested=nested)
+        sel = hs["select"]
+        return {"kind": "holdout", "select": sel, "holdout": hs["holdout"],
+                "splits": make_splits(strata(sel), split=split, n_splits=n_splits, seed=seed, nested=nested)}
+    return {"kind": "outer-cv", "splits": make_splits(strata(every), split=split, n_splits=n_splits, seed=seed,
+                                                      nested=nested)}
+
+
+def _plan_fits(plan: dict[str, Any]) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Every fit whose predictions went into ``predictor_oof.csv``: ``(estimate, fold) -> {"train", "val",
+    "test"}`` in row indices of the run's inputs (the MLP's seed offset is the fold)."""
+    if plan["kind"] == "holdout":
+        sel = plan["select"]
+        fits = {("inner-cv", j): {k: sel[sp[k]] for k in ("train", "val", "test")}
+                for j, sp in enumerate(plan["splits"])}
+        fits[("holdout", 0)] = {"train": sel, "val": np.zeros(0, dtype=int), "test": plan["holdout"]}
+        return fits
+    return {("outer-cv", j): dict(sp) for j, sp in enumerate(plan["splits"])}
+
+
+def _held_out_by(plan: dict[str, Any], n: int) -> dict[int, tuple[str, int]]:
+    """Row -> the (estimate, fold) whose model predicted it in ``predictor_oof.csv`` (the last split that tested
+    it, as :func:`cross_validate` overwrites); rows no split tested are absent."""
+    out: dict[int, tuple[str, int]] = {}
+    for key, f in _plan_fits(plan).items():
+        for r in f["test"].tolist():
+            out[int(r)] = key
+    return out
+
+
+def _svr_base(inputs: str) -> MemorabilitySVR:
+    """The unfitted SVR of ``fit-predictor`` for these inputs (one per feature block of a feature set)."""
+    from ..features import FEATURE_SETS
+
+    return MemorabilitySVR(blocks=FEATURE_SETS[inputs].blocks() if inputs in FEATURE_SETS else None)
+
+
+# ------------------------------------------------------------------------------ fold models, refitted
+#: how closely a refitted fold model must reproduce ``predictor_oof.csv`` (in SDs of the scores): the SVR, the MLP
+#: and ridge are deterministic; fine-tuned tails trained with another thread count or device drift a little
+OOF_MATCH_TOLERANCE = {"svr": 1e-4, "mlp": 1e-4, "ridge": 1e-4, "svr+finetune": 2e-2}
+
+
+@dataclass
+class FoldRefit:
+    """Models of a run's saved configuration that did not see given images (:func:`refit_fold_models`).
+
+    ``fits``: ``(estimate, fold) -> {"head", "finetuned", "blend", "train_rows", "n_train"}``, where
+    ``(estimate, fold)`` names the rows of ``predictor_cv.csv`` (``("outer-cv", 2)``, ``("inner-cv", 0)``,
+    ``("holdout", 0)``) or ``("leave-out", 0)``: one extra fit on every scored image but the requested ones that
+    no split tested (the paper split tests 30 % of the images). ``key_of``: requested image id -> its key
+    (scored images only: the others are in no fit). ``train_rows`` index ``image_ids`` (the predictor's rows).
+    ``check``: the refitted models' predictions of the requested images against ``predictor_oof.csv``.
+    """
+
+    model: str
+    image_ids: list[str]
+    fits: dict[tuple[str, int], dict[str, Any]]
+    key_of: dict[str, tuple[str, int]]
+    assignment: str
+    check: dict[str, Any]
+    settings: dict[str, Any]
+
+
+def refit_fold_models(run: str | os.PathLike, image_ids: Sequence[str], *, device: str = "cpu",
+                      progress: Callable[[str], Any] | None = None) -> FoldRefit:
+    """Refit the model saved in ``RUN/predictor.pt`` on the training rows of the splits that held out
+    ``image_ids``: the cross-validation fold models of :func:`fit_predictor_run`, only those needed.
+
+    The saved configuration (inputs, model kind, its hyper-parameters, fine-tuning settings, split, folds,
+    stratification, holdout and seed, from ``predictor.pt``) rebuilds the splits with the functions
+    :func:`fit_predictor_run` used (:func:`_split_plan`); ``predictor_oof.csv``'s ``fold`` column (when there) must
+    agree with them. Each needed fold model is fitted as the cross-validation fitted it (same rows, same seed), so
+    its predictions of the images it held out reproduce ``predictor_oof.csv`` (``check``; within
+    :data:`OOF_MATCH_TOLERANCE`, else a warning). Images no split tested share one leave-out fit (see
+    :class:`FoldRefit`). Raises :class:`memlens.errors.RunDirError` when the run lacks what this needs or changed
+    since ``memlens fit-predictor``.
+    """
+    import pandas as pd
+
+    from ..errors import RunDirError
+    from .finetune import FineTunedLiteRegressor
+    from .predictor_file import read_predictor, regressor_from_state
+
+    run = Path(run)
+    again = "rerun memlens fit-predictor, or explain with the final model (--model-for final)"
+    obj = read_predictor(run / "predictor.pt")
+    info = obj.get("info") or {}
+    missing = [k for k in ("inputs", "split", "n_splits", "seed") if k not in info]
+    if missing:
+        raise RunDirError(f"{run / 'predictor.pt'} does not record how it was cross-validated (no "
+                          f"{', '.join(missing)} in its info): the fold models cannot be refitted; {again}")
+    oof_path = run / "predictor_oof.csv"
+    if not oof_path.is_file():
+        raise RunDirError(f"{oof_path} not found: the fold models are those of memlens fit-predictor's "
+                          f"cross-validation; {again}")
+    oof = pd.read_csv(oof_path, dtype={"image_id": str})
+    model = str(info.get("model") or "mlp")
+    inputs, split, n_splits, seed = str(info["inputs"]), str(info["split"]), int(info["n_splits"]), int(info["seed"])
+    frac = float(info.get("holdout") or 0.0)
+    stratify = str(info.get("stratify") or "category")  # predictors fitted before --stratify: category
+    ft_state = obj.get("finetuned")
+    if model == "svr+finetune" and ft_state is None:
+        raise RunDirError(f"{run / 'predictor.pt'}: model svr+finetune without its fine-tuned tails; {again}")
+    variant = str(ft_state["params"]["variant"]) if model == "svr+finetune" else None
+    trunk = {variant: int(ft_state["stage"])} if variant else None
+    data = load_run_inputs(run, inputs, need_recipe=False, trunk=trunk, progress=progress)
+    n = len(data.y)
+    y = np.asarray(data.y, dtype=float)
+    ids = [str(i) for i in data.image_ids]
+    if oof["image_id"].tolist() != ids or not np.allclose(pd.to_numeric(oof["score"], errors="coerce"), y,
+                                                          rtol=1e-9, atol=1e-12, equal_nan=True):
+        raise RunDirError(f"{oof_path} lists other images or scores than the scored rows of {run / 'per_image.csv'}: "
+                          f"the run changed since memlens fit-predictor; {again}")
+    cats = np.asarray(data.categories, dtype=object) if data.categories is not None else None
+    subcats = _run_subcategories(run, ids) if stratify == "subcategory" else None
+    if stratify == "subcategory" and subcats is None:
+        raise RunDirError(f"{run / 'per_image.csv'} lost the subcategory column the splits were stratified by; "
+                          f"{again}")
+    strata = _strata_fn(y, cats, subcats, stratify, split, n_splits)
+    plan = _split_plan(strata, n, split=split, n_splits=n_splits, seed=seed, frac=frac,
+                       nested=stratify == "subcategory")
+    fits_all = _plan_fits(plan)
+    held = _held_out_by(plan, n)
+    how = (f"{split} split x{n_splits}, stratified by {stratify}, seed {seed}"
+           + (f", holdout {frac:g}" if frac else ""))
+    if {"part", "fold"} <= set(oof.columns):
+        stored = {r: (str(p), int(f)) for r, (p, f) in enumerate(zip(oof["part"], oof["fold"], strict=True))
+                  if pd.notna(f)}
+        if stored != held:
+            bad = next(r for r in range(n) if stored.get(r) != held.get(r))
+            def name(k: tuple[str, int] | None) -> str:
+                return "no split" if k is None else f"{k[0]} fold {k[1]}"
+
+            raise RunDirError(f"{oof_path}: image {ids[bad]!r} was predicted by {name(stored.get(bad))} but the "
+                              f"splits rebuilt from predictor.pt ({how}) say {name(held.get(bad))}; {again}")
+        assignment = f"predictor_oof.csv (part, fold), the splits rebuilt alike ({how})"
+    else:
+        assignment = f"splits rebuilt from predictor.pt's settings ({how}); predictor_oof.csv has no fold column"
+    pos = {i: r for r, i in enumerate(ids)}
+    wanted = list(dict.fromkeys(str(i) for i in image_ids if str(i) in pos))
+    key_of: dict[str, tuple[str, int]] = {}
+    left: list[int] = []
+    for i in wanted:
+        r = pos[i]
+        if r in held:
+            key_of[i] = held[r]
+        else:
+            key_of[i] = ("leave-out", 0)
+            left.append(r)
+    needed = list(dict.fromkeys(key_of.values()))
+    if left:
+        keep = np.setdiff1d(np.arange(n), np.asarray(left, dtype=int))
+        fits_all[("leave-out", 0)] = {"train": keep, "val": np.zeros(0, dtype=int), "test": np.asarray(left)}
+        log.warning("%d explained image(s) were tested by no split (%s): they are explained by one model fitted "
+                    "on the %d other scored images", len(left), how, len(keep))
+
+    head_state = obj["head"]
+    blend = float(ft_state.get("blend", 0.5)) if variant else 0.5
+    ft_params = ({k: v for k, v in ft_state["params"].items() if k not in ("device", "num_threads")}
+                 if variant else None)
+    fits: dict[tuple[str, int], dict[str, Any]] = {}
+    for key in needed:
+        f = fits_all[key]
+        tr, va = f["train"], f["val"]
+        rows = np.concatenate([tr, va])
+        if progress is not None:
+            progress(f"refitting the {model} model of {key[0]} fold {key[1]} on {len(rows)} images")
+        t0 = time.perf_counter()
+        if model in ("svr", "svr+finetune"):
+            head = clone(_svr_base(inputs)).fit(_rows(data.X, rows), y[rows])
+        elif model == "ridge":
+            head = linear_head(ridge_baseline().fit(_rows(data.X, rows), y[rows]))
+        else:  # the MLP, seeded like its cross-validation (seed + fold; the final model had the seed)
+            params = dict(regressor_from_state(head_state).get_params())
+            if str(params.get("device", "cpu")).startswith("cuda") and not _cuda_available():
+                params["device"] = "cpu"
+            est = MemorabilityRegressor(**{**params, "random_state": seed + (key[1] if key[0] != "leave-out" else 0)})
+            vd = (_rows(data.X, va), y[va]) if len(va) else None
+            head = est.fit(_rows(data.X, tr), y[tr], validation_data=vd)
+        ft = None
+        if variant:
+            ft = FineTunedLiteRegressor(**{**ft_params, "device": device, "num_threads": None})
+            ft.fit(data.trunk[variant][rows], y[rows])
+        fits[key] = {"head": head, "finetuned": ft, "blend": blend, "train_rows": rows, "n_train": int(len(rows)),
+                     "seconds": time.perf_counter() - t0}
+
+    # the refitted models reproduce predictor_oof.csv for the images they held out
+    col = f"predicted_{model}"
+    compared, diffs = [], []
+    if col in oof.columns:
+        stored_pred = pd.to_numeric(oof[col], errors="coerce").to_numpy(float)
+        for i, key in key_of.items():
+            r = pos[i]
+            if key[0] == "leave-out" or not np.isfinite(stored_pred[r]):
+                continue
+            fit = fits[key]
+            p_ = float(fit["head"].predict(_rows(data.X, np.array([r])))[0])
+            if fit["finetuned"] is not None:
+                p_ = (1 - blend) * p_ + blend * float(fit["finetuned"].predict(data.trunk[variant][np.array([r])])[0])
+            compared.append(i)
+            diffs.append(abs(p_ - stored_pred[r]))
+    sd = float(np.std(y)) or 1.0
+    tol = OOF_MATCH_TOLERANCE.get(model, 1e-4) * sd
+    max_diff = float(max(diffs)) if diffs else None
+    check = {"n_images": len(compared), "column": col, "max_abs_diff": max_diff, "tolerance": tol,
+             "tolerance_sd": OOF_MATCH_TOLERANCE.get(model, 1e-4),
+             "passed": None if max_diff is None else bool(max_diff <= tol)}
+    if check["passed"] is False:
+        log.warning("the refitted fold models predict the images they held out up to %.3g away from %s (tolerance "
+                    "%.3g): they are not exactly fit-predictor's fold models (they still never saw those images)",
+                    max_diff, oof_path.name, tol)
+    settings = {"inputs": inputs, "model": model, "split": split, "n_splits": n_splits, "seed": seed,
+                "holdout": frac, "stratify": stratify}
+    return FoldRefit(model=model, image_ids=ids, fits=fits, key_of=key_of, assignment=assignment, check=check,
+                     settings=settings)
+
+
+def _rows(X: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows of an array or memory map as a plain array."""
+    return np.asarray(X[np.asarray(rows, dtype=int)])
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _n_scored(run: Path) -> int:

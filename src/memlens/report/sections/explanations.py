@@ -68,7 +68,9 @@ def _overlay_entries(att: Path, explain: Any, overlays: Sequence[Path]) -> list[
                 out.append({"group": group, "rank": rank, "file": e["file"], "image_id": clean_value(e.get("image_id")),
                             "score": finite_float(e.get("score")), "predicted_score": finite_float(e.get("predicted_score")),
                             "flagged": bool(e.get("flagged")), "relative_delta": finite_float(e.get("relative_delta")),
-                            "map_error": finite_float(e.get("map_error"))})
+                            "map_error": finite_float(e.get("map_error")),
+                            "explained_with": clean_value(e.get("explained_with")), "model": clean_value(e.get("model")),
+                            "in_sample": e.get("in_sample") if isinstance(e.get("in_sample"), bool) else None})
     for p in overlays:
         if p.name in seen:
             continue
@@ -76,8 +78,28 @@ def _overlay_entries(att: Path, explain: Any, overlays: Sequence[Path]) -> list[
         group, rank = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else ("other", None)
         out.append({"group": group, "rank": rank, "file": p.relative_to(att).as_posix(), "image_id": None,
                     "score": None, "predicted_score": None, "flagged": None, "relative_delta": None,
-                    "map_error": None})
+                    "map_error": None, "explained_with": None, "model": None, "in_sample": None})
     return out
+
+
+def _which_model_text(model_for: Any, models: Any) -> str:
+    """What model the maps explain, from ``explain.json`` (``model_for``, ``models``)."""
+    if model_for == "oof":
+        fits = models.get("fits") if isinstance(models, Mapping) else None
+        return ("Each map explains a model that was not fitted on its image: the cross-validation fold model that "
+                "held the image out (fit-predictor's configuration refitted on that fold's training images"
+                + (f"; {len(fits)} fold model(s)" if isinstance(fits, Mapping) and fits else "")
+                + "), so the prediction shown is out-of-fold, like the gallery's. Images without a score or outside "
+                "the run are explained by the final model, which never saw them either.")
+    return ("The maps explain the final predictor, fitted on every image, so its prediction for an explained image "
+            "is in-sample (the gallery above shows the out-of-fold one; memlens explain --model-for oof explains "
+            "each image with a fold model that did not see it).")
+
+
+def _prediction_words(e: Mapping[str, Any]) -> str:
+    if e.get("in_sample") is False:
+        return "out-of-fold prediction" if e.get("model") not in (None, "final") else "prediction"
+    return "in-sample prediction"
 
 
 def _sanity_html(sanity: Mapping[str, Any]) -> str:
@@ -132,10 +154,22 @@ def section_explanations(ctx: ReportContext) -> tuple[str, dict]:
                            "overlays_total": len(overlays), "overlays": entries[:MAX_OVERLAYS]}
     if isinstance(ig, Mapping):
         res["integrated_gradients"] = ig
+    models = nested_get(explain, "models")
+    model_for = nested_get(explain, "model_for")
+    res["model_for"] = model_for if isinstance(model_for, str) else "final"  # runs explained before the option
     parts = ['<p class="lead">Integrated Gradients attributions of the predicted memorability: where in the image '
-             "the prediction comes from (brighter = more attribution). The maps explain the final predictor, fitted "
-             "on every image, so its prediction for an explained image is in-sample (the gallery above shows the "
-             "out-of-fold one).</p>"]
+             "the prediction comes from (brighter = more attribution). " + esc(_which_model_text(model_for, models))
+             + "</p>"]
+    if isinstance(models, Mapping):
+        res["explained_with"] = models.get("explained_with")
+        chk = models.get("check")
+        if isinstance(chk, Mapping) and isnum(chk.get("max_abs_diff")) and chk.get("n_images"):
+            agree = chk.get("passed") is True
+            parts.append(note(esc(
+                f"The refitted fold models {'reproduce' if agree else 'do NOT exactly reproduce'} fit-predictor's "
+                f"out-of-fold predictions of the {chk['n_images']} explained images it tested (largest difference "
+                f"{fmt(chk['max_abs_diff'], 3)}, tolerance {fmt(chk.get('tolerance'), 3)})"
+                + ("." if agree else "; they were still never fitted on the images they explain.")), not agree))
     if isinstance(ig, Mapping):
         bits = [f"{ig.get('n_steps')} steps" if ig.get("n_steps") is not None else None,
                 f"{ig.get('baseline')} baseline" if ig.get("baseline") else None,
@@ -179,8 +213,11 @@ def section_explanations(ctx: ReportContext) -> tuple[str, dict]:
             if e["image_id"] and group in ("top", "bottom"):
                 lines.append(str(e["image_id"]))
             if e["score"] is not None or e["predicted_score"] is not None:
-                # the explained model is the final one, fitted on every image: not the gallery's out-of-fold value
-                lines.append(f"score {fmt_score(e['score'])} · in-sample prediction {fmt_score(e['predicted_score'])}")
+                # the prediction of the model explained: out-of-fold (a fold model), or in-sample (the final one)
+                lines.append(f"score {fmt_score(e['score'])} · {_prediction_words(e)} "
+                             f"{fmt_score(e['predicted_score'])}")
+            if e.get("explained_with") and e.get("in_sample") is False:
+                lines.append(f"explained with the {e['explained_with']}")
             if e["flagged"]:
                 lines.append(f"not accurate yet (estimated error {100 * e['map_error']:.1f}%)"
                              if e.get("map_error") is not None else
