@@ -688,9 +688,26 @@ def test_real_run_results_match_the_stage_files(real):
     dc = pd.read_csv(run / "descriptor_correlations.csv")
     rows = {row["descriptor"]: row for row in results["descriptors"]["rows"]}
     assert results["descriptors"]["targets"] == ["score", "predicted_score"]
-    for rec_ in dc.to_dict("records"):
+    assert set(dc.scope) == {"pooled", "within", "between"}  # the real run has five categories
+    for rec_ in dc[dc.scope == "pooled"].to_dict("records"):
         got = rows[rec_["descriptor"]][rec_["target"]]
         assert got["r"] == pytest.approx(rec_["r"]) and got["n"] == rec_["n"]
+        assert got["p_fdr"] == pytest.approx(rec_["p_fdr"])
+    # explain's p_fdr: Benjamini-Hochberg over every row of the file (pooled, within, between)
+    from memlens.stats import fdr_bh
+
+    assert dc.p_fdr.to_numpy() == pytest.approx(fdr_bh(dc.p_value.to_numpy()), nan_ok=True)
+    parts = {(p["descriptor"], p["target"]): p for p in results["descriptors"]["category_parts"]}
+    within = dc[(dc.scope == "within") & (dc.descriptor == "edge_density") & (dc.target == "score")].iloc[0]
+    assert parts[("edge_density", "score")]["within"]["r"] == pytest.approx(within.r)
+    from memlens.stats import between_groups, correlate
+
+    desc = pd.read_csv(run / "descriptors.csv").merge(per_image[["image_id", "category"]], on="image_id")
+    assert within.r == pytest.approx(correlate(desc.edge_density, desc.score, groups=desc.category, n_boot=0).r)
+    between = dc[(dc.scope == "between") & (dc.descriptor == "edge_density") & (dc.target == "score")].iloc[0]
+    assert between.r == pytest.approx(between_groups(desc.edge_density, desc.score, desc.category, n_boot=0).r)
+    assert parts[("edge_density", "score")]["between"]["n_groups"] == 5
+    assert "Within and between categories" in _section(page, "descriptors")
 
     # methods: versions, device, seeds and the commands that made the run
     m = results["methods"]

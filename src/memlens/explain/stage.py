@@ -228,7 +228,8 @@ def explain_run(
     from .._io import atomic_path, atomic_write_json, read_run_table
     from ..data import load_image
     from ..errors import DataError, RunDirError
-    from ..stats import correlate
+    from ..stats import fdr_bh
+    from ..stats.correlation import collected_warnings
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -541,27 +542,18 @@ def explain_run(
     # ---- correlations
     t0 = time.perf_counter()
     corr_rows = []
-    for target in ("score", "predicted_score"):
-        y = desc[target].to_numpy(float)
-        if not np.isfinite(y).any():
-            continue
-        for dname in DESCRIPTOR_COLUMNS:
-            r = correlate(
-                desc[dname].to_numpy(float),
-                y,
-                method="spearman",
-                n_boot=n_boot,
-                seed=seed,
-                label=f"{dname} vs {target}",
-            ).to_dict()
-            corr_rows.append(
-                {
-                    "descriptor": dname,
-                    "target": target,
-                    **{k: r[k] for k in _CORR_FIELDS},
-                }
-            )
-    corr = pd.DataFrame(corr_rows, columns=["descriptor", "target", *_CORR_FIELDS])
+    cats = _categories(table)
+    with collected_warnings() as troubles:  # one line for the whole table, the details at debug level
+        _descriptor_correlations(desc, cats, n_boot, seed, corr_rows)
+    for message in troubles:
+        log.debug("%s", message)
+    if troubles:
+        log.warning("%d warning(s) over the %d descriptor correlations (e.g. %s); every message at debug level "
+                    "(memlens -vv)", len(troubles), len(corr_rows), troubles[0])
+    corr = pd.DataFrame(corr_rows, columns=["descriptor", "target", "scope", *_CORR_FIELDS, "n_groups"])
+    corr["n_groups"] = corr["n_groups"].astype("Int64")
+    # every row of the file is one test of one family: Benjamini-Hochberg over all of them
+    corr.insert(corr.columns.get_loc("p_value") + 1, "p_fdr", fdr_bh(corr["p_value"].to_numpy(float)))
     with atomic_path(run / "descriptor_correlations.csv") as tmp:
         corr.to_csv(tmp, index=False)
     timings["correlations"] = time.perf_counter() - t0
@@ -709,3 +701,38 @@ def _descriptor_row(image_u8: np.ndarray, attribution_map: np.ndarray | None) ->
     from ..descriptors import image_descriptors
 
     return image_descriptors(image_u8, attribution_map)
+
+
+def _categories(table: Any) -> np.ndarray | None:
+    """The run's categories aligned with ``table`` (None when it has fewer than two)."""
+    if "category" not in table.columns:
+        return None
+    cats = table["category"].where(table["category"].notna() & (table["category"].astype(str).str.strip() != ""))
+    if cats.dropna().nunique() < 2:
+        return None
+    return cats.astype(object).where(cats.notna(), None).to_numpy(dtype=object)
+
+
+def _descriptor_correlations(desc: Any, cats: np.ndarray | None, n_boot: int, seed: int,
+                             corr_rows: list[dict[str, Any]]) -> None:
+    """Append each descriptor's correlation with each target: pooled, and within/between categories."""
+    from ..stats import between_groups, correlate
+
+    for target in ("score", "predicted_score"):
+        y = desc[target].to_numpy(float)
+        if not np.isfinite(y).any():
+            continue
+        for dname in DESCRIPTOR_COLUMNS:
+            x = desc[dname].to_numpy(float)
+            found = [("pooled", correlate(x, y, method="spearman", n_boot=n_boot, seed=seed,
+                                          label=f"{dname} vs {target}"))]
+            if cats is not None:  # the parts a category-structured set needs (issue 23): within and between
+                found.append(("within", correlate(x, y, method="spearman", n_boot=n_boot, seed=seed, groups=cats,
+                                                  label=f"{dname} vs {target} (within category)")))
+                if len(set(cats) - {None}) >= 3:
+                    found.append(("between", between_groups(x, y, cats, method="spearman", n_boot=n_boot,
+                                                            seed=seed, label=f"{dname} vs {target} (between)")))
+            for scope, res_ in found:
+                r = res_.to_dict()
+                corr_rows.append({"descriptor": dname, "target": target, "scope": scope,
+                                  **{k: r[k] for k in _CORR_FIELDS}, "n_groups": r.get("n_groups")})

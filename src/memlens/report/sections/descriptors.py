@@ -36,14 +36,23 @@ def section_descriptors(ctx: ReportContext) -> tuple[str, dict]:
     source = "descriptor_correlations.csv"
     # rows: descriptor -> target -> numbers
     table: dict[str, dict[str, dict[str, Any]]] = {}
+    parts_rows: list[dict[str, Any]] = []  # within- and between-category rows (explain writes them with categories)
+    file_fdr = False
     if dc is not None and not dc.empty:
         name_col = next((c for c in ("descriptor", "x", "name", "feature") if c in dc.columns), dc.columns[0])
         rcol = next((c for c in ("r", "rho", "spearman") if c in dc.columns), None)
+        file_fdr = "p_fdr" in dc.columns
+        n_file_rows = len(dc)
+        if "scope" in dc.columns:
+            scoped = dc["scope"].fillna("pooled").astype(str)
+            parts_rows = dc[scoped != "pooled"].to_dict("records")
+            dc = dc[scoped == "pooled"]
         for rec in dc.to_dict("records"):
             target = str(rec.get("target")) if "target" in dc.columns and rec.get("target") is not None else "score"
             table.setdefault(str(rec.get(name_col)), {})[target] = {
                 "n": clean_value(rec.get("n")), "r": finite_float(rec.get(rcol)) if rcol else None, "ci_low": finite_float(rec.get("ci_low")),
-                "ci_high": finite_float(rec.get("ci_high")), "p_value": finite_float(rec.get("p_value"))}
+                "ci_high": finite_float(rec.get("ci_high")), "p_value": finite_float(rec.get("p_value")),
+                **({"p_fdr": finite_float(rec.get("p_fdr"))} if file_fdr else {})}
     elif desc is not None and "image_id" in desc.columns:
         source = "descriptors.csv (correlations computed by the report)"
         merged = desc.copy()
@@ -101,9 +110,10 @@ def section_descriptors(ctx: ReportContext) -> tuple[str, dict]:
     from ...stats import fdr_bh
 
     keys = [(r["descriptor"], t) for r in order for t in targets if (r.get(t) or {}).get("p_value") is not None]
-    q = fdr_bh(np.array([(table[d][t]["p_value"]) for d, t in keys], dtype=float)) if keys else []
-    for (d, t), qv in zip(keys, q, strict=True):
-        table[d][t]["p_fdr"] = finite_float(qv)
+    if not file_fdr:  # explain's file adjusts over all its rows (pooled, within, between); older files do not
+        q = fdr_bh(np.array([(table[d][t]["p_value"]) for d, t in keys], dtype=float)) if keys else []
+        for (d, t), qv in zip(keys, q, strict=True):
+            table[d][t]["p_fdr"] = finite_float(qv)
     headers, numeric = ["descriptor", "what it measures"], [False, False]
     for t in targets:
         headers += [f"ρ with {labels.get(t, t)}", "95% CI", "p", "p (FDR)", "n"]
@@ -117,6 +127,41 @@ def section_descriptors(ctx: ReportContext) -> tuple[str, dict]:
                       fmt_p(v.get("p_fdr")), v.get("n")]
         body.append(cells)
     parts.append(html_table(headers, body, numeric))
-    if keys:
+    if keys and file_fdr:
+        parts.append(note(f"p (FDR): adjusted over all {n_file_rows} correlations of "
+                          "<code>descriptor_correlations.csv</code> (pooled, within and between categories; "
+                          "Benjamini-Hochberg)."))
+    elif keys:
         parts.append(note(f"p (FDR): adjusted over the {len(keys)} correlations of this table (Benjamini-Hochberg)."))
+    if parts_rows:
+        parts.extend(_category_parts(parts_rows, table, res, labels))
     return "".join(parts), res
+
+
+def _category_parts(rows: list[dict[str, Any]], pooled: dict[str, dict[str, dict[str, Any]]], res: dict[str, Any],
+                    labels: dict[str, str]) -> list[str]:
+    """Each descriptor's rho pooled, within and between categories, for each target, side by side."""
+    by: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for rec in rows:
+        by.setdefault((str(rec["descriptor"]), str(rec["target"])), {})[str(rec["scope"])] = {
+            "n": clean_value(rec.get("n")), "r": finite_float(rec.get("r")), "ci_low": finite_float(rec.get("ci_low")),
+            "ci_high": finite_float(rec.get("ci_high")), "p_value": finite_float(rec.get("p_value")),
+            "p_fdr": finite_float(rec.get("p_fdr")), "n_groups": clean_value(rec.get("n_groups"))}
+    res["category_parts"] = [{"descriptor": d, "target": t, **v} for (d, t), v in by.items()]
+    out = ["<h3>Within and between categories</h3>"]
+    for target in dict.fromkeys(t for _, t in by):
+        body = []
+        for (d, t), v in by.items():
+            if t != target:
+                continue
+            p, w, b = (pooled.get(d, {}).get(t) or {}), v.get("within") or {}, v.get("between") or {}
+            body.append([d, fmt_r(p.get("r")), fmt_r(w.get("r")), fmt_ci(w.get("ci_low"), w.get("ci_high")),
+                         fmt_p(w.get("p_fdr")), fmt_r(b.get("r")), fmt_ci(b.get("ci_low"), b.get("ci_high"))])
+        out.append(html_table([f"descriptor (with the {labels.get(target, target)})", "pooled ρ", "within ρ",
+                               "95% CI", "p (FDR)", "between ρ", "95% CI"], body,
+                              [False, True, True, True, True, True, True]))
+    n_groups = next((v.get("between", {}).get("n_groups") for v in by.values() if v.get("between")), None)
+    out.append(note("within: inside categories (category means removed); between: the category means"
+                    + (f" ({n_groups} points)" if n_groups else "") + ". A descriptor related to memorability only "
+                    "between categories tells the categories apart rather than the images inside them."))
+    return out
