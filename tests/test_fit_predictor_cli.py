@@ -307,3 +307,34 @@ def test_subcategory_stratification_end_to_end(tmp_path):
         fit_predictor_run(plain, cv=3, inputs="latents", stratify="subcategory", finetune=None)
     with pytest.raises(ConfigError, match="stratify must be one of"):
         fit_predictor_run(plain, cv=3, inputs="latents", stratify="random", finetune=None)
+
+
+def test_estimate_within_and_between_categories(tmp_path, capsys):
+    """predictor_categories.csv: the honest predictions' Spearman pooled, per category, within and between,
+    recomputed here from predictor_oof.csv; the CLI prints the within line; the report quotes the file."""
+    from memlens.predict import read_predictor
+    from memlens.report import collect_report
+    from memlens.stats import between_groups, correlate
+
+    run, table = make_run(tmp_path)
+    assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--model", "ridge",
+                 "--holdout", "0", *FAST]) == 0
+    out = capsys.readouterr().out
+    parts = pd.read_csv(run / "predictor_categories.csv")
+    assert list(parts.scope) == ["pooled", "group", "group", "group", "within", "between"]
+    oof = pd.read_csv(run / "predictor_oof.csv").merge(table[["image_id", "category"]], on="image_id")
+    oof = oof[oof.part == "outer-cv"]
+    within = correlate(oof.predicted_ridge, oof.score, groups=oof.category, n_boot=0).r
+    pooled = correlate(oof.predicted_ridge, oof.score, n_boot=0).r
+    assert parts[parts.scope == "within"].r.iloc[0] == pytest.approx(within)
+    assert parts[parts.scope == "pooled"].r.iloc[0] == pytest.approx(pooled)
+    between = between_groups(oof.predicted_ridge, oof.score, oof.category, n_boot=0).r
+    assert parts[parts.scope == "between"].r.iloc[0] == pytest.approx(between)
+    assert (parts.ceiling.dropna() > parts.split_half.dropna()).all()  # sqrt(Spearman-Brown) of the halves
+    est = read_predictor(run / "predictor.pt")["info"]["estimate"]
+    assert est["within"]["r"] == pytest.approx(within) and est["between"]["n_groups"] == 3
+    assert f"within category (category means removed): Spearman {within:.3f}" in out
+    _, results = collect_report(run)
+    got = results["predictor"]["estimate_parts"]
+    assert got["source"] == "predictor_categories.csv" and got["within"]["r"] == pytest.approx(within)
+    assert got["within"]["ci_low"] == pytest.approx(parts[parts.scope == "within"].ci_low.iloc[0])

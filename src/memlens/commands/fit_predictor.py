@@ -143,4 +143,10 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
     click.echo(f"predictor.pt holds the {res['model']} model ({chosen}), refitted on every image")
     click.echo(f"estimate for new images of this kind: Spearman {_fmt(est['spearman'])} "
                f"[{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}] {how[est['kind']]}")
+    if "within" in est:  # categories: the same predictions within categories and of the category means
+        w, b = est["within"], est.get("between")
+        click.echo(f"  within category (category means removed): Spearman {_fmt(w['r'])} "
+                   f"[{_fmt(w['ci_low'])}, {_fmt(w['ci_high'])}]"
+                   + (f"; between categories ({b['n_groups']} category means): {_fmt(b['r'])} "
+                      f"[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}]" if b else ""))
     click.echo(f"wrote {', '.join(str(p) for p in res['paths'])} ({time.perf_counter() - t0:.1f} s)")

@@ -42,9 +42,10 @@ DEFAULT_MODEL = "auto"
 MODELS = ("auto", "svr", "mlp", "ridge", "svr+finetune")
 
 
-def _ceiling_fn(run: Path, image_ids: list[str]) -> tuple[Callable[[np.ndarray], dict[str, float]] | None,
-                                                          dict[str, float]]:
-    """Per-fold noise ceiling from RUN/split_halves.npz (when it and memlens.stats exist)."""
+def _ceiling_fn(run: Path, image_ids: list[str], scores: np.ndarray | None = None
+                ) -> tuple[Callable[[np.ndarray], dict[str, float]] | None, dict[str, float]]:
+    """Per-fold noise ceiling from RUN/split_halves.npz (when it and memlens.stats exist), on the halves of the
+    score that is analysed (:meth:`memlens.data.halves.SplitHalves.matching` with ``scores``)."""
     path = run / "split_halves.npz"
     if not path.is_file():
         return None, {}
@@ -61,6 +62,8 @@ def _ceiling_fn(run: Path, image_ids: list[str]) -> tuple[Callable[[np.ndarray],
     except DataError as exc:
         log.warning("no noise ceiling: %s", exc)
         return None, {}
+    if scores is not None:
+        halves, _ = halves.matching(scores)
 
     def one(idx: np.ndarray) -> dict[str, float]:
         sub = halves.subset([image_ids[i] for i in idx])
@@ -100,7 +103,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     ``seconds``, ``saved`` (the model in ``predictor.pt``), ``reported`` (the rows of its honest estimate)),
     ``RUN/predictor_oof.csv`` (``image_id, score, part, fold`` and one ``predicted_<model>``
     column per model: each image predicted by models that did not see it; ``part`` says by which estimate,
-    ``fold`` by which split of it: the ``fold`` of its rows in ``predictor_cv.csv``, empty where none tested it)
+    ``fold`` by which split of it: the ``fold`` of its rows in ``predictor_cv.csv``, empty where none tested it),
+    ``RUN/predictor_categories.csv`` when the images have two categories or more (the honest predictions'
+    Spearman pooled, per category, within and between categories: a :func:`memlens.stats.correlation_table`,
+    with the noise ceiling of each part when split halves exist; ``estimate["within"]``/``["between"]`` too)
     and ``RUN/predictor.pt`` (see :func:`save_predictor`; its ``info["estimate"]`` is the honest figure), all
     atomically.
 
@@ -168,7 +174,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                         + (f" after a holdout of {frac:g}" if frac else ""))
     params = {"hidden": tuple(hidden), "max_epochs": int(max_epochs), "device": device, **(regressor_params or {})}
     base = MemorabilityRegressor(random_state=seed, **params)
-    ceiling, overall = _ceiling_fn(run, data.image_ids)
+    ceiling, overall = _ceiling_fn(run, data.image_ids, np.asarray(data.y, dtype=float))
     cats = np.asarray(data.categories, dtype=object) if data.categories is not None else None
     subcats = _run_subcategories(run, data.image_ids) if strat == "subcategory" else None
     X, y = data.X, np.asarray(data.y, dtype=float)
@@ -285,6 +291,18 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     est = {"kind": kind, "model": chosen, "procedure": honest_model,
            "n": int(np.isfinite(oof_cols[honest_model][honest_rows]).sum()),
            "spearman": float(at["spearman_pooled"]), "ci_low": float(at["ci_low"]), "ci_high": float(at["ci_high"])}
+    parts = _category_parts(run, data.image_ids, y, cats, oof_cols[honest_model], honest_rows, seed)
+    if parts is not None:
+        with atomic_path(run / "predictor_categories.csv") as tmp:
+            parts.to_csv(tmp, index=False)
+        for scope in ("within", "between"):
+            hit = parts[parts["scope"] == scope]
+            if len(hit):
+                est[scope] = {k: _num(hit.iloc[0][k]) for k in ("n", "r", "ci_low", "ci_high")}
+                if scope == "between":
+                    est[scope]["n_groups"] = int(hit.iloc[0]["n_groups"])
+    else:
+        (run / "predictor_categories.csv").unlink(missing_ok=True)  # a stale table of an earlier fit
     if progress is not None:
         progress(f"fitting the final model ({chosen}) on every image")
     finetuned = None
@@ -312,7 +330,40 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     return {"table": table, "summary": summary, "inner": inner_means, "estimate": est, "ceiling": overall,
             "n_images": n, "model": chosen, "holdout": frac, "n_features": int(X.shape[1]), "seconds": seconds,
             "stratify": strat,
-            "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt"]}
+            "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt",
+                      *([run / "predictor_categories.csv"] if parts is not None else [])]}
+
+
+def _category_parts(run: Path, image_ids: Sequence[str], y: np.ndarray, cats: np.ndarray | None,
+                    predicted: np.ndarray, rows: np.ndarray, seed: int) -> Any:
+    """The honest predictions' Spearman pooled, per category, within and between categories (with the noise
+    ceiling of each part when the run has split halves): a :func:`memlens.stats.correlation_table`, or None
+    without two categories among those rows."""
+    import pandas as pd
+
+    if cats is None:
+        return None
+    rows = np.asarray(rows)
+    c = pd.Series(cats[rows], dtype=object)
+    c = c.where(c.notna() & (c.astype(str).str.strip() != ""))
+    if c.dropna().nunique() < 2:
+        return None
+    from ..data.halves import load_split_halves
+    from ..errors import DataError
+    from ..stats import correlation_table
+    from ..stats.correlation import collected_warnings
+
+    ids = [str(image_ids[i]) for i in rows]
+    df = pd.DataFrame({"image_id": ids, "score": y[rows], "predicted": predicted[rows], "category": c.to_numpy()})
+    halves = None
+    if (run / "split_halves.npz").is_file():
+        try:
+            halves, _ = load_split_halves(run / "split_halves.npz").subset(ids).matching(y[rows])
+        except DataError:
+            halves = None  # _ceiling_fn has said why
+    with collected_warnings():  # a small category's NaN row is in the table, not a warning each
+        return correlation_table(df, x="predicted", y="score", by="category", n_boot=2000, seed=seed,
+                                 ceiling=halves, name="predictor_oof.csv")
 
 
 # ------------------------------------------------------------------------------ splits (shared with the refits)

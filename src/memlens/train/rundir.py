@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 #: outputs of the stages after train (score, analyze, fit-predictor, explain, report); names or globs
 LATER_OUTPUTS = ("per_image.csv", "latents.npy", "latent_ids.txt", "features.npy", "split_halves.npz", "index.json",
                  "correlations.csv", "correlations.json", "predictor.pt", "predictor_cv.csv", "predictor_oof.csv",
+                 "predictor_categories.csv",
                  "featureset_*", "descriptors.csv", "descriptor_correlations.csv", "attributions", "report.html",
                  "results.json", "shards")
 

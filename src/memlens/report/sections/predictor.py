@@ -340,21 +340,25 @@ def _category_parts(ctx: ReportContext, sub: pd.DataFrame, col: str, res: dict[s
     A predictor can reach a high pooled rho by telling the categories apart (landscapes are forgettable) while
     ranking the images inside a category no better than chance: the within-category rho says which.
     """
-    per_image = ctx.per_image
-    if per_image is None or "category" not in per_image.columns or "image_id" not in sub.columns:
-        return []
-    cats = per_image.set_index(per_image["image_id"].astype(str))["category"]
-    df = sub.assign(category=sub["image_id"].astype(str).map(cats))
-    df = df[df["category"].notna() & (df["category"].astype(str).str.strip() != "")]
-    if df["category"].nunique() < 2 or len(df) < 10:
-        return []
-    from ...stats import correlation_table
-    from ...stats.correlation import collected_warnings
-    from ..analysis import BOOT_SEED, N_BOOT
+    table = ctx.run.csv("predictor_categories.csv")  # fit-predictor's: one CI per figure
+    source = "predictor_categories.csv"
+    if table is None or not {"scope", "r", "n"} <= set(table.columns):
+        per_image = ctx.per_image
+        if per_image is None or "category" not in per_image.columns or "image_id" not in sub.columns:
+            return []
+        cats = per_image.set_index(per_image["image_id"].astype(str))["category"]
+        df = sub.assign(category=sub["image_id"].astype(str).map(cats))
+        df = df[df["category"].notna() & (df["category"].astype(str).str.strip() != "")]
+        if df["category"].nunique() < 2 or len(df) < 10:
+            return []
+        from ...stats import correlation_table
+        from ...stats.correlation import collected_warnings
+        from ..analysis import BOOT_SEED, N_BOOT
 
-    with collected_warnings():  # a small category's NaN row is shown as such, not warned about
-        table = correlation_table(df.rename(columns={col: "predicted"}), x="predicted", y="score", by="category",
-                                  n_boot=N_BOOT, seed=BOOT_SEED, name="predictor_oof.csv")
+        with collected_warnings():  # a small category's NaN row is shown as such, not warned about
+            table = correlation_table(df.rename(columns={col: "predicted"}), x="predicted", y="score",
+                                      by="category", n_boot=N_BOOT, seed=BOOT_SEED, name="predictor_oof.csv")
+        source = "predictor_oof.csv (computed by the report)"
     rows, out = [], {}
     labels = {"within": "within category (category means removed)",
               "pooled": "pooled (mixes telling the categories apart with ranking inside them)",
@@ -375,10 +379,11 @@ def _category_parts(ctx: ReportContext, sub: pd.DataFrame, col: str, res: dict[s
                                                           "ci_low": finite_float(r.ci_low),
                                                           "ci_high": finite_float(r.ci_high)}
         rows.append((f"category {r.group}", int(r.n), finite_float(r.r), fmt_ci(r.ci_low, r.ci_high), fmt_p(r.p_value)))
+    out["source"] = source
     res["estimate_parts"] = out
     if out.get("within", {}).get("r") is not None:
         ctx.headline["predictor_within"] = out["within"]["r"]
-    return ["<h3>The same unseen images, within and between categories</h3>",
+    return [f"<h3>The same unseen images, within and between categories (<code>{esc(source)}</code>)</h3>",
             html_table(["part", "n", "ρ", "95% CI", "p"], rows, [False, True, True, True, True]),
             note("The within-category ρ asks whether the predictor ranks the images inside a category; the "
                  "between-category ρ whether it orders the categories' mean memorability (as many points as "
