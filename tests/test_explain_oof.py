@@ -187,8 +187,16 @@ def test_holdout_and_untested_images(tmp_path):
     assert e["model"] == "holdout" and e["in_sample"] is False
     assert e["explained_with"] == "holdout model (fitted on the selection images; not fitted on this image)"
     assert summary["models"]["check"]["passed"] is True
-    others = [x for x in _explained(summary) if x["image_id"] not in hold]
-    assert all(x["model"].startswith("inner-cv fold ") for x in others)
+    # every image comes from the held-out set (top, bottom, quartiles) and one model explains them all: the
+    # holdout model that fit-predictor stored in predictor.pt, so nothing is refitted
+    assert {x["image_id"] for x in _explained(summary)} <= set(hold)
+    assert {x["model"] for x in _explained(summary)} == {"holdout"}
+    assert summary["models"]["fits"]["holdout"]["stored"] is True
+    assert summary["models"]["fits"]["holdout"]["seconds"] == 0
+    assert summary["chosen_from"].startswith(f"the top, bottom and quartile images are chosen among the {len(hold)}")
+    stored = oof.set_index("image_id")["predicted_svr"]
+    for x in _explained(summary):
+        assert x["oof_predicted_score"] == pytest.approx(stored[x["image_id"]])
 
     fit_predictor_run(run, cv=1, split="paper", model="ridge", holdout=0, **FIT)
     oof = pd.read_csv(run / "predictor_oof.csv")
@@ -214,7 +222,7 @@ def test_cli_option_and_report(tmp_path, capsys):
             "--aggregate-max", "1", "--sanity-max", "1", "--device", "cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "refitted fold model(s)" in out and "reproduce predictor_oof.csv" in out
+    assert "fold model(s) (2 refitted: " in out and "reproduce predictor_oof.csv" in out
     page, results = collect_report(run)
     sec = results["explanations"]
     assert sec["model_for"] == "oof"

@@ -172,6 +172,18 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
                  (next(model.head.parameters()), next(rnd.head.parameters()))):
         assert not torch.equal(a, b)
 
+    # with a holdout, predictor.pt keeps the honest estimate's own model (SVR and tails fitted on the selection
+    # images); explain picks its images among the held-out ones and uses that model: nothing is refitted
+    assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--finetune", "lite0",
+                 "--model", "svr+finetune", "--max-epochs", "5", "--holdout", "0.3"]) == 0
+    raw = read_predictor(r / "predictor.pt")
+    assert raw["holdout"]["finetuned"]["type"] == "finetuned-lite" and raw["holdout"]["head"]["type"] == "svr"
+    assert main(["explain", str(r), "--top", "1", "--bottom", "1", "--steps", "4", "--aggregate-max", "2",
+                 "--sanity-max", "1", "--device", "cpu"]) == 0
+    info = json.loads((r / "attributions" / "explain.json").read_text())
+    assert set(info["models"]["fits"]) == {"holdout"} and info["models"]["fits"]["holdout"]["stored"] is True
+    assert info["models"]["check"]["passed"] is True and info["models"]["check"]["max_abs_diff"] < 1e-6
+
 
 def test_explain_runs_on_a_feature_set_predictor(run, tmp_path):
     """Integrated Gradients through the feature-set encoder and the kernel head: maps for the chosen images."""

@@ -197,8 +197,12 @@ def explain(
                  f"{chk['max_abs_diff']:.2g})" if chk.get("passed") else
                  f"; WARNING: they differ from predictor_oof.csv by up to {chk['max_abs_diff']:.2g}"
                  if chk.get("passed") is False else "")
-        echo(f"explained with: {len(fits)} refitted fold model(s) ({', '.join(fits)}), each not fitted on the "
+        n_stored = sum(1 for f in fits.values() if isinstance(f, dict) and f.get("stored"))
+        how = (f"{len(fits) - n_stored} refitted" + (f" + {n_stored} stored by fit-predictor" if n_stored else ""))
+        echo(f"explained with: {len(fits)} fold model(s) ({how}: {', '.join(fits)}), each not fitted on the "
              f"images it explains{agree}")
+        if summary.get("chosen_from", "").startswith("the top"):
+            echo(f"  {summary['chosen_from']}")
     n_in = models.get("n_in_sample") or 0
     if n_in:
         echo(f"explained with: the final model for {n_in} image(s) it was fitted on (in-sample)")

@@ -115,11 +115,12 @@ def explaining_models(run: Any, final: nn.Module, image_ids: Sequence[str], *, s
         folds[key] = {"estimate": estimate, "fold": fold if estimate != "leave-out" else None,
                       "n_train": fit["n_train"], "explained_with": _fold_label(estimate, fold, n_left),
                       "image_ids": [i for i, k in refit.key_of.items() if k == (estimate, fold)],
-                      "seconds": round(fit["seconds"], 3)}
+                      "seconds": round(fit["seconds"], 3), "stored": bool(fit.get("stored", False))}
     for i, (estimate, fold) in refit.key_of.items():
         of[i] = ExplainedWith(_key(estimate, fold), _fold_label(estimate, fold, n_left), False)
     info.update({"refit": refit.settings, "assignment": refit.assignment, "check": refit.check, "fits": folds,
                  "seconds": round(time.perf_counter() - t0, 3)})
-    log.info("explaining %d images with %d refitted fold model(s) of %s (%s)", len(refit.key_of), len(folds),
-             refit.model, refit.assignment)
+    n_stored = sum(1 for f in folds.values() if f["stored"])
+    log.info("explaining %d images with %d fold model(s) of %s (%d refitted, %d stored by fit-predictor; %s)",
+             len(refit.key_of), len(folds), refit.model, len(folds) - n_stored, n_stored, refit.assignment)
     return ExplainingModels(models, of, info)

@@ -279,9 +279,20 @@ def explain_run(
     # ---- which images get maps
     has_score = np.isfinite(score)
     scored = np.flatnonzero(has_score)
+    # out-of-fold explanations of a run with a held-out set: the images come from it, so that one model explains
+    # them all -- the honest estimate's own model, which fit-predictor stored (no refit)
+    pool_note = None
+    if model_for != FINAL:
+        held = _held_out_ids(run)
+        if held:
+            in_pool = np.array([i in held for i in ids], dtype=bool)
+            has_score = has_score & in_pool
+            pool_note = (f"the top, bottom and quartile images are chosen among the {int(has_score.sum())} images "
+                         "fit-predictor held out (explained by its holdout model, which never saw them)")
+    pool = np.flatnonzero(has_score)
     # ties keep the order of per_image.csv in both directions
-    ranked = [ids[i] for i in scored[np.argsort(-score[scored], kind="stable")]]
-    ranked_low = [ids[i] for i in scored[np.argsort(score[scored], kind="stable")]]
+    ranked = [ids[i] for i in pool[np.argsort(-score[pool], kind="stable")]]
+    ranked_low = [ids[i] for i in pool[np.argsort(score[pool], kind="stable")]]
     chosen = _select_requested(list(images), ids, getattr(ds, "root", None))
     groups: dict[str, list[str]] = {
         "image": [i for i, _ in chosen],
@@ -292,7 +303,7 @@ def explain_run(
     agg_sets: dict[str, list[str]] = {"top_quartile": [], "bottom_quartile": []}
     agg_note = None
     if has_score.sum() >= 4:
-        tq, bq, hi, lo = quartile_groups(score)
+        tq, bq, hi, lo = quartile_groups(np.where(has_score, score, np.nan))
         rng = np.random.default_rng(seed)
         for key, mask in (("top_quartile", tq), ("bottom_quartile", bq)):
             members = [ids[i] for i in np.flatnonzero(mask)]
@@ -563,6 +574,7 @@ def explain_run(
     summary = {
         "run": str(run),
         "model_for": model_for,
+        "chosen_from": pool_note or "every scored image of the run",
         "device": str(dev),
         "input_size": size,
         "n_images": len(ids),
@@ -736,3 +748,19 @@ def _descriptor_correlations(desc: Any, cats: np.ndarray | None, n_boot: int, se
                 r = res_.to_dict()
                 corr_rows.append({"descriptor": dname, "target": target, "scope": scope,
                                   **{k: r[k] for k in _CORR_FIELDS}, "n_groups": r.get("n_groups")})
+
+
+def _held_out_ids(run: Any) -> set[str]:
+    """The images of ``predictor_oof.csv`` whose part is ``holdout`` (empty without one)."""
+    import pandas as pd
+
+    path = run / "predictor_oof.csv"
+    if not path.is_file():
+        return set()
+    try:
+        oof = pd.read_csv(path, dtype={"image_id": str}, usecols=lambda c: c in ("image_id", "part"))
+    except (OSError, ValueError):
+        return set()
+    if "part" not in oof.columns:
+        return set()
+    return set(oof.loc[oof["part"].astype(str) == "holdout", "image_id"].astype(str))

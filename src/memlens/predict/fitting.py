@@ -219,7 +219,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         if progress is not None:
             progress(f"fitting every model on the {len(sel)} selection images, scoring the {len(hold)} held out")
         outer = cross_validate(X, y, [{"train": sel, "val": np.zeros(0, dtype=int), "test": hold}], regressor=base,
-                               svr=svr_base, ceiling=ceiling, **models(every))
+                               svr=svr_base, ceiling=ceiling, return_estimators=True, **models(every))
+        holdout_store = _holdout_model(chosen, outer.estimators[0])
         outer.table.insert(2, "estimate", "holdout")
         tables += [inner.table, outer.table]
         for m in outer.oof:
@@ -232,6 +233,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         kind = "holdout"
         inner_means = _mean_spearman(inner.table)
     else:
+        holdout_store = None
         splits = plan["splits"]
         outer = run_cv(every, splits, "outer-cv")
         tables.append(outer.table)
@@ -325,13 +327,24 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
             "ceiling": overall, "final_epochs": getattr(final, "best_epoch_", None)}
     if ft_base is not None:
         info["finetune"] = {k: v for k, v in ft_base.get_params().items() if k not in ("device", "num_threads")}
-    save_predictor(run / "predictor.pt", final, data.recipe, info=info, finetuned=finetuned)
+    save_predictor(run / "predictor.pt", final, data.recipe, info=info, finetuned=finetuned, holdout=holdout_store)
     seconds = time.perf_counter() - t0
     return {"table": table, "summary": summary, "inner": inner_means, "estimate": est, "ceiling": overall,
             "n_images": n, "model": chosen, "holdout": frac, "n_features": int(X.shape[1]), "seconds": seconds,
             "stratify": strat,
             "paths": [run / "predictor_cv.csv", run / "predictor_oof.csv", run / "predictor.pt",
                       *([run / "predictor_categories.csv"] if parts is not None else [])]}
+
+
+def _holdout_model(chosen: str, fits: dict[str, Any]) -> dict[str, Any] | None:
+    """The fitted model of the honest estimate (fitted on the selection images) as ``save_predictor`` stores it."""
+    if chosen == "svr+finetune":
+        return {"head": fits["svr"], "finetuned": fits["finetune"]}
+    if chosen == "ridge":
+        return {"head": linear_head(fits["ridge"]), "finetuned": None}
+    if chosen in fits:
+        return {"head": fits[chosen], "finetuned": None}
+    return None
 
 
 def _category_parts(run: Path, image_ids: Sequence[str], y: np.ndarray, cats: np.ndarray | None,
@@ -569,10 +582,20 @@ def refit_fold_models(run: str | os.PathLike, image_ids: Sequence[str], *, devic
     ft_params = ({k: v for k, v in ft_state["params"].items() if k not in ("device", "num_threads")}
                  if variant else None)
     fits: dict[tuple[str, int], dict[str, Any]] = {}
+    stored_holdout = obj.get("holdout")
     for key in needed:
         f = fits_all[key]
         tr, va = f["train"], f["val"]
         rows = np.concatenate([tr, va])
+        if key == ("holdout", 0) and stored_holdout is not None:  # fit-predictor kept it: nothing to refit
+            ft_stored = stored_holdout.get("finetuned")
+            fits[key] = {"head": regressor_from_state(stored_holdout["head"]),
+                         "finetuned": FineTunedLiteRegressor.from_state(
+                             {**ft_stored, "params": {**ft_stored["params"], "device": device}})
+                         if ft_stored is not None else None,
+                         "blend": blend, "train_rows": rows, "n_train": int(len(rows)), "seconds": 0.0,
+                         "stored": True}
+            continue
         if progress is not None:
             progress(f"refitting the {model} model of {key[0]} fold {key[1]} on {len(rows)} images")
         t0 = time.perf_counter()

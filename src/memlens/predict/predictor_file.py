@@ -27,7 +27,8 @@ def regressor_from_state(state: dict[str, Any]) -> Any:
 
 
 def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[str, Any]],
-                   info: dict[str, Any] | None = None, finetuned: Any = None, blend: float = 0.5) -> Path:
+                   info: dict[str, Any] | None = None, finetuned: Any = None, blend: float = 0.5,
+                   holdout: dict[str, Any] | None = None) -> Path:
     """Write ``predictor.pt`` atomically: the head's state plus the encoder recipe (no pickled objects).
 
     ``recipe`` lists one dict per encoder, in the order of the head's input columns:
@@ -40,6 +41,10 @@ def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[st
     ``finetuned`` (a fitted :class:`memlens.predict.finetune.FineTunedLiteRegressor`, with a feature-set
     recipe holding its network) adds fine-tuned tails whose mean prediction is blended with the head's:
     ``score = (1 - blend) * head + blend * tails`` (key ``"finetuned"``: its state and ``blend``).
+
+    ``holdout`` (``{"head": fitted head, "finetuned": tails or None}``) stores the model of the honest estimate
+    as well: the same configuration fitted on the selection images only, never on the held-out ones (key
+    ``"holdout"``). ``memlens explain`` explains held-out images with it instead of refitting it.
     """
     from .._io import atomic_path
     from .._version import __version__
@@ -60,6 +65,11 @@ def save_predictor(path: str | os.PathLike, regressor: Any, recipe: list[dict[st
         if len(recipe) != 1 or recipe[0].get("kind") != "featureset":
             raise ValueError("fine-tuned tails need a recipe of one feature set (their trunk's network)")
         obj["finetuned"] = {**finetuned.get_state(), "blend": float(blend)}
+    if holdout is not None:
+        entry: dict[str, Any] = {"head": holdout["head"].get_state()}
+        if holdout.get("finetuned") is not None:
+            entry["finetuned"] = {**holdout["finetuned"].get_state(), "blend": float(blend)}
+        obj["holdout"] = entry
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

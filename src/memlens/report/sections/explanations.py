@@ -157,9 +157,12 @@ def section_explanations(ctx: ReportContext) -> tuple[str, dict]:
     models = nested_get(explain, "models")
     model_for = nested_get(explain, "model_for")
     res["model_for"] = model_for if isinstance(model_for, str) else "final"  # runs explained before the option
+    chosen_from = nested_get(explain, "chosen_from")
+    res["chosen_from"] = chosen_from
     parts = ['<p class="lead">Integrated Gradients attributions of the predicted memorability: where in the image '
              "the prediction comes from (brighter = more attribution). " + esc(_which_model_text(model_for, models))
-             + "</p>"]
+             + (esc(f" Here {chosen_from}.") if isinstance(chosen_from, str) and chosen_from.startswith("the top")
+                else "") + "</p>"]
     if isinstance(models, Mapping):
         res["explained_with"] = models.get("explained_with")
         chk = models.get("check")
