@@ -1,6 +1,7 @@
 """memlens: model image memorability with autoencoders.
 
-The public API is re-exported here. Heavy modules (torch, pandas, ...) are imported lazily on first
+The public API is re-exported here; from a notebook, ``memlens.predict_images``, ``memlens.score`` and
+``memlens.analyze`` return pandas DataFrames in one call. Heavy modules (torch, pandas, ...) are imported lazily on first
 attribute access, so ``import memlens`` and ``memlens --version`` stay fast.
 
 Conventions: images are float32 RGB in [0, 1], shape (N, 3, H, W); every ``recon_*`` measure is a
@@ -50,6 +51,14 @@ _EXPORTS: dict[str, str] = {
     "list_feature_sets": "memlens.features",
     "integrated_gradients": "memlens.explain",
     "visual_descriptors": "memlens.explain",
+    # one call from a notebook: DataFrames in, DataFrames out
+    "predict_images": "memlens.api",
+    "score": "memlens.api",
+    "analyze": "memlens.api",
+    # other memorability models (ResMem, ViTMem, memlens's own baselines)
+    "list_baselines": "memlens.baselines",
+    "get_baseline": "memlens.baselines",
+    "baseline_info": "memlens.baselines",
 }
 
 __all__ = ["__version__", *_EXPORTS]

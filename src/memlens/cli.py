@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("memlens.commands.analyze:analyze", "Correlate the per-image measures with memorability."),
     "fit-predictor": ("memlens.commands.fit_predictor:fit_predictor", "Cross-validate and fit the memorability predictor (SVR; MLP and ridge beside it)."),
     "predict": ("memlens.commands.predict:predict", "Predict memorability for new images (files or folders)."),
+    "baselines": ("memlens.commands.baselines:baselines", "Compare the predictor with ResMem, ViTMem and simple baselines."),
     "explain": ("memlens.commands.explain:explain", "Integrated Gradients maps and visual descriptors."),
     "report": ("memlens.commands.report:report", "Write the self-contained HTML report of a run."),
     "run": ("memlens.commands.run:run", "The whole pipeline, from images to a report."),

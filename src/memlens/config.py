@@ -33,6 +33,7 @@ STAGES: dict[str, str] = {
     "analyze": "analyze",
     "predictor": "fit-predictor",
     "explain": "explain",
+    "baselines": "baselines",  # off unless baselines.models is set (memlens run --baselines resmem,vitmem)
     "report": "report",
 }
 

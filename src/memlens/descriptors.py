@@ -288,6 +288,14 @@ def visual_descriptors(
         - ``edge_density``: fraction of pixels marked by ``skimage.feature.canny`` (sigma 1, default
           hysteresis thresholds 0.1 / 0.2, borders extended by the nearest pixel) on the grey image.
         - ``ig_center_share``: :func:`center_share` of the attribution map.
+
+    Examples
+    --------
+    >>> import numpy as np, memlens
+    >>> images = np.random.default_rng(0).random((2, 3, 48, 48))   # (N, 3, H, W) in [0, 1]
+    >>> table = memlens.visual_descriptors(images, image_ids=["a", "b"])
+    >>> table["image_id"].tolist(), {"colourfulness", "edge_density", "grey_entropy"} <= set(table.columns)
+    (['a', 'b'], True)
     """
     items = _iter_images(images)
     maps = _iter_maps(attribution_maps, len(items))

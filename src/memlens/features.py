@@ -110,7 +110,14 @@ DEFAULT_FEATURE_SET = "lite01"
 
 
 def list_feature_sets() -> list[str]:
-    """Names of the registered feature sets (``--features`` of ``memlens fit-predictor``), sorted."""
+    """Names of the registered feature sets (``--features`` of ``memlens fit-predictor``), sorted.
+
+    Examples
+    --------
+    >>> import memlens
+    >>> memlens.list_feature_sets()
+    ['lite0-crop', 'lite01', 'lite01-flip']
+    """
     return sorted(FEATURE_SETS)
 
 
@@ -242,6 +249,14 @@ def extract_feature_set(paths: Sequence[Any], feature_set: str | FeatureSet = DE
     ------
     memlens.data.images.ImageReadError
         For a file that cannot be decoded (a :class:`memlens.errors.DataError`).
+
+    Examples
+    --------
+    >>> import memlens
+    >>> # images: a list of image files
+    >>> X = memlens.extract_feature_set(images[:2], "lite0-crop")   # image files -> pretrained features
+    >>> X.shape, str(X.dtype)
+    ((2, 2168), 'float32')
     """
     from .data.images import load_image, load_image_aspect
 

@@ -210,12 +210,29 @@ def list_metrics(available_only: bool = False) -> list[str]:
     """Names of the registered metrics, in registration order.
 
     ``available_only=True`` leaves out metrics whose optional package is not installed.
+
+    Examples
+    --------
+    >>> import memlens
+    >>> memlens.list_metrics()[:5]
+    ['mse', 'l1', 'dssim', 'ms-dssim', 'perceptual']
     """
     return [n for n, m in _REGISTRY.items() if not available_only or m.available]
 
 
 def get_metric(name: str | Metric) -> Metric:
-    """The registered :class:`Metric` called ``name``; unknown names raise ``ConfigError`` listing them all."""
+    """The registered :class:`Metric` called ``name``; unknown names raise ``ConfigError`` listing them all.
+
+    Examples
+    --------
+    >>> import torch, memlens
+    >>> dssim = memlens.get_metric("dssim")                  # 1 - SSIM: a distance, higher = worse
+    >>> dssim.kind, dssim.range
+    ('distance', (0.0, 1.0))
+    >>> x = torch.rand(2, 3, 32, 32)
+    >>> bool((dssim(x, x) < 1e-6).all()), bool((dssim(x, x.flip(3)) > 0.1).all())
+    (True, True)
+    """
     if isinstance(name, Metric):
         return name
     key = _normalise_name(name)

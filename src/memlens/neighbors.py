@@ -92,6 +92,13 @@ def distinctiveness(
     Returns
     -------
     np.ndarray, shape (N,), float64
+
+    Examples
+    --------
+    >>> import numpy as np, memlens
+    >>> latents = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    >>> memlens.distinctiveness(latents, k=1).tolist()     # distance to the nearest other image
+    [1.0, 1.0, 4.0]
     """
     dist, _ = nearest_neighbors(
         latents, k=k, metric=metric, reference=reference, groups=groups,

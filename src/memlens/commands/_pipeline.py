@@ -43,9 +43,19 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("analyze", "analyze", ("correlations.json",), lambda d, r: [r]),
     Stage("predictor", "fit-predictor", ("predictor.pt", "predictor_cv.csv"), lambda d, r: [r]),
     Stage("explain", "explain", ("descriptors.csv",), lambda d, r: [r]),
+    # off by default: runs when its options name the models (memlens run --baselines resmem,vitmem)
+    Stage("baselines", "baselines", ("baselines.csv",), lambda d, r: [r]),
     Stage("report", "report", ("report.html",), lambda d, r: [r]),
 )
 STAGE_NAMES = tuple(s.name for s in STAGE_LIST)
+#: stages that run only when their config section sets this option (else their status is "off")
+OPT_IN: dict[str, str] = {"baselines": "models"}
+
+
+def stage_enabled(name: str, stage_options: Mapping[str, Mapping[str, Any]]) -> bool:
+    """False for an opt-in stage (:data:`OPT_IN`) whose options do not set its switch."""
+    key = OPT_IN.get(name)
+    return key is None or bool((stage_options.get(name) or {}).get(key))
 
 
 def data_fingerprint(data: str | os.PathLike, options: Mapping[str, Any] | None = None,
@@ -180,7 +190,7 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
             prior = json.loads(json.dumps(new))
     # every stage's arguments parse before any stage runs: a typo in a late stage fails now, not after training
     for stage in STAGE_LIST:
-        if stage.name not in skip:
+        if stage.name not in skip and stage_enabled(stage.name, stage_options):
             cmd = _command(stage.command)
             args = stage.positional(data_arg, run_arg) + options_to_args(cmd, stage_options.get(stage.name, {}))
             cmd.make_context(f"memlens {stage.command}", list(args))
@@ -191,6 +201,13 @@ def run_pipeline(data: str | os.PathLike, run: str | os.PathLike, stage_options:
                 if rerun_stage is not None and any((run / f).exists() for f in stage.outputs):
                     echo(f"[{stage.name}] skipped (--skip); its files in {run} are from an earlier run, "
                          f"older than this run's {rerun_stage}")
+                continue
+            if not stage_enabled(stage.name, stage_options):
+                record[stage.name] = {"status": "off"}
+                stages_state.pop(stage.name, None)
+                if rerun_stage is not None and any((run / f).exists() for f in stage.outputs):
+                    echo(f"[{stage.name}] off (memlens run --{stage.name} ...); its files in {run} are from an "
+                         f"earlier run, older than this run's {rerun_stage}")
                 continue
             cmd = _command(stage.command)
             positional = stage.positional(data_arg, run_arg)

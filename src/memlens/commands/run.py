@@ -1,4 +1,5 @@
-"""``memlens run``: check -> train -> score -> analyze -> fit-predictor -> explain -> report, in one command.
+"""``memlens run``: check -> train -> score -> analyze -> fit-predictor -> explain -> [baselines] -> report, in one
+command (the baselines stage is off unless ``--baselines MODELS`` or the config's ``baselines.models`` asks).
 
 Besides its own options it accepts the options of every stage (generated from the stage commands; one flag
 sets that option in every stage that has it, e.g. ``--seed``), ``--config FILE`` (YAML/JSON, one section per
@@ -29,6 +30,9 @@ def _compatible(a: click.Option, b: click.Option) -> bool:
 _DATA_SELECTION = {"split"}
 
 
+#: stage options that are not generated flags: ``--baselines`` / ``--baseline-weights`` set them (below)
+_STAGE_ONLY = {("baselines", "models"), ("baselines", "weights")}
+
 #: help of a shared flag whose stages describe it differently (each stage's text)
 _HELP: dict[str, str] = {}
 
@@ -53,6 +57,8 @@ def _shared_options() -> dict[str, tuple[click.Option, list[str], str]]:
             if not isinstance(p, click.Option) or not p.name or p.name in _RESERVED or p.count:
                 continue
             if stage.name == "train" and p.name in _DATA_SELECTION:
+                continue
+            if (stage.name, p.name) in _STAGE_ONLY:
                 continue
             by_name.setdefault(p.name, []).append((stage.name, p))
     found: dict[str, tuple[click.Option, list[str], str]] = {}
@@ -175,15 +181,24 @@ def summarize(run_dir: Path, record: dict[str, Any]) -> None:
               help="Set one stage option, e.g. --set train.pretrain_epochs=5 (repeatable).")
 @click.option("--force", is_flag=True, help="Rerun every stage even when its outputs are up to date.")
 @click.option("--skip", multiple=True, type=click.Choice(STAGE_NAMES), help="Leave out a stage (repeatable).")
+@click.option("--baselines", "baseline_models", default=None, metavar="MODELS",
+              help="[baselines] Turn the baselines stage on: compare the predictor with these models "
+                   "(resmem,vitmem,ridge-lite0,paper-mlp or all-installed; memlens baselines --models) [default: off].")
+@click.option("--baseline-weights", multiple=True, metavar="NAME=PATH",
+              help="[baselines] A pretrained baseline's weights file (memlens baselines --weights; repeatable).")
 @_add_shared
 @click.pass_context
 def run(ctx: click.Context, data: Path, out: Path, config_file: Path | None, sets: tuple[str, ...], force: bool,
-        skip: tuple[str, ...], **flags: Any) -> None:
+        skip: tuple[str, ...], baseline_models: str | None, baseline_weights: tuple[str, ...], **flags: Any) -> None:
     """Run the whole pipeline on DATA into the run directory OUT."""
     from ..errors import DataError
     from ._pipeline import run_pipeline
 
     options = build_stage_options(config_file, sets, flags)
+    if baseline_models is not None:
+        options.setdefault("baselines", {})["models"] = baseline_models
+    if baseline_weights:
+        options.setdefault("baselines", {})["weights"] = list(baseline_weights)
     if not data.exists() and not (out / "pipeline.json").is_file():  # nothing to run, and no run to update
         raise DataError(f"{data}: no such file or folder")
     record = run_pipeline(data, out, options, force=force, skip=skip, obj=ctx.find_root().obj)

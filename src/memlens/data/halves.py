@@ -126,7 +126,16 @@ def _load_mat(path: Path, key: str) -> np.ndarray:
 
 
 def load_split_halves(source: str | os.PathLike) -> SplitHalves:
-    """Read split-half scores from an ``.npz`` file or an LNSIM-layout folder (see module docstring)."""
+    """Read split-half scores from an ``.npz`` file or an LNSIM-layout folder (see module docstring).
+
+    Examples
+    --------
+    >>> import memlens
+    >>> # data: a folder made by memlens.make_demo_set, which writes split_halves.npz
+    >>> halves = memlens.load_split_halves(f"{data}/split_halves.npz")
+    >>> halves.n_splits, halves.n_images
+    (5, 40)
+    """
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")

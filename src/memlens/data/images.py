@@ -32,7 +32,9 @@ from .cache import PIPELINE_VERSION, ImageCache  # bump PIPELINE_VERSION when th
 
 __all__ = [
     "read_image",
+    "to_rgb",
     "prepare_image",
+    "prepare_image_aspect",
     "load_image",
     "ImageDataset",  # noqa: F822 - built on first use (module __getattr__), so torch loads lazily
     "make_loader",
@@ -279,6 +281,34 @@ def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     if image.mode != "RGB":
         image = _to_rgb(image)[0]
     out = _resize_crop(image, int(size), (float(image.size[0]), float(image.size[1])))
+    return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a decoded ``PIL.Image`` (grey, palette, CMYK, 16-bit and float converted; alpha
+    composited on white, :data:`BACKGROUND`), as :func:`read_image` converts files; RGB images are returned as
+    they are."""
+    return _to_rgb(image)[0]
+
+
+def prepare_image_aspect(image: Image.Image, short_side: int, max_aspect: float = 3.0) -> np.ndarray:
+    """:func:`load_image_aspect` for an image already decoded (upright, e.g. by :func:`read_image`): ``uint8``
+    array (H, W, 3) with ``min(H, W) == short_side``, one Lanczos resampling, the centre ``max_aspect`` x
+    ``short_side`` part of more elongated images. (A file decoded by :func:`load_image_aspect` may differ by
+    JPEG draft decoding of large images.)"""
+    if short_side < 1:
+        raise ValueError(f"short_side must be >= 1, got {short_side}")
+    if not max_aspect >= 1:
+        raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
+    if image.mode != "RGB":
+        image = _to_rgb(image)[0]
+    cw, ch = float(image.size[0]), float(image.size[1])
+    m = min(cw, ch)
+    keep_w, keep_h = min(cw, m * max_aspect), min(ch, m * max_aspect)
+    box = ((cw - keep_w) / 2.0, (ch - keep_h) / 2.0, (cw + keep_w) / 2.0, (ch + keep_h) / 2.0)
+    scale = short_side / m
+    size = (max(short_side, round(keep_w * scale)), max(short_side, round(keep_h * scale)))
+    out = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
 
 

@@ -152,6 +152,14 @@ def validate_dataset(
     ------
     ConfigError
         An option (not the data) is invalid, e.g. an unknown layout name.
+
+    Examples
+    --------
+    >>> import memlens
+    >>> # data: a folder made by memlens.make_demo_set (or your own images)
+    >>> report = memlens.validate_dataset(data)  # decodes every image; lists every problem
+    >>> report.ok, report.summary["n_images"], [str(p) for p in report.problems]
+    (True, 40, [])
     """
     problems: list[Problem] = []
     collected = collect(

@@ -279,6 +279,14 @@ def integrated_gradients(
     Returns
     -------
     IGResult
+
+    Examples
+    --------
+    >>> import torch, memlens
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1))
+    >>> res = memlens.integrated_gradients(model, torch.rand(2, 3, 8, 8), n_steps=16)
+    >>> tuple(res.attributions.shape)
+    (2, 3, 8, 8)
     """
     from captum.attr import IntegratedGradients, NoiseTunnel
 

@@ -63,7 +63,14 @@ def register_autoencoder(
 
 
 def list_autoencoders() -> list[str]:
-    """Names of the registered backbones."""
+    """Names of the registered backbones.
+
+    Examples
+    --------
+    >>> import memlens
+    >>> memlens.list_autoencoders()
+    ['small', 'vgg16', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
+    """
     return list(_REGISTRY)
 
 
@@ -112,6 +119,14 @@ def create_autoencoder(
     -------
     Autoencoder with ``.spec``, ``.config`` (the kwargs that rebuild it), ``.init`` (where the weights
     came from) and ``.init_report``.
+
+    Examples
+    --------
+    >>> import torch, memlens
+    >>> ae = memlens.create_autoencoder("small", input_size=32)
+    >>> z = ae.encode(torch.rand(2, 3, 32, 32))              # images in [0, 1]
+    >>> tuple(z.shape), tuple(ae.decode(z).shape)
+    ((2, 32, 4, 4), (2, 3, 32, 32))
     """
     entry = _entry(name)
     spec = entry.spec

@@ -66,6 +66,16 @@ class MemorabilityRegressor(RegressorMixin, BaseEstimator):
         Validation MSE (standardised target) at ``best_epoch_``; NaN without validation.
     loss_curve_, val_loss_curve_ : list of float
         Training and validation MSE per epoch (standardised target).
+
+    Examples
+    --------
+    >>> import numpy as np, memlens
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(150, 5))
+    >>> y = np.tanh(X[:, 0]) + 0.1 * rng.normal(size=150)
+    >>> model = memlens.MemorabilityRegressor(hidden=(16,), max_epochs=60, random_state=0).fit(X, y)
+    >>> model.predict(X[:3]).shape, bool(model.score(X, y) > 0.5)
+    ((3,), True)
     """
 
     def __init__(self, hidden: Sequence[int] = (256,), dropout: float = 0.2, weight_decay: float = 1e-4,

@@ -93,6 +93,17 @@ class MemorabilityModel(nn.Module):
 
     Encoders always stay in eval mode (batch-norm statistics are part of the fitted pipeline), so a
     score never depends on the other images of a batch.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, memlens
+    >>> ae = memlens.create_autoencoder("small", input_size=32)
+    >>> with torch.no_grad():
+    ...     Z = ae.encode(torch.rand(20, 3, 32, 32)).flatten(1).numpy()
+    >>> head = memlens.MemorabilitySVR().fit(Z, np.linspace(0, 1, 20))
+    >>> model = memlens.MemorabilityModel(ae, head, sizes=32)  # images in [0, 1] -> scores, differentiable
+    >>> tuple(model(torch.rand(2, 3, 32, 32)).shape), model.predict(torch.rand(5, 3, 48, 48)).shape
+    ((2,), (5,))
     """
 
     def __init__(self, encoder: Any, head: Any, pool: Any = "none", *, sizes: Any = None, layer: Any = None,

@@ -35,6 +35,16 @@ class MemorabilitySVR(RegressorMixin, BaseEstimator):
     ----------
     n_features_in_, y_mean_, y_scale_, blocks_ (list of (start, stop, weight)), x_mean_, x_scale_ (per
     column), support_vectors_, dual_coef_, intercept_, gamma_ (one entry per block).
+
+    Examples
+    --------
+    >>> import numpy as np, memlens
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(150, 5))
+    >>> y = np.tanh(X[:, 0]) + 0.1 * rng.normal(size=150)
+    >>> model = memlens.MemorabilitySVR().fit(X, y)
+    >>> model.predict(X[:3]).shape, bool(model.score(X, y) > 0.5)
+    ((3,), True)
     """
 
     def __init__(self, C: float = 2.2, epsilon: float = 0.075, gamma: Any = "scale",

@@ -39,6 +39,7 @@ from .formatting import fmt_r as fmt_r
 from .formatting import nested_get
 from .page import SECTION_IDS, render_page
 from .run_files import RunFiles, find_data_root, is_simulated
+from .sections.baselines import section_baselines
 from .sections.correlations import MAX_TABLE_ROWS as MAX_TABLE_ROWS
 from .sections.correlations import section_correlations
 from .sections.descriptors import section_descriptors
@@ -65,12 +66,12 @@ log = logging.getLogger(__name__)
 _BUILDERS: dict[str, Callable[[ReportContext], tuple[str, dict]]] = {
     "summary": section_summary, "training": section_training, "reconstruction": section_reconstruction,
     "distinctiveness": section_distinctiveness, "correlations": section_correlations,
-    "predictor": section_predictor, "galleries": section_galleries, "explanations": section_explanations,
-    "descriptors": section_descriptors, "methods": section_methods,
+    "predictor": section_predictor, "baselines": section_baselines, "galleries": section_galleries,
+    "explanations": section_explanations, "descriptors": section_descriptors, "methods": section_methods,
 }
 # the summary shows headline numbers computed by later sections: build it last
-_BUILD_ORDER = ("training", "reconstruction", "distinctiveness", "correlations", "predictor", "galleries",
-                "explanations", "descriptors", "methods", "summary")
+_BUILD_ORDER = ("training", "reconstruction", "distinctiveness", "correlations", "predictor", "baselines",
+                "galleries", "explanations", "descriptors", "methods", "summary")
 
 
 def _headline(ctx: ReportContext, results: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,19 +14,19 @@ from .formatting import esc
 
 #: Section ids, in page order (stable: tests and links rely on them).
 SECTION_IDS: tuple[str, ...] = (
-    "summary", "training", "reconstruction", "distinctiveness", "correlations", "predictor", "galleries",
+    "summary", "training", "reconstruction", "distinctiveness", "correlations", "predictor", "baselines", "galleries",
     "explanations", "descriptors", "methods",
 )
 _TITLES = {
     "summary": "Data set", "training": "Training", "reconstruction": "Reconstruction error vs memorability",
     "distinctiveness": "Distinctiveness vs memorability", "correlations": "Correlation table",
-    "predictor": "Predicting memorability", "galleries": "Most and least memorable images",
+    "predictor": "Predicting memorability", "baselines": "Other memorability models (baselines)", "galleries": "Most and least memorable images",
     "explanations": "What drives the prediction (Integrated Gradients)", "descriptors": "Visual descriptors",
     "methods": "Methods and provenance",
 }
 _NAV = {
     "summary": "Data", "training": "Training", "reconstruction": "Reconstruction", "distinctiveness":
-    "Distinctiveness", "correlations": "Correlations", "predictor": "Predictor", "galleries": "Galleries",
+    "Distinctiveness", "correlations": "Correlations", "predictor": "Predictor", "baselines": "Baselines", "galleries": "Galleries",
     "explanations": "Explanations", "descriptors": "Descriptors", "methods": "Methods",
 }
 

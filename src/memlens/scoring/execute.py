@@ -167,6 +167,15 @@ def score_images(
     Returns
     -------
     ScoreResult
+
+    Examples
+    --------
+    >>> import torch, memlens
+    >>> ae = memlens.create_autoencoder("small", input_size=32)
+    >>> res = memlens.score_images(ae, torch.rand(3, 3, 32, 32), metrics=["mse", "dssim"], features=False,
+    ...                            device="cpu")
+    >>> list(res.table.columns), res.latents.shape
+    (['image_id', 'recon_mse', 'recon_dssim'], (3, 512))
     """
     check_batch_settings(pool, latent_dtype, batch_size)
     batch_size = int(batch_size)

@@ -184,6 +184,18 @@ def correlate(x: Any, y: Any, method: str = "spearman", control: Any = None, n_b
     CorrResult
         ``r`` is NaN (with a logged warning) for degenerate input: fewer rows than parameters + 1, or a
         constant variable.
+
+    Examples
+    --------
+    >>> import numpy as np, memlens
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=200)
+    >>> y = x + rng.normal(size=200)
+    >>> res = memlens.correlate(x, y, n_boot=500, seed=0)   # Spearman, paired bootstrap 95% CI
+    >>> res.n, bool(0.5 < res.r < 0.9), bool(res.ci_low < res.r < res.ci_high)
+    (200, True, True)
+    >>> list(res.to_frame().columns[:5])
+    ['n', 'r', 'ci_low', 'ci_high', 'p_value']
     """
     _check_method(method, ci, confidence, n_boot, nan_policy)
     what = label or "correlation"

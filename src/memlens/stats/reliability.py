@@ -105,6 +105,16 @@ def split_half_reliability(halves: Any, method: str = "spearman") -> dict[str, A
         estimated reliability of the full-group score) and ``ceiling`` (its square root,
         :func:`ceiling_from_split_half`: the highest correlation a model can reach with the full-group score;
         what memlens divides by).
+
+    Examples
+    --------
+    >>> import memlens
+    >>> # data: a folder made by memlens.make_demo_set, which writes split_halves.npz
+    >>> rel = memlens.split_half_reliability(memlens.load_split_halves(f"{data}/split_halves.npz"))
+    >>> rel["n_images"], rel["n_splits"]
+    (40, 5)
+    >>> bool(0 < rel["spearman_mean"] < rel["spearman_brown"] < rel["ceiling"] <= 1)
+    True
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -154,6 +154,15 @@ def correlation_table(df: pd.DataFrame, x: str | Sequence[str], y: str = "score"
         ci_method, confidence, n_boot, seed, n_groups`` (+ ``minus`` with ``differences``; + ``split_half,
         ceiling, r_over_ceiling`` when ``ceiling`` is given). ``p_fdr``: ``p_value`` adjusted for the false-discovery rate
         (Benjamini-Hochberg, :func:`fdr_bh`) over every row of the table.
+
+    Examples
+    --------
+    >>> import pandas as pd, memlens
+    >>> # run: a run directory (memlens run DATA --out RUN)
+    >>> per_image = pd.read_csv(f"{run}/per_image.csv")
+    >>> table = memlens.correlation_table(per_image, x=["recon_mse", "distinctiveness"], y="score", n_boot=200)
+    >>> table[["x", "scope", "n"]].head(2).values.tolist()
+    [['recon_mse', 'pooled', 40], ['distinctiveness', 'pooled', 40]]
     """
     import pandas as pd
 

@@ -132,6 +132,15 @@ def fit_autoencoder(
     -------
     TrainResult
         The model is left in eval mode on ``device``.
+
+    Examples
+    --------
+    >>> import torch, memlens
+    >>> ae = memlens.create_autoencoder("small", input_size=32)
+    >>> images = torch.rand(6, 3, 32, 32)
+    >>> res = memlens.fit_autoencoder(ae, images, mode="exposure", seed=0, device="cpu")  # one pass, batch 1
+    >>> res.mode, res.n_images, res.exposure_losses.shape
+    ('exposure', 6, (1, 6))
     """
     from ..metrics import make_loss
 

@@ -206,6 +206,15 @@ def make_demo_set(root: str | os.PathLike, n_images: int = 240, seed: int = 0, i
         ``root`` is a file, or a non-empty folder that may not be replaced.
     ConfigError
         An argument is out of range.
+
+    Examples
+    --------
+    >>> import tempfile, memlens
+    >>> root = memlens.make_demo_set(tempfile.mkdtemp() + "/demo", n_images=20, image_size=32, n_experience=4,
+    ...                              n_observers=20, n_splits=3)
+    >>> ds = memlens.load_dataset(root)
+    >>> ds.layout, len(ds)
+    ('memcat', 20)
     """
     _validate_args(n_images, seed, image_size, n_experience, n_observers, n_splits)
     root = Path(root).expanduser().absolute()

@@ -105,6 +105,16 @@ def load_dataset(
         root, ...); every problem is listed. Images are not decoded here: use ``validate_dataset``.
     ConfigError
         An option has an invalid value.
+
+    Examples
+    --------
+    >>> import memlens
+    >>> # data: a folder made by memlens.make_demo_set (or your own images)
+    >>> ds = memlens.load_dataset(data)          # a folder or a table; the layout is detected
+    >>> ds.layout, len(ds), ds.has_scores
+    ('memcat', 40, True)
+    >>> list(ds.table.columns[:5])
+    ['image_id', 'path', 'score', 'category', 'subcategory']
     """
     problems: list[Problem] = []
     collected = collect(
