@@ -82,8 +82,8 @@ def section_correlations(ctx: ReportContext) -> tuple[str, dict]:
 def _which(r: dict) -> str:
     """The group, control, group count or subtracted measure of a row (a row has at most one)."""
     scope = r.get("scope")
-    if scope == "between" and r.get("n_groups") is not None:
-        return f"{r.get('n_groups')} category means"
+    if scope == "between" and isinstance(r.get("n_groups"), (int, float)):
+        return f"{int(r['n_groups'])} category means"
     if scope == "difference" and r.get("minus"):
         return f"minus {r.get('minus')}"
     return " | ".join(str(v) for v in (r.get("group"), r.get("control")) if v) or "–"

@@ -146,7 +146,7 @@ def _category_parts(rows: list[dict[str, Any]], pooled: dict[str, dict[str, dict
         by.setdefault((str(rec["descriptor"]), str(rec["target"])), {})[str(rec["scope"])] = {
             "n": clean_value(rec.get("n")), "r": finite_float(rec.get("r")), "ci_low": finite_float(rec.get("ci_low")),
             "ci_high": finite_float(rec.get("ci_high")), "p_value": finite_float(rec.get("p_value")),
-            "p_fdr": finite_float(rec.get("p_fdr")), "n_groups": clean_value(rec.get("n_groups"))}
+            "p_fdr": finite_float(rec.get("p_fdr")), "n_groups": _count(rec.get("n_groups"))}
     res["category_parts"] = [{"descriptor": d, "target": t, **v} for (d, t), v in by.items()]
     out = ["<h3>Within and between categories</h3>"]
     for target in dict.fromkeys(t for _, t in by):
@@ -165,3 +165,9 @@ def _category_parts(rows: list[dict[str, Any]], pooled: dict[str, dict[str, dict
                     + (f" ({n_groups} points)" if n_groups else "") + ". A descriptor related to memorability only "
                     "between categories tells the categories apart rather than the images inside them."))
     return out
+
+
+def _count(v: Any) -> int | None:
+    """A count read from a CSV column that also holds NaN (so it came back as a float)."""
+    v = clean_value(v)
+    return int(v) if isinstance(v, (int, float)) else None

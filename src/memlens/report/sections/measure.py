@@ -103,8 +103,9 @@ def measure_section(ctx: ReportContext, sec: str, cols: list[str], primary: str,
             res["measures"][primary]["within"] = within
         between = ctx.corr.find(primary, "between")
         if between is not None:
+            k = clean_value(between.get("n_groups"))
             res["measures"][primary]["between"] = {**correlation_numbers(between),
-                                                   "n_groups": clean_value(between.get("n_groups"))}
+                                                   "n_groups": int(k) if isinstance(k, (int, float)) else k}
     partial, scope_rows = [], []
     for row in ctx.corr.find_all(primary, "partial"):
         numbers = correlation_numbers(row)
@@ -168,7 +169,9 @@ def _parts_table(ctx: ReportContext, primary: str, df: pd.DataFrame, res: dict[s
                      fmt_ci(pooled.get("ci_low"), pooled.get("ci_high")), fmt_p(pooled.get("p_value"))))
     if between is not None:
         b = correlation_numbers(between)
-        rows.append((f"between categories ({clean_value(between.get('n_groups'))} category means)", b["n"], b["r"],
+        k = clean_value(between.get("n_groups"))
+        k = int(k) if isinstance(k, (int, float)) else k  # the CSV stores the count as a float beside NaNs
+        rows.append((f"between categories ({k} category means)", b["n"], b["r"],
                      fmt_ci(b["ci_low"], b["ci_high"]), fmt_p(b["p_value"])))
     before = f"{primary}_before"
     after_given_before = next((r for r in ctx.corr.find_all(primary, "partial")
