@@ -371,3 +371,32 @@ def test_perceptual_with_efficientnet_features():
     # more noise -> larger perceptual distance
     far = metric(x, (x + 0.4 * torch.randn(x.shape, generator=g)).clamp(0, 1))
     assert bool((far > d).all())
+
+
+def test_lpips_without_its_backbone_weights_is_one_clear_line(monkeypatch):
+    """An offline first use of LPIPS (torchvision cannot fetch the backbone) is a ConfigError naming the file."""
+    import sys
+    import types
+    import urllib.error
+
+    import memlens.metrics as M
+    from memlens.errors import ConfigError
+
+    fake = types.ModuleType("lpips")
+
+    def refuse(**_kw):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    fake.LPIPS = refuse
+    monkeypatch.setitem(sys.modules, "lpips", fake)
+    monkeypatch.setattr(M, "_LPIPS_MODELS", {})
+    with pytest.raises(ConfigError, match=r"squeezenet1_1-b8a52dc0\.pth.*checkpoints") as err:
+        M.lpips_model(torch.device("cpu"), "squeeze")
+    assert "\n" not in str(err.value)
+
+    def broken(**_kw):  # any other failure is not dressed up as a download problem
+        raise RuntimeError("size mismatch for lin0.model.1.weight")
+
+    fake.LPIPS = broken
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        M.lpips_model(torch.device("cpu"), "squeeze")

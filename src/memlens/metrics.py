@@ -33,6 +33,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -437,6 +438,18 @@ _LPIPS_MODELS: dict[str, Any] = {}
 
 
 LPIPS_NETS = ("alex", "squeeze", "vgg")
+#: the torchvision ImageNet weight file of each LPIPS backbone (torch hub's checkpoints folder holds it)
+LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth",
+                        "vgg": "vgg16-397923af.pth"}
+
+
+def _looks_like_download_failure(exc: BaseException) -> bool:
+    """An error of fetching weights over the network (no network, DNS, HTTP)."""
+    import urllib.error
+
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, urllib.error.URLError) or any(
+        k in text for k in ("urlopen", "name or service", "network", "http error", "connection"))
 
 
 def lpips_model(device: torch.device, net: str = "alex") -> torch.nn.Module:
@@ -456,7 +469,19 @@ def lpips_model(device: torch.device, net: str = "alex") -> torch.nn.Module:
                     "metric 'lpips' needs the optional package 'lpips': pip install 'memlens[lpips]' "
                     "(or use the offline 'perceptual' metric)"
                 ) from None
-            model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
+            try:
+                model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
+            except (OSError, RuntimeError) as exc:  # URLError is an OSError: the backbone's weights are not cached
+                if not _looks_like_download_failure(exc):
+                    raise
+                import torch.hub
+
+                raise ConfigError(
+                    f"metric 'lpips' ({net}) needs the ImageNet weights of its backbone, which torchvision downloads "
+                    f"once and could not ({type(exc).__name__}): put {LPIPS_BACKBONE_FILES[net]} (from "
+                    f"https://download.pytorch.org/models/{LPIPS_BACKBONE_FILES[net]}) in "
+                    f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or use the offline 'perceptual' metric"
+                ) from None
             for p in model.parameters():
                 p.requires_grad_(False)
             _LPIPS_MODELS[key] = model
