@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("memlens.commands.train:train", "Train an autoencoder (single exposure or pretraining)."),
     "score": ("memlens.commands.score:score", "Per-image reconstruction errors, latents, distinctiveness."),
     "analyze": ("memlens.commands.analyze:analyze", "Correlate the per-image measures with memorability."),
-    "fit-predictor": ("memlens.commands.fit_predictor:fit_predictor", "Cross-validate and fit the memorability predictor (SVR; MLP and ridge beside it)."),
+    "fit-predictor": ("memlens.commands.fit_predictor:fit_predictor", "Fit the memorability predictor; its accuracy on images no choice saw."),
     "predict": ("memlens.commands.predict:predict", "Predict memorability for new images (files or folders)."),
     "baselines": ("memlens.commands.baselines:baselines", "Compare the predictor with ResMem, ViTMem and simple baselines."),
     "explain": ("memlens.commands.explain:explain", "Integrated Gradients maps and visual descriptors."),
