@@ -338,3 +338,19 @@ def test_estimate_within_and_between_categories(tmp_path, capsys):
     got = results["predictor"]["estimate_parts"]
     assert got["source"] == "predictor_categories.csv" and got["within"]["r"] == pytest.approx(within)
     assert got["within"]["ci_low"] == pytest.approx(parts[parts.scope == "within"].ci_low.iloc[0])
+
+
+@pytest.mark.parametrize("holdout", [0, 0.3])
+def test_on_step_counts_every_fit_towards_a_known_total(tmp_path, holdout):
+    """fit-predictor's progress bar: on_step(done, total) once per fit, the total known from the first call."""
+    from memlens.predict import fit_predictor_run
+
+    run, _ = make_run(tmp_path)
+    calls = []
+    fit_predictor_run(run, cv=3, inputs="latents", holdout=holdout, hidden=(16,), max_epochs=20, finetune=None,
+                      on_step=lambda done, total: calls.append((done, total)))
+    totals = {t for _, t in calls}
+    assert len(totals) == 1 and [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    # holdout: 3 inner folds + the holdout fit + the final model; nested with --model auto: 3 outer folds, the
+    # inner folds of each outer fold's choice, 3 folds for the saved model's choice, the final model
+    assert calls[-1][0] == totals.pop() == (3 + 1 + 1 if holdout else 3 + 3 * 3 + 3 + 1)

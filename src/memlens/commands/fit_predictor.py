@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ._common import check_device, progress_enabled
+from ._common import check_device, progress_bar, progress_enabled
 
 
 def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -91,15 +92,32 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
 
     show = progress_enabled()
     t0 = time.perf_counter()
+    bar: Any = None
 
     def progress(msg: str) -> None:
-        if show:
+        if not show:
+            return
+        if bar is not None:
+            bar.set_postfix_str(msg[:60], refresh=False)
+        else:
             click.echo(f"  {msg}", err=True)
 
-    res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=features, hidden=hidden,
-                            max_epochs=max_epochs, device=device, model=model, holdout=holdout,
-                            finetune=None if finetune == "none" else finetune, stratify=stratify,
-                            progress=progress)
+    def on_step(done: int, total: int) -> None:
+        nonlocal bar
+        if not show:
+            return
+        if bar is None:
+            bar = progress_bar("fit-predictor", total, unit="fit")
+        bar.update(done - bar.n)
+
+    try:
+        res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=features, hidden=hidden,
+                                max_epochs=max_epochs, device=device, model=model, holdout=holdout,
+                                finetune=None if finetune == "none" else finetune, stratify=stratify,
+                                progress=progress, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
     table = res["table"]
     est = res["estimate"]
     n_hold = int(round(res["n_images"] * res["holdout"]))

@@ -78,7 +78,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, holdout: float | str | None = "auto",
                       finetune: str | None = "auto", finetune_params: dict[str, Any] | None = None,
-                      stratify: str = "category", progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                      stratify: str = "category", progress: Callable[[str], Any] | None = None,
+                      on_step: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
     """Choose, evaluate honestly and save a memorability predictor for a run.
 
     Every figure written for the saved model comes from images that no choice saw
@@ -136,6 +137,9 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         mean of the two predictions), a candidate of ``model="auto"``. ``"auto"`` (default): Lite0 when the
         feature set runs it and the run has 1,000 scored images or more (:data:`AUTO_FINETUNE_MIN`; below, nested
         cross-validation would fit about 36 tails), else none; None or ``"none"``: no fine-tuning.
+    progress : called with a line of text per step.
+    on_step : called as ``on_step(done, total)`` after every fit (each split of each cross-validation, then the
+        final model; ``total`` is known from the start): what the CLI's progress bar shows.
 
     Returns
     -------
@@ -198,10 +202,19 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         return {"extra_models": {"finetune": (ft_base, data.trunk[variant][idx])},
                 "blends": {"svr+finetune": ("svr", "finetune")}}
 
+    steps = {"done": 0, "total": 0}
+
+    def step(msg: str | None = None) -> None:
+        """One fit done (a split of a cross-validation, or the final model): ``on_step(done, total)``."""
+        steps["done"] += 1
+        if msg is not None and progress is not None:
+            progress(msg)
+        if on_step is not None:
+            on_step(steps["done"], steps["total"])
+
     def run_cv(idx: np.ndarray, splits: list[dict[str, np.ndarray]], tag: str, **kw: Any) -> Any:
         res = cross_validate(X[idx], y[idx], splits, regressor=base, svr=svr_base, ceiling=sub_ceiling(idx),
-                             progress=None if progress is None else (lambda m: progress(f"{tag} {m}")),
-                             **models(idx), **kw)
+                             progress=lambda m: step(f"{tag} {m}"), **models(idx), **kw)
         res.table.insert(2, "estimate", tag)
         return res
 
@@ -209,6 +222,14 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
              X.shape[1], inputs, split, n_splits, strat, frac, model)
     plan = _split_plan(strata, n, split=split, n_splits=n_splits, seed=seed, frac=frac, nested=nested)
     every = np.arange(n)
+
+    def k_inner(sp: dict[str, np.ndarray]) -> int:  # the inner folds of nested CV's choice in an outer fold
+        return max(2, min(n_splits if split == "kfold" else 5, (len(sp["train"]) + len(sp["val"])) // 2))
+
+    # the fits to come, for on_step's total: every split of every cross-validation, then the final model
+    steps["total"] = len(plan["splits"]) + 1 + (1 if frac > 0 else 0)
+    if frac == 0 and model == "auto":
+        steps["total"] += sum(k_inner(sp) for sp in plan["splits"]) + n_splits
     oof_cols: dict[str, np.ndarray] = {}
     part = np.full(n, "", dtype=object)
     tables = []
@@ -219,7 +240,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         if progress is not None:
             progress(f"fitting every model on the {len(sel)} selection images, scoring the {len(hold)} held out")
         outer = cross_validate(X, y, [{"train": sel, "val": np.zeros(0, dtype=int), "test": hold}], regressor=base,
-                               svr=svr_base, ceiling=ceiling, return_estimators=True, **models(every))
+                               svr=svr_base, ceiling=ceiling, return_estimators=True,
+                               progress=lambda m: step(f"holdout {m}"), **models(every))
         holdout_store = _holdout_model(chosen, outer.estimators[0])
         outer.table.insert(2, "estimate", "holdout")
         tables += [inner.table, outer.table]
@@ -250,10 +272,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
             sel_rows = []
             for j, sp in enumerate(splits):
                 tr = np.concatenate([sp["train"], sp["val"]])
-                k_in = min(n_splits if split == "kfold" else 5, len(tr) // 2)
-                inner_j = cross_validate(X[tr], y[tr], make_splits(strata(tr), n_splits=max(2, k_in),
+                inner_j = cross_validate(X[tr], y[tr], make_splits(strata(tr), n_splits=k_inner(sp),
                                                                     seed=seed + 1 + j, nested=nested),
-                                         regressor=base, svr=svr_base, **models(tr))
+                                         regressor=base, svr=svr_base, progress=lambda m: step(None),
+                                         **models(tr))
                 pick = choose_model(inner_j.table, candidates)
                 selected[sp["test"]] = oof_cols[pick][sp["test"]]
                 row = outer.table[(outer.table["fold"] == j) & (outer.table["model"] == pick)].iloc[0].to_dict()
@@ -318,6 +340,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     else:
         with blas_threads(base.num_threads):
             final = linear_head(ridge_baseline().fit(X, y))
+    step(None)
     mean_rows = table[(table["fold"] == "mean") & (table["estimate"] == kind)].set_index("model")
     summary = {m: {c: _num(mean_rows.loc[m, c]) for c in ("spearman", "pearson", "mse", "auc", "spearman_pooled",
                                                           "ci_low", "ci_high")
