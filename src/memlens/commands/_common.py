@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -75,6 +77,17 @@ def progress_bar(desc: str, total: int | None = None, unit: str = "img", initial
 
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, leave=False,
                 file=sys.stderr)
+
+
+@contextlib.contextmanager
+def progress_updates(desc: str, total: int | None = None, unit: str = "img") -> Iterator[Callable[[int], Any] | None]:
+    """While the block runs, the ``update(n)`` of a :func:`progress_bar` to hand to a library call's
+    ``progress=`` (None when bars are off: :func:`progress_enabled`); the bar is closed on the way out."""
+    if not progress_enabled():
+        yield None
+        return
+    with progress_bar(desc, total, unit=unit) as bar:
+        yield bar.update
 
 
 def echo(msg: str = "", err: bool = False) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import check_device, progress_bar, progress_enabled
+from ._common import check_device, progress_updates
 
 
 def _split_weights(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
@@ -47,17 +47,9 @@ def baselines(run: Path, models: str, weights: dict[str, str], n_boot: int, seed
     from ..baselines import compare_baselines
     from ..report.formatting import fmt_ci, fmt_r
 
-    bar = None
-    tick = None
-    if progress_enabled():
-        bar = progress_bar("baselines")
-        tick = bar.update
-    try:
+    with progress_updates("baselines") as tick:
         res = compare_baselines(run, models, weights=weights, n_boot=n_boot, seed=seed, batch_size=batch_size,
                                 device=device, progress=lambda m: click.echo(m, err=True), tick=tick)
-    finally:
-        if bar is not None:
-            bar.close()
     for name, why in res.skipped.items():
         click.echo(f"not run: {name}: {why}", err=True)
     click.echo(f"on the {res.info['evaluated_on']}; Spearman with the human scores, paired bootstrap 95% CI "

@@ -163,7 +163,8 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
                f"[{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}] {how[est['kind']]}")
     if "within" in est:  # categories: the same predictions within categories and of the category means
         w, b = est["within"], est.get("between")
-        click.echo(f"  within category (category means removed): Spearman {_fmt(w['r'])} "
+        click.echo(f"  the same {est['n']} images ({est['kind']}), within category (category means removed): "
+                   f"Spearman {_fmt(w['r'])} "
                    f"[{_fmt(w['ci_low'])}, {_fmt(w['ci_high'])}]"
                    + (f"; between categories ({b['n_groups']} category means): {_fmt(b['r'])} "
                       f"[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}]" if b else ""))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, check_device, progress_bar, progress_enabled
+from ._common import FiniteFloatRange, check_device, progress_updates
 
 
 @click.command("predict")
@@ -59,12 +59,7 @@ def predict(images: tuple[str, ...], run: Path | None, model: str | None, weight
             raise click.BadParameter(str(exc), param_hint="--model") from None
     if out is not None:
         check_output_path(out)  # before minutes of work, not after
-    bar = None
-    update = None
-    if progress_enabled():
-        bar = progress_bar("predicting")
-        update = bar.update
-    try:
+    with progress_updates("predicting") as update:
         if engine == "ray":
             from ..inference_ray import predict_images_ray
 
@@ -74,9 +69,6 @@ def predict(images: tuple[str, ...], run: Path | None, model: str | None, weight
         else:
             result = predict_images(images, run, model=model, weights=weights, batch_size=batch_size, device=device,
                                     progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
     for p in result.problems:
         click.echo(f"skipped: {p}", err=True)
     if not len(result.table):

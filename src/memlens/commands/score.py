@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import FiniteFloatRange, check_device, progress_bar, progress_enabled
+from ._common import FiniteFloatRange, check_device, progress_updates
 
 
 def _split_metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -87,20 +87,12 @@ def score(data: Path | None, run_dir: Path, batch_size: int, metrics: list[str] 
             extra.update(workers=workers or None, address=address, gpus_per_worker=gpus_per_worker)
             workers = 0
 
-    bar = None
-    update = None
-    if progress_enabled():
-        bar = progress_bar("scoring")
-        update = bar.update
     t0 = time.perf_counter()
-    try:
+    with progress_updates("scoring") as update:
         table = score_run(run_dir, data, metrics=metrics, batch_size=batch_size, layer=layer, pool=pool,
-                       latent_dtype=latent_dtype, distinct_k=distinct_k, distinct_metric=distinct_metric,
-                       distinct_reference=distinct_reference, num_workers=workers, device=device,
-                       feature_size=feature_size, progress=update, precision=precision, **extra)
-    finally:
-        if bar is not None:
-            bar.close()
+                          latent_dtype=latent_dtype, distinct_k=distinct_k, distinct_metric=distinct_metric,
+                          distinct_reference=distinct_reference, num_workers=workers, device=device,
+                          feature_size=feature_size, progress=update, precision=precision, **extra)
     info = table.attrs.get("info", {})
     recon = [c for c in table.columns if c.startswith("recon_")]
     click.echo(f"scored {len(table)} images on {info.get('device', device)} "

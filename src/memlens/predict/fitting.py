@@ -317,6 +317,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
            "spearman": float(at["spearman_pooled"]), "ci_low": float(at["ci_low"]), "ci_high": float(at["ci_high"])}
     parts = _category_parts(run, data.image_ids, y, cats, oof_cols[honest_model], honest_rows, seed)
     if parts is not None:
+        parts.insert(0, "estimate", kind)  # which images: the held-out ones, or the outer folds' (never chosen on)
         with atomic_path(run / "predictor_categories.csv") as tmp:
             parts.to_csv(tmp, index=False)
         for scope in ("within", "between"):

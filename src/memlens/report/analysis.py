@@ -175,8 +175,8 @@ def noise_ceiling(run: RunFiles, ids: Sequence[str] | None, corr: CorrelationRow
             if len(keep) >= 3:
                 halves = halves.subset(keep)
         agreement = None
-        if ids is not None and run.per_image() is not None and len(halves.image_ids) >= 3:
-            df = run.per_image()
+        df = run.per_image() if ids is not None else None
+        if df is not None and len(halves.image_ids) >= 3:
             if "score" in df.columns:
                 score = pd.to_numeric(df.set_index(df["image_id"].astype(str))["score"], errors="coerce")
                 halves, agreement = halves.matching(score.reindex(list(halves.image_ids)).to_numpy(dtype=float))

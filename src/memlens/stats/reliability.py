@@ -175,22 +175,10 @@ def between_split_half(h1: np.ndarray, h2: np.ndarray, groups: np.ndarray, metho
     :func:`ceiling_from_split_half` of it is the ceiling of a between-group correlation with the score. NaN
     with fewer than three groups.
     """
-    import pandas as pd
-    from scipy.stats import rankdata
+    from .parts import between_groups
 
-    gid, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object).ravel()), use_na_sentinel=True)
-    rs = []
-    for a, b in zip(np.atleast_2d(h1), np.atleast_2d(h2), strict=True):
-        ok = np.isfinite(a) & np.isfinite(b) & (gid >= 0)
-        _, g = np.unique(gid[ok], return_inverse=True)
-        k = int(g.max()) + 1 if ok.any() else 0
-        if k < 3:
-            continue
-        ma = np.bincount(g, weights=a[ok], minlength=k) / np.bincount(g, minlength=k)
-        mb = np.bincount(g, weights=b[ok], minlength=k) / np.bincount(g, minlength=k)
-        if method == "spearman":
-            ma, mb = rankdata(ma), rankdata(mb)
-        if np.all(ma == ma[0]) or np.all(mb == mb[0]):
-            continue
-        rs.append(float(np.corrcoef(ma, mb)[0, 1]))
-    return float(np.mean(rs)) if rs else math.nan
+    with collected_warnings():  # a split without variance between its group means is left out, not warned about
+        rs = [between_groups(a, b, groups, method=method, n_boot=0).r
+              for a, b in zip(np.atleast_2d(h1), np.atleast_2d(h2), strict=True)]
+    ok = [r for r in rs if math.isfinite(r)]
+    return float(np.mean(ok)) if ok else math.nan
