@@ -606,3 +606,49 @@ def test_sanity_check_convergence_warning_names_the_randomised_model(images, cap
         randomization_check(Toy(), images, module="head", seed=3, n_steps=1, internal_batch_size=8,
                             delta_tolerance=1e-9)
     assert "Integrated Gradients (randomised head, sanity check) did not converge" in caplog.text
+
+
+def test_convergence_delta_is_captums_without_its_extra_passes(images):
+    """The delta comes from the f(x), f(baseline) IG computes anyway: captum's own value, two forward passes fewer
+    per attribution."""
+    from captum.attr import IntegratedGradients
+
+    from memlens.explain.gradients import ScalarOutput
+
+    model = Toy().eval()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    res = integrated_gradients(model, images[:2], n_steps=8, internal_batch_size=8, error_check=False)
+    # per image: f(x) and f(baseline) in one pass of 2, then the 8 path points
+    assert calls == [2, 8, 2, 8]
+    ig = IntegratedGradients(ScalarOutput(model))
+    for i in range(2):
+        _, delta = ig.attribute(images[i:i + 1], baselines=torch.zeros_like(images[i:i + 1]), n_steps=8,
+                                internal_batch_size=8, return_convergence_delta=True)
+        assert res.delta[i] == pytest.approx(float(delta[0]), abs=1e-5)
+
+
+def test_aggregate_only_maps_and_the_sanity_check_use_their_own_steps(tmp_path, patched_model):
+    """Maps shown one by one use n_steps; maps that only enter the aggregates use aggregate_steps, and the
+    randomised model's maps sanity_steps: each equal to integrated_gradients at that step count."""
+    import json
+
+    from memlens.data import load_image
+    from memlens.explain import explain_run
+
+    run, ids, scores, _ = _fake_run(tmp_path)
+    summary = explain_run(run, top=1, bottom=1, n_steps=8, aggregate_steps=4, sanity_steps=2, aggregate_max=2,
+                          sanity_max=2, n_boot=20, model_for="final")
+    ig = summary["integrated_gradients"]
+    z = np.load(run / "attributions" / "attributions.npz", allow_pickle=False)
+    shown = {summary["explained"][g][0]["image_id"] for g in ("top", "bottom")}
+    only_agg = [i for i in z["image_ids"].tolist() if i not in shown]
+    assert ig["n_steps"] == 8 and ig["aggregate_steps"] == 4 and ig["n_aggregate_only"] == len(only_agg) == 2
+    for i in z["image_ids"].tolist():
+        x = torch.from_numpy(load_image(run.parent / "data" / i, S).transpose(2, 0, 1)[None] / 255.0).float()
+        want = integrated_gradients(patched_model, x, n_steps=8 if i in shown else 4, error_check=False).maps[0]
+        np.testing.assert_allclose(z["maps"][z["image_ids"].tolist().index(i)], want, rtol=1e-5, atol=1e-7)
+    sanity = json.loads((run / "attributions" / "sanity.json").read_text())
+    assert sanity["ig"]["n_steps"] == 2 and sanity["n_images"] == 2
+    with pytest.raises(ValueError, match="aggregate_steps"):
+        explain_run(run, top=1, bottom=1, aggregate_steps=0, model_for="final")

@@ -77,12 +77,26 @@ from ._common import FiniteFloatRange, check_device, echo, progress_bar, progres
     "(0 = all).",
 )
 @click.option(
+    "--aggregate-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Integrated Gradients steps of the maps that only enter the aggregate maps [default: half of --steps; "
+    "their average is more accurate than each map].",
+)
+@click.option(
     "--sanity-max",
     type=click.IntRange(min=0),
     default=4,
     show_default=True,
     help="At most N images in the weight-randomisation sanity check (0 = all the --images, --top and --bottom "
     "images).",
+)
+@click.option(
+    "--sanity-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps of the randomised model's maps in the sanity check [default: half of --steps; a rank "
+    "correlation needs no exact maps].",
 )
 @click.option(
     "--n-boot",
@@ -142,7 +156,9 @@ def explain(
     smoothgrad_sigma: float,
     internal_batch_size: int,
     aggregate_max: int,
+    aggregate_steps: int | None,
     sanity_max: int,
+    sanity_steps: int | None,
     n_boot: int,
     delta_tolerance: float,
     error_tolerance: float,
@@ -180,7 +196,9 @@ def explain(
             internal_batch_size=internal_batch_size,
             seed=seed,
             aggregate_max=aggregate_max,
+            aggregate_steps=aggregate_steps,
             sanity_max=sanity_max,
+            sanity_steps=sanity_steps,
             n_boot=n_boot,
             delta_tolerance=delta_tolerance,
             error_tolerance=error_tolerance,
@@ -211,8 +229,12 @@ def explain(
     checked = ig.get("flag_criterion") == "map_error"
     accuracy = (f"estimated map error median {100 * ig['median_map_error']:.1f}%, max "
                 f"{100 * ig['max_map_error']:.1f}%; " if checked and ig.get("max_map_error") is not None else "")
+    n_agg = ig.get("n_aggregate_only") or 0
+    steps_note = (f"{n_maps - n_agg} at {ig['n_steps']} steps, {n_agg} only in the aggregates at "
+                  f"{ig['aggregate_steps']}" if n_agg and n_agg < n_maps else
+                  f"{ig['aggregate_steps'] if n_agg else ig['n_steps']} steps")
     echo(
-        f"integrated gradients: {n_maps} maps ({ig['baseline']} baseline, {ig['n_steps']} steps), {accuracy}"
+        f"integrated gradients: {n_maps} maps ({ig['baseline']} baseline, {steps_note}), {accuracy}"
         f"{ig['n_flagged']} flagged as " + ("not accurate yet" if checked else "not converged")
     )
     if ig["n_flagged"]:

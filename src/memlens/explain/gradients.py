@@ -334,16 +334,18 @@ def integrated_gradients(
             for i in range(n):
                 x = x_all[i : i + 1].to(device)
                 b = b_all[i : i + 1].to(device)
-                with torch.no_grad():
-                    f_x[i] = float(wrapped(x)[0])
-                    f_b[i] = float(wrapped(b)[0])
+                with torch.no_grad():  # f(x) and f(baseline) in one pass (eval mode: rows are independent)
+                    fxb = wrapped(torch.cat([x, b])).double().cpu().numpy()
+                f_x[i], f_b[i] = float(fxb[0]), float(fxb[1])
                 x = x.clone().requires_grad_(True)
 
                 def attribute(steps: int, x=x, b=b, i=i) -> tuple[torch.Tensor, float]:
                     if nt is None:
-                        a, d = ig.attribute(x, baselines=b, n_steps=steps, method=method,
-                                            internal_batch_size=internal_batch_size, return_convergence_delta=True)
-                        return a, float(d.reshape(-1)[0])
+                        # the completeness delta from the f(x), f(baseline) above: captum's own would run both
+                        # forward passes again for every attribution (a fifth of explain's time)
+                        a = ig.attribute(x, baselines=b, n_steps=steps, method=method,
+                                         internal_batch_size=internal_batch_size)
+                        return a, float(a.detach().double().sum()) - (f_x[i] - f_b[i])
                     with torch.random.fork_rng(devices=fork_devices):  # the same noise draws at any step count
                         torch.manual_seed(_image_seed(seed, x_all[i]))
                         a, d = nt.attribute(x, nt_type="smoothgrad", nt_samples=smoothgrad, nt_samples_batch_size=1,
