@@ -6,6 +6,7 @@ Usage::
     python benchmarks/reference_vs_memlens.py --n 100 --threads 1
     python benchmarks/reference_vs_memlens.py --backbone efficientnet_lite0 --precision float32
     python benchmarks/reference_vs_memlens.py --device cuda --n 2000
+    python benchmarks/reference_vs_memlens.py --n 100 --precision float32 --unfolded   # folded vs unfolded BN
 
 The reference approach, re-implemented plainly as the published scripts work:
 
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+UNFOLDED = "float32-unfolded"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lnsim-dev"
 
 
@@ -196,9 +198,12 @@ class MemlensPath:
         from memlens.data import ImageCache
 
         self.model, self.n, self.size, self.device = model, n, size, device
+        # "float32-unfolded": float32 with the batch norms left as they are (memlens before folding them)
+        self.fold = precision != UNFOLDED
+        precision = "float32" if precision == UNFOLDED else precision
         self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
         self.timer = Timer(torch.cuda.synchronize if device.type == "cuda" else None)
-        out = workdir / f"memlens_{precision}"
+        out = workdir / f"memlens_{precision}{'' if self.fold else '_unfolded'}"
         shutil.rmtree(out, ignore_errors=True)  # cold cache: every image is decoded (and cached) in the run
         out.mkdir(parents=True)
         self.cache = ImageCache(out / "cache")
@@ -210,6 +215,16 @@ class MemlensPath:
         self.calibration = calibration
 
     def run_block(self, paths: list[str]) -> None:
+        import memlens.scoring.batch as scoring_batch
+
+        folding = scoring_batch.FOLD_BATCHNORM
+        scoring_batch.FOLD_BATCHNORM = self.fold
+        try:
+            self._run_block(paths)
+        finally:
+            scoring_batch.FOLD_BATCHNORM = folding
+
+    def _run_block(self, paths: list[str]) -> None:
         from memlens.quantize import Int8Autoencoder, quantize_autoencoder
         from memlens.scoring import score_images
 
@@ -355,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="memlens path(s): auto = float32, plus bfloat16 where the hardware has native bf16 "
                          "(CUDA, or a CPU with AVX512-BF16/AMX), plus int8 on the CPU where the backbone can be "
                          "quantized; both = float32 and bfloat16; all = the three")
+    ap.add_argument("--unfolded", action="store_true",
+                    help="also run memlens float32 without folding the batch norms (as before), in the same blocks")
     ap.add_argument("--reference-passes", type=int, choices=(1, 2), default=1,
                     help="1: one loop computes MSE and saves latents (default, the cheaper reference); "
                          "2: separate loops (scoring script, then latent script)")
@@ -399,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         precisions = ["float32", "bfloat16", "int8"]
     else:
         precisions = [args.precision]
+    if args.unfolded:
+        precisions.insert(precisions.index("float32") + 1 if "float32" in precisions else 0, UNFOLDED)
 
     facts = {
         "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "nproc": os.cpu_count(),
@@ -431,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference: batch 1, {args.reference_passes} pass(es); memlens: batch {args.batch_size}, "
               f"workers {args.num_workers}, precision {', '.join(precisions)}; interleaved in blocks of "
               f"{args.block or len(paths)} images")
-        for p in precisions:
+        for p in dict.fromkeys("float32" if p == UNFOLDED else p for p in precisions):
             warm_up(model, size, device, args.batch_size, p)
 
         ref = ReferencePath(model, size, device, workdir, args.reference_passes)
@@ -507,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         total_line += f"{tot:22.2f}{fmt_ratio(ref_total, tot):>9}"
         cpu_line += f"{tot_cpu:22.2f}{fmt_ratio(ref_total_cpu, tot_cpu):>9}"
         a_mse, a_nn = agreement(ref_mse, mse), agreement(ref_nn, nn_d)
-        tol = {"float32": args.rtol, "bfloat16": args.rtol_bf16, "int8": args.rtol_int8}[p]
+        tol = {"float32": args.rtol, UNFOLDED: args.rtol, "bfloat16": args.rtol_bf16, "int8": args.rtol_int8}[p]
         passed = a_mse["max_rel_diff"] <= tol and a_nn["max_rel_diff"] <= tol
         ok &= passed
         results[p] = {

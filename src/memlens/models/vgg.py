@@ -72,6 +72,8 @@ SPEC = BackboneSpec(
 class _UpBlock(nn.Module):
     """2x2 stride-2 transposed conv, then ``n`` x (BN, ReLU, 3x3 conv); the last conv changes the width."""
 
+    conv_bn_pairs = (("up", "layers.0"),)  # for memlens.models.base.fold_batchnorm
+
     def __init__(self, cin: int, cout: int, n: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(cin, cin, kernel_size=2, stride=2)

@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..metrics import Metric
+from ..metrics import (
+    Metric,
+    check_images,
+    perceptual_distance,
+    perceptual_extractor,
+    perceptual_from_features,
+)
 
 __all__ = ["FEATURE_SIZE", "LATENT_DTYPES", "CPU_CHUNK_PIXELS", "BatchNumbers", "BatchScorer", "check_batch_settings",
            "resolve_device",
@@ -33,6 +39,9 @@ __all__ = ["FEATURE_SIZE", "LATENT_DTYPES", "CPU_CHUNK_PIXELS", "BatchNumbers", 
 FEATURE_SIZE = 224
 #: accepted ``latent_dtype`` values of the stored latents
 LATENT_DTYPES = {"float32": np.float32, "float16": np.float16}
+#: score with a copy of the autoencoders whose batch norms are folded into the convolutions before them
+#: (:func:`memlens.models.base.fold_batchnorm`; numbers equal to float rounding); benchmarks switch it off to compare
+FOLD_BATCHNORM = True
 #: on the CPU the autoencoders run on chunks of about this many pixels (one 224 x 224 image for vgg16): with
 #: oneDNN, a chunk whose activations stay in cache is faster per image than a large batch (docs/benchmarks.md)
 CPU_CHUNK_PIXELS = 224 * 224
@@ -162,18 +171,27 @@ class BatchScorer:
     channels_last : feed channels-last batches. feature_size, resize_features : features of a batch that
         comes without ``feature_images`` are computed on the batch resized to ``feature_size`` when
         ``resize_features`` (tensor sources), else on the batch as it is.
+    fold_bn : score with copies of ``model`` and ``before_model`` whose batch norms are folded into the
+        convolutions (default :data:`FOLD_BATCHNORM`; never with ``layer``, whose output must be the module's own).
     """
 
     def __init__(self, model: nn.Module, metrics: Sequence[Metric], *, device: torch.device,
                  before_model: nn.Module | None = None, feature_model: nn.Module | None = None, pool: str = "none",
                  layer: str | None = None, layer_model: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
-                 channels_last: bool = True, feature_size: int | None = FEATURE_SIZE, resize_features: bool = False):
+                 channels_last: bool = True, feature_size: int | None = FEATURE_SIZE, resize_features: bool = False,
+                 fold_bn: bool | None = None):
+        if (FOLD_BATCHNORM if fold_bn is None else fold_bn) and not layer:
+            from ..models.base import fold_batchnorm
+
+            model = fold_batchnorm(model)[0]
+            before_model = fold_batchnorm(before_model)[0] if before_model is not None else None
         self.model, self.before_model, self.feature_model = model, before_model, feature_model
         self.metrics = list(metrics)
         self.device, self.pool, self.layer, self.amp_dtype = device, pool, layer, amp_dtype
         self.layer_model = layer_model if layer_model is not None else model
         self.channels_last, self.feature_size, self.resize_features = channels_last, feature_size, resize_features
         self.captured: list[torch.Tensor] = []
+        self._perceptual = any(m.fn is perceptual_distance for m in self.metrics)
 
     @property
     def columns(self) -> list[str]:
@@ -216,22 +234,71 @@ class BatchScorer:
             raise ConfigError(f"layer {layer!r} was not called by the autoencoder's encode/decode")
         lat = hooked if layer else z
         latents = latent_block(lat, self.pool).float().cpu().numpy()
-        columns = {m.column: m(x, x_hat).float().cpu().numpy() for m in self.metrics}
-        if self.before_model is not None:
-            before = self.before_model
-            with self._forward_ctx():
-                xb = torch.cat([before(c) for c in x.split(chunk)]) if chunk < len(x) else before(x)
-            xb = xb.float()
-            for m in self.metrics:
-                columns[f"{m.column}_before"] = m(x, xb).float().cpu().numpy()
-        feats = None
+        fs = self.feature_size
+        fx = None
         if self.feature_model is not None:
-            fs = self.feature_size
             fx = feature_images.to(dev).float() if feature_images is not None else x
             if feature_images is None and self.resize_features and fs and x.shape[-1] != fs:
                 fx = torch.nn.functional.interpolate(x, size=(fs, fs), mode="bilinear", align_corners=False,
                                                      antialias=True).clamp(0, 1)
             if self.channels_last and fx.ndim == 4:
                 fx = fx.contiguous(memory_format=torch.channels_last)
-            feats = pool_features(self.feature_model(fx)).cpu().numpy()
+        # one EfficientNet pass over x serves the perceptual metric after and before exposure and, when the
+        # pretrained features are the same network on the same pixels, the features too (was up to three)
+        shared = _SharedPerceptual(x, self.feature_model if fx is x else None) if self._perceptual else None
+        columns = {m.column: self._metric(m, x, x_hat, shared) for m in self.metrics}
+        if self.before_model is not None:
+            before = self.before_model
+            with self._forward_ctx():
+                xb = torch.cat([before(c) for c in x.split(chunk)]) if chunk < len(x) else before(x)
+            xb = xb.float()
+            for m in self.metrics:
+                columns[f"{m.column}_before"] = self._metric(m, x, xb, shared)
+        feats = None
+        if self.feature_model is not None:
+            pooled = shared.pooled() if shared is not None else None
+            feats = (pooled if pooled is not None else pool_features(self.feature_model(fx))).cpu().numpy()
         return BatchNumbers(latents, tuple(lat.shape[1:]), columns, feats)
+
+    @staticmethod
+    def _metric(m: Metric, x: torch.Tensor, y: torch.Tensor, shared: _SharedPerceptual | None) -> np.ndarray:
+        if shared is not None and m.fn is perceptual_distance:
+            check_images(x, y)
+            return shared.distance(y).float().cpu().numpy()
+        return m(x, y).float().cpu().numpy()
+
+
+class _SharedPerceptual:
+    """The perceptual metric's features of one batch ``x``, computed on first use and kept for every
+    reconstruction it is compared with; with ``feature_model`` (the pretrained features of the same pixels),
+    its pooled features come from that pass when it is the same network and weights."""
+
+    def __init__(self, x: torch.Tensor, feature_model: nn.Module | None):
+        self.x, self.ext = x, perceptual_extractor(x.device)
+        src = getattr(self.ext, "source", None)
+        self.fuse = (feature_model is not None and src is not None and getattr(feature_model, "source", None) == src
+                     and hasattr(self.ext, "forward_with_pooled"))
+        self.fx: list[torch.Tensor] | None = None
+        self._pooled: torch.Tensor | None = None
+
+    def _features_of_x(self) -> list[torch.Tensor]:
+        if self.fx is None:
+            with torch.autocast(device_type=self.x.device.type, enabled=False):
+                if self.fuse:
+                    self.fx, self._pooled = self.ext.forward_with_pooled(self.x, check=False)
+                else:
+                    self.fx = self.ext(self.x, check=False)
+        return self.fx
+
+    def distance(self, y: torch.Tensor) -> torch.Tensor:
+        fx = self._features_of_x()
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            fy = self.ext(y.float(), check=False)
+        return perceptual_from_features(fx, fy)
+
+    def pooled(self) -> torch.Tensor | None:
+        """The pooled features of x from the shared pass (None when they cannot come from it)."""
+        if not self.fuse:
+            return None
+        self._features_of_x()
+        return self._pooled.flatten(1).float()
