@@ -390,14 +390,17 @@ def explain_run(
     for key, steps in dict.fromkeys(zip(keys, steps_of, strict=True)) or [(FINAL, n_steps)]:
         rows = [k for k, kk in enumerate(keys) if kk == key and steps_of[k] == steps]
         chk = [checked[k] for k in rows]
+        judged = {"error_check": chk if any(checked) else bool(error_check)}
+        if any(checked) and not any(chk):  # maps not judged while others are error-checked: no delta warning
+            judged["delta_tolerance"] = math.inf
         part = integrated_gradients(
             ex.models[key], x[rows] if needed else x, seed=seed, progress=tick_ig,
-            label=None if key == FINAL else f"{key} model",
-            **{**ig_kw, "n_steps": steps, "error_check": chk if any(checked) else bool(error_check)},
+            label=None if key == FINAL else f"{key} model", **{**ig_kw, "n_steps": steps, **judged},
         )
         parts.append((rows, part))
     res = _merge_results(parts, len(needed))
     res.n_steps = int(n_steps if shown else aggregate_steps)
+    res.delta_tolerance = float(delta_tolerance)
     res.settings = {**res.settings, "aggregate_steps": int(aggregate_steps),
                     "n_aggregate_only": int(sum(1 for i in needed if i not in shown))}
     timings["integrated_gradients"] = time.perf_counter() - t0
