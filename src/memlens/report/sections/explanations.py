@@ -174,7 +174,10 @@ def section_explanations(ctx: ReportContext) -> tuple[str, dict]:
                 f"{fmt(chk['max_abs_diff'], 3)}, tolerance {fmt(chk.get('tolerance'), 3)})"
                 + ("." if agree else "; they were still never fitted on the images they explain.")), not agree))
     if isinstance(ig, Mapping):
+        n_agg = ig.get("n_aggregate_only") or 0
         bits = [f"{ig.get('n_steps')} steps" if ig.get("n_steps") is not None else None,
+                (f"{ig.get('aggregate_steps')} steps for the {n_agg} maps only in the aggregate maps"
+                 if n_agg and ig.get("aggregate_steps") not in (None, ig.get("n_steps")) else None),
                 f"{ig.get('baseline')} baseline" if ig.get("baseline") else None,
                 f"{ig.get('n_images')} images" if ig.get("n_images") is not None else None]
         parts.append(note("Settings: " + esc(", ".join(b for b in bits if b)) + "."))
