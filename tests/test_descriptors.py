@@ -151,3 +151,21 @@ def test_invalid_inputs_raise_clear_errors():
         visual_descriptors(_flat()[None], attribution_maps=np.ones((2, 16, 16)))
     with pytest.raises(ValueError, match="does not match"):
         visual_descriptors(_flat()[None], attribution_maps=np.ones((1, 8, 8)))
+
+
+def test_hsv_means_are_skimages_definition():
+    """Saturation and value are computed without rgb2hsv's hue, with its definitions (black and grey pixels
+    have saturation 0)."""
+    from skimage.color import rgb2hsv
+
+    from memlens.descriptors import image_descriptors
+
+    rng = np.random.default_rng(3)
+    mixed = rng.random((24, 30, 3))
+    mixed[:4] = 0.0  # black rows
+    mixed[4:8] = 0.5  # grey rows
+    for img in (mixed, np.zeros((6, 6, 3)), rng.random((9, 9, 3))):
+        hsv = rgb2hsv(img)
+        d = image_descriptors(img)
+        assert d["hsv_s_mean"] == pytest.approx(float(hsv[..., 1].mean()), abs=1e-12)
+        assert d["hsv_v_mean"] == pytest.approx(float(hsv[..., 2].mean()), abs=1e-12)

@@ -194,7 +194,7 @@ def image_descriptors(
     image: Any, attribution_map: Any = None, center_fraction: float = 0.5
 ) -> dict[str, float]:
     """The descriptors of one image (see :func:`visual_descriptors`) as a dict."""
-    from skimage.color import rgb2gray, rgb2hsv, rgb2lab
+    from skimage.color import rgb2gray, rgb2lab
     from skimage.feature import canny, graycomatrix, graycoprops
 
     rgb = to_hwc_float(image)
@@ -204,9 +204,14 @@ def image_descriptors(
     for i, name in enumerate(("l", "a", "b")):
         out[f"lab_{name}_mean"] = float(lab[..., i].mean())
         out[f"lab_{name}_sd"] = float(lab[..., i].std())
-    hsv = rgb2hsv(rgb)
-    out["hsv_s_mean"] = float(hsv[..., 1].mean())
-    out["hsv_v_mean"] = float(hsv[..., 2].mean())
+    # HSV value and saturation as skimage.color.rgb2hsv defines them (V = max, S = (max - min) / max, 0 where
+    # max = min), without its hue: a quarter of the descriptors' time
+    v = rgb.max(axis=-1)
+    delta = np.ptp(rgb, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sat = np.where(delta == 0.0, 0.0, delta / v)
+    out["hsv_s_mean"] = float(sat.mean())
+    out["hsv_v_mean"] = float(v.mean())
     out["colourfulness"] = colourfulness(rgb)
 
     rgb_u8 = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.int64)
