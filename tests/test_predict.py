@@ -424,3 +424,19 @@ def test_resolve_stratify():
         resolve_stratify("subcategory", False)
     with pytest.raises(ConfigError, match="stratify must be one of auto, category, subcategory, none"):
         resolve_stratify("random", True)
+
+
+def test_svr_head_scores_an_image_the_same_in_any_row_of_a_batch():
+    """The differentiable SVR head computes distances pair by pair: two copies of one image in a batch, and the
+    image alone, get bit-identical scores (the matrix-product form of cdist rounded rows differently)."""
+    from memlens.predict import MemorabilitySVR
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 40)).astype(np.float32)
+    head = MemorabilitySVR().fit(X, rng.random(80)).to_torch()
+    assert sum(len(sv) for sv in head.sv) > 25  # enough support vectors for cdist's matrix-product path
+    x = torch.from_numpy(rng.normal(size=(1, 40)).astype(np.float32))
+    with torch.no_grad():
+        batch = head(torch.cat([x, torch.from_numpy(X[:30]), x]))
+        alone = head(x)
+    assert batch[0] == batch[-1] == alone[0]

@@ -165,8 +165,10 @@ class _KernelHead(nn.Module):
         wsum = 0.0
         for (a, b, w), sv, dual, b0, g in zip(self.blocks, self.sv, self.dual, self.intercepts, self.gammas,
                                                strict=True):
-            d2 = torch.cdist(z[:, a:b], sv).pow(2)
-            total = total + w * (torch.exp(-g * d2) @ dual + b0)
+            # pairwise, not through a matrix product: an image's score must not depend on its row in the batch
+            # (the matrix-product form rounds rows differently: two copies of one image scored 1e-6 apart)
+            d2 = torch.cdist(z[:, a:b], sv, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+            total = total + w * ((torch.exp(-g * d2) * dual).sum(dim=1) + b0)
             wsum += w
         return total / wsum * self.y_scale + self.y_mean
 
