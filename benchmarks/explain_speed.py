@@ -12,10 +12,11 @@ and fits the default predictor on it (``memlens fit-predictor RUN``: feature set
 Then, in this one process and in alternating order, ``explain_run(top=3, bottom=3)`` with:
 
 * ``before``: the settings before issue 20 (every map error-checked, 16 images per aggregate quartile, every
-  map and the randomisation check at the full 32 steps, the model in the default memory format);
+  map and the randomisation check at the full 32 steps, 16 path points per pass, the model in the default
+  memory format);
 * ``after``: today's defaults (the error check on the six overlays only, channels-last on the CPU, the maps
-  that only enter the aggregates and the randomisation check at 16 steps; the aggregate quartiles as given by
-  ``--aggregate-max``, default 16).
+  that only enter the aggregates and the randomisation check at 16 steps, 8 path points per pass; the
+  aggregate quartiles as given by ``--aggregate-max``, default 16).
 
 Savings that are not settings (the convergence delta from the forward passes IG already made, symmetric padding
 inside the convolutions, descriptors on threads) apply to both, so the ratio understates the gain since the
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         run = _make_run(args.data, args.n, Path(tmp.name))
     configs = {
         "before": {"check_aggregates": True, "aggregate_max": 16, "channels_last": False, "aggregate_steps": 32,
-                   "sanity_steps": 32},
+                   "sanity_steps": 32, "internal_batch_size": 16},
         "after": {"check_aggregates": False, "aggregate_max": args.aggregate_max},
     }
     times: dict[str, list[float]] = {k: [] for k in configs}
