@@ -1,19 +1,28 @@
-"""Scale-out: images/s through Ray with 1 and 2 workers, and FAISS on 1,000,000 synthetic 1,280-d latents.
+"""Scale-out: images/s through the Ray streaming pipeline (1, 2, 4 model actors), the driver's memory without
+merging, and FAISS on 1,000,000 synthetic 1,280-d latents.
 
 Usage::
 
-    python benchmarks/scale.py ray   [--n-images 192] [--backbone efficientnet_lite0] [--workdir DIR]
-    python benchmarks/scale.py faiss [--n 1000000] [--dim 1280] [--queries 10000] [--workdir DIR]
-                                     [--configs ivf-flat,ivf-sq8,hnsw-flat] [--hnsw-n 200000]
-    python benchmarks/scale.py all   ... [--json results.json]
+    python benchmarks/scale.py ray    [--images DIR] [--n-images 192] [--workers 1,2,4] [--backbone efficientnet_lite0]
+    python benchmarks/scale.py memory [--sizes 10000,100000] [--memory-index ivf]
+    python benchmarks/scale.py faiss  [--n 1000000] [--dim 1280] [--queries 10000] [--workdir DIR]
+                                      [--configs ivf-flat,ivf-sq8,hnsw-flat] [--hnsw-n 200000]
+    python benchmarks/scale.py index  ARGS...   # benchmarks/scale_index.py's main(ARGS), when the file exists
+    python benchmarks/scale.py all    ... [--json results.json]
 
 ray
-    The demo set (``memlens.data.make_demo_set``, 96-px images resized to the model's input) is scored with an
-    autoencoder of ``--backbone`` (ImageNet encoder, default metrics, pretrained features at 224 px) three
-    ways, side by side in one run on this machine: the single-process engine (1 torch thread), and Ray with 1
-    and 2 actors (1 CPU and 1 torch thread each) on a local Ray instance bound to 127.0.0.1. Reported:
-    wall-clock images/s of the scoring phase (actor start-up included) and steady-state images/s (images /
-    the busiest actor's shard-seconds, start-up excluded).
+    ``--n-images`` real JPEGs (default: the first of lnsim-dev, sorted by name) are written as a Parquet data set
+    of encoded bytes and scored with an autoencoder of ``--backbone`` (ImageNet encoder; default metrics;
+    pretrained features at 224 px): in one process (1 torch thread), then through the Ray streaming pipeline
+    (read -> decode tasks -> model actor pool -> Parquet parts, ``merge=False``) with 1, 2 and 4 model actors (1
+    CPU and 1 torch thread each) on a local Ray instance bound to 127.0.0.1 with ``--ray-cpus`` logical CPUs.
+    Reported: images/s of the scoring phase (actor start-up included) and the decode and model CPU time per
+    image (wall time inside each stage, summed over its workers).
+memory
+    For each of ``--sizes``, that many tiny random JPEGs (32 px) in a Parquet file are scored with a tiny
+    autoencoder (``small``, width 4) with ``merge=False``; the driver's (this process's) resident memory is
+    sampled every 0.2 s, its peak reported separately for the streaming phase and for the finish
+    (distinctiveness with ``--memory-index`` from the memory-mapped parts).
 faiss
     ``--n`` synthetic latents shaped like pooled CNN features (non-negative; 1,000 clusters in a 64-d subspace
     embedded in ``--dim`` dimensions plus noise), written to a memory-mapped ``.npy`` in ``--workdir``.
@@ -71,25 +80,50 @@ def _machine() -> dict[str, Any]:
 # Ray
 
 
-def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
+def write_image_parquet(folder: Path, files: list[Path], rows_per_group: int = 32) -> Path:
+    """The image files as a Parquet data set of encoded bytes (``image_id``, ``image``), one file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"image_id": [f.name for f in files], "image": [f.read_bytes() for f in files]})
+    pq.write_table(table, folder / "images.parquet", row_group_size=rows_per_group)
+    return folder
+
+
+def _ray_init(cpus: int) -> Any:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
     import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    return ray
+
+
+def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
+    """Images/s through the streaming pipeline (Parquet of real JPEG bytes -> decode -> model -> Parquet parts)
+    with 1, 2 and 4 model actors, and the decode and model time per image; the single-process engine on the
+    same Parquet data set for reference."""
     import torch
 
     from memlens import models
-    from memlens.data import make_demo_set
     from memlens.scoring import score_run
-    from memlens.scoring import score_run as local_score_run
+    from memlens.scoring.ray_engine import score_run_ray
 
     work = Path(args.workdir) / "ray"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    out: dict[str, Any] = {"machine": _machine(), "n_images": args.n_images, "backbone": args.backbone,
-                           "shard_size": args.shard_size, "batch_size": args.batch_size}
-    demo = make_demo_set(work / "demo", n_images=args.n_images, image_size=96, n_experience=0, n_observers=20,
-                         n_splits=3)
+    files = sorted(Path(args.images).glob("*.jpg"))[: args.n_images]
+    if len(files) < args.n_images:
+        raise SystemExit(f"{args.images}: {len(files)} JPEGs, {args.n_images} asked for")
+    data = write_image_parquet(work / "data", files)
     model = models.create_autoencoder(args.backbone, init="imagenet")
-    out["image_size"] = int(model.spec.input_size)
+    metrics = args.metrics.split(",") if args.metrics else None
+    out: dict[str, Any] = {"machine": _machine(), "n_images": len(files), "images": str(args.images),
+                           "backbone": args.backbone, "image_size": int(model.spec.input_size),
+                           "metrics": metrics or "default", "batch_size": args.batch_size,
+                           "shard_size": args.shard_size, "ray_cpus": args.ray_cpus,
+                           "mean_jpeg_kb": sum(f.stat().st_size for f in files) / len(files) / 1024}
 
     def new_run(name: str) -> Path:
         run = work / name
@@ -97,49 +131,183 @@ def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
         models.save_autoencoder(run / "autoencoder.pt", model)
         return run
 
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    table = local_score_run(new_run("local"), demo, batch_size=args.batch_size, device="cpu")
-    wall = time.perf_counter() - t0
-    info = table.attrs["info"]
-    out["local_1_thread"] = {"images_per_s": info["images_per_s"], "scoring_s": info["seconds"], "wall_s": wall}
-    print(f"local, 1 thread:   {info['images_per_s']:6.2f} images/s (scoring {info['seconds']:.1f} s, "
-          f"wall {wall:.1f} s incl. model loading and distinctiveness)", flush=True)
+    if not args.no_local:
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        info = score_run(new_run("local"), data, metrics=metrics, batch_size=args.batch_size,
+                         device="cpu").attrs["info"]
+        out["local_1_thread"] = {"images_per_s": info["images_per_s"], "scoring_s": info["seconds"],
+                                 "wall_s": time.perf_counter() - t0}
+        print(f"local, 1 thread: {info['images_per_s']:6.2f} images/s (scoring {info['seconds']:.1f} s, decode "
+              "and model in one process)", flush=True)
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray = _ray_init(args.ray_cpus)
     out["ray_init_s"] = time.perf_counter() - t0
     try:
-        assert ray.util.get_node_ip_address() == "127.0.0.1"
-        for workers in (1, 2):
-            run = new_run(f"ray{workers}")
+        for workers in [int(w) for w in args.workers.split(",")]:
             t0 = time.perf_counter()
-            table = score_run(run, demo, engine="ray", workers=workers, cpus_per_worker=1,
-                              shard_size=args.shard_size, batch_size=args.batch_size, keep_shards=True,
-                              device="cpu")
-            wall = time.perf_counter() - t0
-            info = table.attrs["info"]
-            busy: dict[int, float] = {}
-            for done in (run / "shards").glob("*.done.json"):
-                meta = json.loads(done.read_text())
-                busy[meta["pid"]] = busy.get(meta["pid"], 0.0) + meta["seconds"]
-            steady = args.n_images / max(busy.values())
-            out[f"ray_{workers}_workers"] = {"images_per_s": info["images_per_s"], "steady_images_per_s": steady,
-                                              "scoring_s": info["seconds"], "wall_s": wall,
-                                              "actor_busy_s": sorted(busy.values())}
-            print(f"ray, {workers} worker(s): {info['images_per_s']:6.2f} images/s wall (scoring phase "
-                  f"{info['seconds']:.1f} s incl. actor start), {steady:6.2f} images/s steady state "
-                  f"(busiest actor {max(busy.values()):.1f} s)", flush=True)
-            shutil.rmtree(run / "shards", ignore_errors=True)
+            info = score_run_ray(new_run(f"ray{workers}"), data, workers=workers, cpus_per_worker=1,
+                                 cpus_per_decoder=1, merge=False, shard_size=args.shard_size,
+                                 batch_size=args.batch_size, metrics=metrics, device="cpu").attrs["info"]
+            n = len(files)
+            res = {"images_per_s": info["images_per_s"], "scoring_s": info["seconds"],
+                   "wall_s": time.perf_counter() - t0, "decoders": info["decoders"],
+                   "cpus_per_decoder": info["cpus_per_decoder"],
+                   "decode_ms_per_image": 1000 * info["decode_seconds"] / n,
+                   "model_ms_per_image": 1000 * info["model_seconds"] / n, "actors_used": len(info["worker_pids"])}
+            out[f"ray_{workers}_workers"] = res
+            print(f"ray, {workers} model actor(s), {info['decoders']} decoder(s): {res['images_per_s']:6.2f} images/s "
+                  f"(scoring phase {res['scoring_s']:.1f} s incl. actor start); per image: decode "
+                  f"{res['decode_ms_per_image']:.1f} ms, model {res['model_ms_per_image']:.1f} ms (time inside the "
+                  "stages, summed over their workers)", flush=True)
     finally:
         ray.shutdown()
-    base = out["ray_1_workers"]["steady_images_per_s"]
-    out["speedup_2_vs_1_steady"] = out["ray_2_workers"]["steady_images_per_s"] / base
-    out["speedup_2_vs_1_wall"] = out["ray_2_workers"]["images_per_s"] / out["ray_1_workers"]["images_per_s"]
     out["machine"]["load_after"] = _load()
-    print(f"2 vs 1 worker: x{out['speedup_2_vs_1_steady']:.2f} steady state, x{out['speedup_2_vs_1_wall']:.2f} "
-          f"wall; load average before {out['machine']['load_before']}, after {out['machine']['load_after']}")
+    print(f"load average before {out['machine']['load_before']}, after {out['machine']['load_after']}")
     return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# driver memory
+
+
+def tiny_jpeg_parquet(folder: Path, n: int, side: int = 32, seed: int = 0, rows_per_group: int = 2048) -> Path:
+    """``n`` tiny random JPEGs (``side`` px) as encoded bytes in one Parquet file, written group by group."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "images.parquet"
+    if path.is_file() and pq.ParquetFile(path).metadata.num_rows == n:
+        return folder
+    rng = np.random.default_rng(seed)
+    base = [rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8) for _ in range(64)]
+    schema = pa.schema([("image_id", pa.string()), ("image", pa.binary())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for a in range(0, n, rows_per_group):
+            ids, blobs = [], []
+            for i in range(a, min(n, a + rows_per_group)):
+                buf = io.BytesIO()
+                img = np.roll(base[i % 64], i // 64, axis=1)
+                Image.fromarray(img).save(buf, format="JPEG", quality=90)
+                ids.append(f"img{i:08d}")
+                blobs.append(buf.getvalue())
+            writer.write_table(pa.table({"image_id": ids, "image": blobs}, schema=schema))
+    return folder
+
+
+class _RssSampler:
+    """Resident memory of this process (the driver), sampled every ``period`` seconds in a thread; ``mark()``
+    starts a new phase."""
+
+    def __init__(self, period: float = 0.2):
+        import threading
+
+        self.period, self.peaks, self.phase = period, {}, "start"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), self._rss())
+
+    def mark(self, phase: str) -> None:
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), self._rss())
+        self.phase = phase
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak resident memory of the driver with ``merge=False`` for growing numbers of tiny images: the
+    streaming phase (read -> decode -> model -> write, driven from this process) and the finish
+    (distinctiveness from the memory-mapped parts, added to each part)."""
+    from memlens import models
+    from memlens.scoring import ray_engine
+
+    work = Path(args.workdir) / "memory"
+    work.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"machine": _machine(), "image_side": 32, "model": "small (width 4, 4 latent channels)",
+                           "metrics": ["mse"], "feature_size": 32, "index": args.memory_index, "runs": {}}
+    ray = _ray_init(args.ray_cpus)
+    try:
+        with _RssSampler() as rss:
+            original = ray_engine.finish_parts
+
+            def finish(*a: Any, **k: Any) -> Any:
+                rss.mark("finish")
+                return original(*a, **k)
+
+            ray_engine.finish_parts = finish
+            try:
+                rss.mark("idle")
+                out["driver_rss_mb_after_ray_init"] = rss._rss()
+                for n in [int(x) for x in args.sizes.split(",")]:
+                    data = tiny_jpeg_parquet(work / f"data{n}", n)
+                    run = work / f"run{n}"
+                    shutil.rmtree(run, ignore_errors=True)
+                    run.mkdir()
+                    models.save_autoencoder(run / "autoencoder.pt", models.create_autoencoder(
+                        "small", input_size=32, width=4, latent_channels=4, seed=0))
+                    rss.peaks.pop("stream", None), rss.peaks.pop("finish", None)
+                    rss.mark("stream")
+                    t0 = time.perf_counter()
+                    info = ray_engine.score_run_ray(run, data, workers=args.memory_workers, merge=False,
+                                                    metrics=["mse"], feature_size=32, batch_size=256,
+                                                    shard_size=4096, index=args.memory_index,
+                                                    device="cpu").attrs["info"]
+                    rss.mark("idle")
+                    res = {"images_per_s": info["images_per_s"], "scoring_s": info["seconds"],
+                           "total_s": time.perf_counter() - t0, "parts": info["outputs"]["parts"],
+                           "driver_peak_rss_mb_stream": rss.peaks.get("stream"),
+                           "driver_peak_rss_mb_finish": rss.peaks.get("finish")}
+                    out["runs"][n] = res
+                    print(f"{n:>9,} images: {res['images_per_s']:7.1f} images/s, {res['parts']} parts; driver peak "
+                          f"RSS {res['driver_peak_rss_mb_stream']:.0f} MiB while streaming, "
+                          f"{res['driver_peak_rss_mb_finish']:.0f} MiB in the finish (distinctiveness, "
+                          f"{args.memory_index}); total {res['total_s']:.0f} s", flush=True)
+                    shutil.rmtree(run, ignore_errors=True)
+            finally:
+                ray_engine.finish_parts = original
+    finally:
+        ray.shutdown()
+    out["machine"]["load_after"] = _load()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# the index benchmark of the FAISS work (benchmarks/scale_index.py), when present
+
+
+def run_index_part(argv: list[str]) -> int:
+    """``benchmarks/scale_index.py``'s ``main(argv)``, when the file exists."""
+    import importlib.util
+
+    path = Path(__file__).with_name("scale_index.py")
+    if not path.is_file():
+        print(f"{path} not found: no index benchmark to run", file=sys.stderr)
+        return 1
+    spec = importlib.util.spec_from_file_location("scale_index", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return int(module.main(argv) or 0)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -264,15 +432,28 @@ def bench_faiss(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["index"] or argv[:2] == ["--part", "index"]:  # the FAISS engineer's benchmark, arguments passed on
+        return run_index_part(argv[1 if argv[0] == "index" else 2:])
+    if argv[:1] == ["--part"]:
+        argv = argv[1:]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["ray", "faiss", "all"])
+    ap.add_argument("part", choices=["ray", "memory", "faiss", "index", "all"])
     ap.add_argument("--workdir", default="/tmp/memlens-scale-bench", help="scratch folder (latents, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-images", type=int, default=192, help="ray: demo images scored")
+    ap.add_argument("--images", default="/work/shared/data/lnsim-dev/images", help="ray: a folder of JPEGs")
+    ap.add_argument("--n-images", type=int, default=192, help="ray: JPEGs scored (the first, sorted by name)")
     ap.add_argument("--backbone", default="efficientnet_lite0", help="ray: autoencoder backbone")
-    ap.add_argument("--shard-size", type=int, default=16, help="ray: images per shard")
+    ap.add_argument("--metrics", default="", help="ray: comma-separated metrics (default: memlens's default)")
+    ap.add_argument("--workers", default="1,2,4", help="ray: model actors, comma-separated")
+    ap.add_argument("--ray-cpus", type=int, default=4, help="ray, memory: logical CPUs of the local Ray instance")
+    ap.add_argument("--no-local", action="store_true", help="ray: skip the single-process reference")
+    ap.add_argument("--shard-size", type=int, default=32, help="ray: images per unit")
     ap.add_argument("--batch-size", type=int, default=16, help="ray: images per forward pass")
+    ap.add_argument("--sizes", default="10000,100000", help="memory: numbers of tiny images, comma-separated")
+    ap.add_argument("--memory-workers", type=int, default=2, help="memory: model actors")
+    ap.add_argument("--memory-index", default="ivf", help="memory: the distinctiveness index of the finish")
     ap.add_argument("--n", type=int, default=1_000_000, help="faiss: latent rows")
     ap.add_argument("--dim", type=int, default=1280, help="faiss: latent width")
     ap.add_argument("--queries", type=int, default=10_000, help="faiss: sampled queries")
@@ -287,8 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ef-sweep", default="", help="faiss: extra HNSW efSearch values searched, e.g. 16,128")
     args = ap.parse_args(argv)
     results: dict[str, Any] = {}
+    if args.part == "index":
+        return run_index_part([])
     if args.part in ("ray", "all"):
         results["ray"] = bench_ray(args)
+    if args.part in ("memory", "all"):
+        results["memory"] = bench_memory(args)
     if args.part in ("faiss", "all"):
         results["faiss"] = bench_faiss(args)
     if args.json:

@@ -484,7 +484,7 @@ def test_a_layout_is_one_module(tmp_path: Path, monkeypatch):
             f"LAYOUT = Layout({name!r}, detect=lambda p: False, read=lambda s, o, pr: None, order={order})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert [lay.name for lay in discover_layouts(pkg, "extra_layouts_pkg")] == ["zeta", "alpha"]
-    # the package's own: the five built-in layouts, and none of its shared modules
+    # the package's own: the six built-in layouts, and none of its shared modules
     from memlens.data.layouts import LAYOUTS
 
-    assert LAYOUTS == ("csv", "memcat", "lamem", "lnsim", "folder")
+    assert LAYOUTS == ("csv", "memcat", "lamem", "lnsim", "folder", "parquet")

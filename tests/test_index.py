@@ -150,9 +150,10 @@ def test_sharded_latents(latents, tmp_path):
     np.testing.assert_array_equal(sh[10:20], latents[10:20])
     np.testing.assert_array_equal(sh.as_array(tmp_path), latents)
     run = tmp_path / "run"
-    (run / "shards").mkdir(parents=True)
+    (run / "latents").mkdir(parents=True)  # a Ray run's parts (--no-merge): RUN/latents/part-A-B.npy
+    bounds = [0, 500, 1200, len(latents)]
     for i, p in enumerate(parts):
-        np.save(run / "shards" / f"part-{i:05d}.latents.npy", p)
+        np.save(run / "latents" / f"part-{bounds[i]:012d}-{bounds[i + 1]:012d}.npy", p)
     from_run = ShardedLatents.from_run(run)
     assert len(from_run.parts) == 3
     got, _ = distinctiveness_index(from_run, k=1, index="flat")

@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 pytest.importorskip("ray.data", reason="ray[data] is not installed")
 pytest.importorskip("pyarrow", reason="pyarrow is not installed")
 
-from memlens import models  # noqa: E402
+from _ray_helpers import loopback_cluster, make_run  # noqa: E402
 from memlens.cli import main  # noqa: E402
 from memlens.data import make_demo_set  # noqa: E402
 from memlens.errors import ConfigError, DataError  # noqa: E402
@@ -30,18 +30,7 @@ FEATURE_SIZE = 64
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray._private import ray_constants
-
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" or getattr(ray_constants, "ENABLE_RAY_CLUSTER", True):
-        pytest.skip("Ray was configured to advertise a network address; these tests bind to loopback only")
-    if ray.is_initialized():
-        pytest.skip("a Ray instance is already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        assert ray.util.get_node_ip_address() == "127.0.0.1"
-        yield ray
-    finally:
-        ray.shutdown()
+    yield from loopback_cluster(ray, pytest)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +39,7 @@ def demo(tmp_path_factory):
     return make_demo_set(root, n_images=N, image_size=32, n_experience=0, n_observers=10, n_splits=3)
 
 
-def _make_run(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    for fname, seed in (("autoencoder.pt", 0), ("autoencoder_before.pt", 1)):
-        model = models.create_autoencoder("small", input_size=32, width=4, latent_channels=4, seed=seed)
-        models.save_autoencoder(folder / fname, model)
-    return folder
+_make_run = make_run
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +75,7 @@ def _assert_same_run(run, ref):
     cb = json.loads((run / "config.json").read_text())["score"]
     assert ca.pop("engine") == "local" and cb.pop("engine") == "ray"
     assert {k: v for k, v in cb.items() if k in ca} == ca  # the same settings, plus the Ray ones
-    assert set(cb) - set(ca) <= {"shard_size", "workers", "address", "gpus_per_worker"}
+    assert set(cb) - set(ca) <= {"shard_size", "workers", "address", "gpus_per_worker", "merge"}
 
 
 def test_cli_ray_engine_matches_single_process(cluster, demo, reference, tmp_path, capsys):
@@ -102,8 +86,14 @@ def test_cli_ray_engine_matches_single_process(cluster, demo, reference, tmp_pat
     assert rc == 0, out.err
     assert f"scored {N} images" in out.out
     _assert_same_run(run, reference)
-    assert not (run / "shards").exists()  # removed after the merge by default
+    assert not [d for d in ("per_image", "latents", "features") if (run / d).exists()]  # parts removed after the merge
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def _parts(run):
+    """``{file name: mtime}`` of every part file of a run (per-image Parquet, latents, features)."""
+    return {f"{d}/{p.name}": p.stat().st_mtime_ns for d in ("per_image", "latents", "features")
+            for p in (run / d).glob("part-*")}
 
 
 def test_dead_worker_is_retried_and_rerun_skips_complete_shards(cluster, demo, reference, tmp_path):
@@ -111,32 +101,35 @@ def test_dead_worker_is_retried_and_rerun_skips_complete_shards(cluster, demo, r
     exit_marker, raise_marker = tmp_path / "exited", tmp_path / "raised"
     table = score_run(run, demo, engine="ray", workers=2, shard_size=8, keep_shards=True,
                       feature_size=FEATURE_SIZE,
-                      _inject=[{"shard": 1, "kind": "exit", "marker": str(exit_marker)},
-                               {"shard": 3, "kind": "raise", "marker": str(raise_marker)}])
-    assert exit_marker.exists() and raise_marker.exists()  # one worker died, one shard raised: both retried
+                      _inject=[{"unit": 1, "kind": "exit", "marker": str(exit_marker)},
+                               {"unit": 3, "kind": "raise", "marker": str(raise_marker)}])
+    assert exit_marker.exists() and raise_marker.exists()  # a model actor died, a batch raised: both retried
     info = table.attrs["info"]
     assert (info["shards"], info["shards_run"], info["shards_skipped"], info["workers"]) == (5, 5, 0, 2)
-    assert len(info["worker_pids"]) >= 2
+    assert info["worker_pids"]  # (which actors did the work depends on timing: the pool is balanced by Ray)
     _assert_same_run(run, reference)
 
-    shards = run / "shards"
-    assert sorted(p.name for p in shards.glob("*.done.json")) == [f"part-{k:05d}.done.json" for k in range(5)]
-    kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-0000[0124].*")}
-    (shards / "part-00003.done.json").unlink()  # as if the run had stopped while scoring shard 3
+    # the kept parts tile the 40 rows; drop unit 3's (rows 24-31) as if the run had stopped while writing it
+    rows = sorted((int(p.stem.split("-")[1]), int(p.stem.split("-")[2])) for p in (run / "per_image").glob("*.parquet"))
+    assert rows[0][0] == 0 and rows[-1][1] == N and all(a[1] == b[0] for a, b in zip(rows, rows[1:], strict=False))
+    for p in (run / "per_image").glob("part-*.parquet"):
+        if 24 <= int(p.stem.split("-")[1]) < 32:
+            p.unlink()
+    kept = {k: v for k, v in _parts(run).items() if not 24 <= int(k.split("-")[1]) < 32}
 
-    # a permanent failure on the missing shard: a clear error, the complete shards stay
-    with pytest.raises(DataError, match=r"4 of 5 shards complete.*run again.*injected permanent failure"):
+    # a permanent failure on the missing unit: a clear error, the complete units stay
+    with pytest.raises(DataError, match=r"4 of 5 units complete.*run again.*injected permanent failure"):
         score_run(run, demo, engine="ray", workers=2, shard_size=8, keep_shards=True, feature_size=FEATURE_SIZE,
-                  _inject=[{"shard": 3, "kind": "fail"}])
-    # the rerun scores shard 3 only (any other shard would fail permanently)
+                  _inject=[{"unit": 3, "kind": "fail"}])
+    # the rerun scores unit 3 only (any other unit would fail permanently)
     table = score_run(run, demo, engine="ray", workers=2, shard_size=8, keep_shards=True, feature_size=FEATURE_SIZE,
-                      _inject=[{"shard": k, "kind": "fail"} for k in (0, 1, 2, 4)])
+                      _inject=[{"unit": k, "kind": "fail"} for k in (0, 1, 2, 4)])
     info = table.attrs["info"]
     assert (info["shards_run"], info["shards_skipped"], info["workers"]) == (1, 4, 1)
-    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("part-0000[0124].*")} == kept
+    assert {k: v for k, v in _parts(run).items() if k in kept} == kept
     _assert_same_run(run, reference)
 
-    # other settings (here the metrics) invalidate the shards instead of mixing them
+    # other settings (here the metrics) invalidate the parts instead of mixing them
     table = score_run(run, demo, engine="ray", workers=2, shard_size=8, metrics=["mse"], feature_size=FEATURE_SIZE)
     assert table.attrs["info"]["shards_skipped"] == 0
     assert [c for c in table.columns if c.startswith("recon_")] == ["recon_mse", "recon_mse_before"]

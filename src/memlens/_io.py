@@ -193,6 +193,10 @@ def read_run_table(path: str | os.PathLike, made_by: str = "memlens score DATA -
 
     path = Path(path)
     if not path.is_file():
+        if path.name == "per_image.csv" and any((path.parent / "per_image").glob("part-*.parquet")):
+            raise RunDirError(f"{path}: missing; the run was scored with --no-merge and holds its numbers in "
+                              f"{path.parent / 'per_image'}/part-*.parquet: rerun memlens score with --merge "
+                              "(the parts are reused, nothing is scored again)")
         raise RunDirError(f"{path}: missing (make it with: {made_by})")
     try:
         return pd.read_csv(path)

@@ -8,17 +8,24 @@
     FAISS's exact flat index through :func:`memlens.neighbors.distinctiveness` (``index="faiss-flat"``) when
     the reference vectors fit in ``memory_budget_mb``; otherwise the tiled exact search (same answer).
 ``ivf``
-    ``IndexIVF*``: k-means into ``nlist`` lists (default ``sqrt(N)``), each query scans ``nprobe`` lists.
+    ``IndexIVF*``: k-means into ``nlist`` lists (default ``sqrt(N)``), each query scans ``nprobe`` lists
+    (default 32: docs/scale.md has the measured recall/time curve behind it).
 ``hnsw``
     ``IndexHNSW*``: a navigable small-world graph with ``hnsw_m`` links per vector, ``ef_search`` beam.
 
+:class:`ApproxIndex` builds one FAISS index (``flat``, ``ivf`` or ``hnsw``; on a GPU when faiss-gpu sees one),
+searches rows or new vectors, and saves/loads itself (:meth:`ApproxIndex.save`, :func:`load_index`; a saved
+index checks it is given the latents it was built on). :class:`ShardedIndex` builds one index per shard of
+the rows and merges the k best of every shard, so no node needs the whole matrix.
+
 Approximate indexes store the vectors as float32 (``flat``), 8-bit scalar-quantised (``sq8``, 4x smaller)
 or product-quantised codes (``pq<m>``, ``m`` bytes per vector), whichever first fits ``memory_budget_mb``
-(``encoding="auto"``). Vectors are added in chunks read from a (memory-mapped, possibly sharded:
-:class:`ShardedLatents`) matrix, so the latents themselves never need to fit in memory. Every candidate
-returned by an approximate index is re-measured exactly (float64) before the ``k`` nearest are kept, so a
-reported distance is always a true distance -- an approximate search can only miss the true nearest
-neighbour, never under-state the distance. Compressed encodings fetch extra candidates for this re-ranking.
+(``encoding="auto"``), or codes of ``pq_bytes`` bytes when given. Vectors are added in chunks read from a
+(memory-mapped, possibly sharded: :class:`ShardedLatents`) matrix, so the latents themselves never need to
+fit in memory. Every candidate returned by an approximate index is re-measured exactly (float64) before the
+``k`` nearest are kept, so a reported distance is always a true distance -- an approximate search can only
+miss the true nearest neighbour, never under-state the distance. Compressed encodings fetch 32 extra
+candidates for this re-ranking.
 
 What an approximate index traded is measured, not guessed: on ``recall_sample`` random queries (``seed``)
 the exact neighbours are computed by brute force and the report gives ``recall`` (recall@k: the fraction of
@@ -31,11 +38,13 @@ unit-normalised vectors, which ranks identically). A row is never its own neighb
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import mmap
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +54,18 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .neighbors import group_codes, reference_mask
 
-__all__ = ["INDEX_KINDS", "ApproxIndex", "IndexReport", "ShardedLatents", "distinctiveness_index", "nearest_index",
-           "exact_knn", "estimate_index_bytes", "choose_encoding", "recall_at_k", "require_faiss"]
+__all__ = ["INDEX_KINDS", "ApproxIndex", "IndexReport", "ShardedIndex", "ShardedLatents", "distinctiveness_index",
+           "nearest_index", "exact_knn", "estimate_index_bytes", "choose_encoding", "recall_at_k", "require_faiss",
+           "load_index", "default_nlist", "default_nprobe", "pq_bytes_for", "faiss_gpus", "latents_fingerprint",
+           "merge_neighbours", "shard_bounds"]
 
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
 _ENCODINGS = ("auto", "flat", "sq8", "pq")
+DEFAULT_NPROBE = 32  # lists scanned per query (docs/scale.md: the measured recall/time curve)
+MAX_AUTO_PQ_BYTES = 64  # the largest PQ code encoding="auto" picks (--pq-bytes may ask for more)
+DEFAULT_EXTRA_CANDIDATES = 32  # compressed codes: candidates re-ranked exactly beyond k (+ self); same curve
 _CHUNK_BYTES = 128 << 20  # working memory of one chunk of vectors (added, searched or re-measured)
 
 
@@ -105,14 +119,15 @@ class ShardedLatents:
 
     @classmethod
     def from_run(cls, run: str | os.PathLike, name: str = "latents") -> ShardedLatents:
-        """``RUN/<name>.npy``, or the shards ``RUN/shards/part-*.<name>.npy`` of a Ray run kept with its shards."""
+        """``RUN/<name>.npy``, or the parts ``RUN/<name>/part-A-B.npy`` of a Ray run scored with ``--no-merge`` (or
+        kept with its parts; zero-padded row ranges, so sorted by name = in row order)."""
         run = Path(run)
         whole = run / f"{name}.npy"
         if whole.is_file():
             return cls([whole])
-        parts = sorted((run / "shards").glob(f"part-*.{name}.npy"))
+        parts = sorted((run / name).glob("part-*.npy"))
         if not parts:
-            raise DataError(f"{run}: no {name}.npy and no shards/part-*.{name}.npy")
+            raise DataError(f"{run}: no {name}.npy and no {name}/part-*.npy")
         return cls(parts)
 
     def __len__(self) -> int:
@@ -141,7 +156,9 @@ class ShardedLatents:
             sel = np.nonzero(part == p)[0]
             local = idx[sel] - self.offsets[p]
             order = np.argsort(local, kind="stable")  # sorted reads are kinder to memory maps
-            out[sel[order]] = self.parts[p][local[order]]
+            sparse = len(local) and (local.max() - local.min() + 1) > 8 * len(local)
+            with _no_readahead(self.parts[p] if sparse else None):
+                out[sel[order]] = self.parts[p][local[order]]
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -156,6 +173,14 @@ class ShardedLatents:
         if key.dtype == bool:
             key = np.nonzero(key)[0]
         return self.take(key, self.dtype)
+
+    def slice(self, start: int, stop: int) -> ShardedLatents:
+        """Rows ``start:stop`` as a :class:`ShardedLatents` of views of the parts (nothing is read)."""
+        start, stop = max(0, int(start)), min(self.shape[0], int(stop))
+        views = [a[max(start, s) - s: min(stop, e) - s]
+                 for a, s, e in zip(self.parts, self.offsets[:-1], self.offsets[1:], strict=True)
+                 if min(stop, e) > max(start, s)]
+        return ShardedLatents(views or [self.parts[0][:0]])
 
     def as_array(self, tmp_dir: str | os.PathLike | None = None) -> np.ndarray:
         """One ndarray: the single part itself, or the parts concatenated (in a temporary memory map when
@@ -174,6 +199,25 @@ class ShardedLatents:
         mm.flush()
         os.unlink(name)  # the mapping stays valid; the space is freed when it is dropped
         return mm
+
+
+@contextlib.contextmanager
+def _no_readahead(arr: Any) -> Iterator[None]:
+    """Scattered rows of a memory map: tell the kernel not to read ahead around each (a 2 KB row would
+    otherwise fault in ~128 KB of the file: re-ranking candidates at 10M rows read 60x more than needed)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_RANDOM"):
+        yield
+        return
+    try:
+        mm.madvise(mmap.MADV_RANDOM)
+    except (OSError, ValueError):  # pragma: no cover - a mapping that refuses advice
+        yield
+        return
+    try:
+        yield
+    finally:
+        mm.madvise(mmap.MADV_NORMAL)
 
 
 def _as_rows(latents: Any) -> ShardedLatents:
@@ -212,6 +256,11 @@ class IndexReport:
     rel_error_mean, rel_error_max : relative error of the distinctiveness values on the sample.
     exact_seconds : time of the brute-force reference on the sample.
     seed : seed of the sample (and of the training subsample).
+    query_seconds_per_image : search time per query (the wall time of all queries / N).
+    shards : index shards searched and merged (1: one index).
+    gpu : whether FAISS ran on a GPU.
+    saved_to : where the trained index was saved (None: not saved); latents_fingerprint: of its latents.
+    memlens_version : the version that built it.
     """
 
     kind: str
@@ -232,6 +281,12 @@ class IndexReport:
     rel_error_max: float | None = None
     exact_seconds: float | None = None
     seed: int = 0
+    query_seconds_per_image: float | None = None
+    shards: int = 1
+    gpu: bool = False
+    saved_to: str | None = None
+    latents_fingerprint: str | None = None
+    memlens_version: str = field(default_factory=lambda: _version())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,18 +319,41 @@ def estimate_index_bytes(kind: str, n: int, dim: int, encoding: str = "flat", *,
     raise ConfigError(f"index must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
 
 
+def default_nprobe(nlist: int) -> int:
+    """IVF lists scanned per query: DEFAULT_NPROBE (chosen from the measured recall/time curve in
+    docs/scale.md), at most ``nlist``."""
+    return int(max(1, min(int(nlist), DEFAULT_NPROBE)))
+
+
 def default_nlist(n: int) -> int:
     """IVF lists: ``round(sqrt(n))``, at most ``n // 39`` (FAISS wants >= 39 training points per list)."""
     return int(max(1, min(round(math.sqrt(max(n, 1))), max(1, n // 39))))
 
 
 def _pq_choices(dim: int) -> list[int]:
-    return [m for m in (128, 96, 64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim]
+    """PQ sizes ``encoding="auto"`` tries, largest first: at most :data:`MAX_AUTO_PQ_BYTES` (docs/scale.md: 64
+    bytes with exact re-ranking already find ~99.7% of true neighbours; more only costs memory and scan time)."""
+    return [m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= min(dim, MAX_AUTO_PQ_BYTES)]
+
+
+def pq_bytes_for(dim: int, pq_bytes: int) -> int:
+    """The PQ code size used for ``pq_bytes`` requested at width ``dim``: the largest divisor of ``dim`` not
+    above ``pq_bytes`` (FAISS splits a vector into equal sub-vectors; one byte each)."""
+    if isinstance(pq_bytes, bool) or int(pq_bytes) < 1:
+        raise ConfigError(f"pq_bytes must be a positive integer, got {pq_bytes!r}")
+    m = max(d for d in range(1, min(int(pq_bytes), dim) + 1) if dim % d == 0)
+    if m != int(pq_bytes):
+        log.warning("pq_bytes=%d does not divide the width %d; using %d bytes per vector", pq_bytes, dim, m)
+    return m
 
 
 def choose_encoding(kind: str, n: int, dim: int, memory_budget_mb: float, encoding: str = "auto", *,
-                    nlist: int | None = None, hnsw_m: int = 32) -> tuple[str, int | None]:
-    """The first of flat, sq8, pq<m> (largest m first) whose estimated index fits the budget.
+                    nlist: int | None = None, hnsw_m: int = 32, pq_bytes: int | None = None
+                    ) -> tuple[str, int | None]:
+    """The first of flat, sq8, pq<m> (largest m first, m <= 64) whose estimated index fits the budget.
+
+    ``pq_bytes`` fixes the encoding to ``pq`` with that many bytes per vector (see :func:`pq_bytes_for`);
+    ``encoding`` must then be ``"auto"`` or ``"pq"``.
 
     Raises
     ------
@@ -286,17 +364,26 @@ def choose_encoding(kind: str, n: int, dim: int, memory_budget_mb: float, encodi
         raise ConfigError(f"encoding must be one of {', '.join(_ENCODINGS)}, got {encoding!r}")
     budget = float(memory_budget_mb) * 2**20
     options: list[tuple[str, int | None]] = []
-    if encoding in ("auto", "flat"):
+    if pq_bytes is not None:
+        if encoding not in ("auto", "pq"):
+            raise ConfigError(f"pq_bytes goes with encoding 'pq', not {encoding!r}")
+        encoding = "pq"
+        options.append(("pq", pq_bytes_for(dim, pq_bytes)))
+    elif encoding in ("auto", "flat"):
         options.append(("flat", None))
     if encoding in ("auto", "sq8"):
         options.append(("sq8", None))
-    if encoding in ("auto", "pq"):
+    if encoding in ("auto", "pq") and pq_bytes is None:
         options.extend(("pq", m) for m in _pq_choices(dim))
     smallest = None
     for enc, m in options:
         need = estimate_index_bytes(kind, n, dim, enc, nlist=nlist, hnsw_m=hnsw_m, pq_m=m)
         smallest = need if smallest is None else min(smallest, need)
         if need <= budget:
+            if enc == "pq" and pq_bytes is None and (m or 0) < 32:
+                log.warning("the %g MB budget leaves %d-byte PQ codes for %d vectors of width %d, which find "
+                            "fewer true neighbours (docs/scale.md); raise --index-memory-mb or set --pq-bytes",
+                            memory_budget_mb, m, n, dim)
             return enc, m
     raise ConfigError(f"a {kind} index over {n} vectors of width {dim} needs at least "
                       f"{(smallest or 0) / 2**20:.0f} MB with encoding {encoding!r}; the memory budget is "
@@ -312,18 +399,19 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def _exact_distances(src: ShardedLatents, q_idx: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
-    """Float64 distances from each query row ``q_idx[i]`` to its candidates ``cand[i]`` (-1: inf)."""
+def _exact_distances(src: ShardedLatents, queries: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 distances from each query to its candidate rows ``cand[i]`` (-1: inf). ``queries``: row indices
+    of ``src`` (1-D) or the query vectors themselves (2-D)."""
     nq, kk = cand.shape
     out = np.full((nq, kk), np.inf)
     if nq == 0 or kk == 0:
         return out
     step = max(1, _CHUNK_BYTES // max(1, (kk + 1) * src.shape[1] * 8))
     for a in range(0, nq, step):
-        qs = q_idx[a:a + step]
+        qs = queries[a:a + step]
         cs = cand[a:a + step]
         valid = cs >= 0
-        q = src.take(qs, np.float64)
+        q = src.take(qs, np.float64) if qs.ndim == 1 else np.asarray(qs, dtype=np.float64)
         c = src.take(np.where(valid, cs, 0).ravel(), np.float64).reshape(len(qs), kk, -1)
         if metric == "cosine":
             qn = np.linalg.norm(q, axis=1)
@@ -337,12 +425,17 @@ def _exact_distances(src: ShardedLatents, q_idx: np.ndarray, cand: np.ndarray, m
     return out
 
 
-def _finalise(src: ShardedLatents, q_idx: np.ndarray, cand: np.ndarray, k: int, metric: str,
-              exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Re-measure candidates exactly, drop self matches and duplicates, keep the k nearest (sorted)."""
-    d = _exact_distances(src, q_idx, cand, metric)
+def _finalise(src: ShardedLatents, queries: np.ndarray, cand: np.ndarray, k: int, metric: str,
+              exclude_self: bool, self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Re-measure candidates exactly, drop self matches and duplicates, keep the k nearest (sorted).
+
+    ``queries``: row indices (1-D; then a row is its own self) or query vectors (2-D; ``self_ids`` names the
+    row each query is, -1 for none)."""
+    d = _exact_distances(src, queries, cand, metric)
     if exclude_self:
-        d[cand == q_idx[:, None]] = np.inf
+        own = queries if queries.ndim == 1 else self_ids
+        if own is not None:
+            d[cand == np.asarray(own, dtype=np.int64)[:, None]] = np.inf
     # a candidate listed twice (can happen across merged chunks) counts once
     srt = np.argsort(cand, axis=1, kind="stable")
     cs = np.take_along_axis(cand, srt, axis=1)
@@ -372,34 +465,43 @@ def _vectors(src: ShardedLatents, idx: np.ndarray, metric: str) -> np.ndarray:
 
 def exact_knn(latents: Any, k: int = 1, metric: str = "euclidean", *, queries: np.ndarray | None = None,
               reference: np.ndarray | None = None, exclude_self: bool = True,
-              chunk_mb: float = 128) -> tuple[np.ndarray, np.ndarray]:
+              chunk_mb: float = 128, query_vectors: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force neighbours of ``queries`` among ``reference`` rows with FAISS, in memory-bounded chunks.
 
     The reference rows are streamed in chunks of ``chunk_mb``; FAISS ranks them in float32 (``k + 8``
     candidates per query), and the candidates are re-measured in float64. Returns distances (nq, k)
     float64 and row indices (nq, k) int64 (NaN / -1 where fewer than k candidates exist).
+    ``query_vectors`` (nq, D): new vectors to search instead of rows ``queries`` (none of them is a row).
     """
     faiss = require_faiss()
     src = _as_rows(latents)
     n, dim = src.shape
-    q_idx = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    q_final: np.ndarray
+    if query_vectors is not None:
+        q_final = np.asarray(query_vectors, dtype=np.float32).reshape(len(query_vectors), -1)
+        if q_final.shape[1] != dim:
+            raise ValueError(f"query vectors have width {q_final.shape[1]}, the latents {dim}")
+        q_src, q_idx = _as_rows(q_final), np.arange(len(q_final))
+    else:
+        q_idx = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+        q_src, q_final = src, q_idx
     r_idx = np.arange(n) if reference is None else np.asarray(reference, dtype=np.int64)
     kk = min(len(r_idx), k + int(exclude_self) + 8)
     nq = len(q_idx)
     best_d = np.full((nq, kk), np.inf, dtype=np.float32)
     best_i = np.full((nq, kk), -1, dtype=np.int64)
     if kk == 0 or nq == 0:
-        return _finalise(src, q_idx, best_i[:, :0], k, metric, exclude_self)
+        return _finalise(src, q_final, best_i[:, :0], k, metric, exclude_self)
     step_r = max(1, int(chunk_mb * 2**20) // (dim * 4))
     step_q = max(1, int(chunk_mb * 2**20) // (dim * 4))
-    queries_f = [(_vectors(src, q_idx[a:a + step_q], metric), a) for a in range(0, nq, step_q)] \
+    queries_f = [(_vectors(q_src, q_idx[a:a + step_q], metric), a) for a in range(0, nq, step_q)] \
         if nq * dim * 4 <= 4 * chunk_mb * 2**20 else None
     for b in range(0, len(r_idx), step_r):
         rb = r_idx[b:b + step_r]
         xb = _vectors(src, rb, metric)
         kb = min(kk, len(rb))
         qiter = queries_f if queries_f is not None else (
-            (_vectors(src, q_idx[a:a + step_q], metric), a) for a in range(0, nq, step_q))
+            (_vectors(q_src, q_idx[a:a + step_q], metric), a) for a in range(0, nq, step_q))
         for xq, a in qiter:
             d, pos = faiss.knn(xq, xb, kb, metric=faiss.METRIC_L2)
             gi = np.where(pos >= 0, rb[np.maximum(pos, 0)], -1)
@@ -409,7 +511,7 @@ def exact_knn(latents: Any, k: int = 1, metric: str = "euclidean", *, queries: n
             sel = np.argsort(cd, axis=1, kind="stable")[:, :kk]
             best_d[a:a + len(xq)] = np.take_along_axis(cd, sel, axis=1)
             best_i[a:a + len(xq)] = np.take_along_axis(ci, sel, axis=1)
-    return _finalise(src, q_idx, best_i, k, metric, exclude_self)
+    return _finalise(src, q_final, best_i, k, metric, exclude_self)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -419,6 +521,8 @@ def exact_knn(latents: Any, k: int = 1, metric: str = "euclidean", *, queries: n
 def _build(faiss: Any, kind: str, encoding: str, pq_m: int | None, dim: int, n_ref: int, opts: dict[str, Any]
            ) -> tuple[Any, dict[str, Any]]:
     params: dict[str, Any] = {}
+    if kind == "flat":
+        return faiss.IndexFlatL2(dim), params
     if kind == "ivf":
         nlist = int(opts.get("nlist") or default_nlist(n_ref))
         nlist = max(1, min(nlist, n_ref))
@@ -431,9 +535,7 @@ def _build(faiss: Any, kind: str, encoding: str, pq_m: int | None, dim: int, n_r
         else:
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(pq_m), 8)
         params["_quantizer"] = quantizer  # keeps the coarse quantizer alive as long as the index
-        nprobe = int(opts.get("nprobe") or max(1, min(nlist, max(8, nlist // 16))))
-        index.nprobe = min(nprobe, nlist)
-        params.update(nlist=nlist, nprobe=int(index.nprobe))
+        params["nlist"] = nlist
     else:
         m = int(opts.get("hnsw_m") or 32)
         if encoding == "flat":
@@ -447,33 +549,121 @@ def _build(faiss: Any, kind: str, encoding: str, pq_m: int | None, dim: int, n_r
     return index, params
 
 
-class ApproxIndex:
-    """A FAISS ``ivf`` or ``hnsw`` index over (some rows of) a latent matrix, searched with exact re-ranking.
+def faiss_gpus() -> int:
+    """GPUs FAISS can use (0 without faiss-gpu)."""
+    faiss = require_faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def _maybe_gpu(faiss: Any, index: Any, kind: str, gpu: bool | None) -> tuple[Any, Any]:
+    """``(index, resources)``: the index moved to GPU 0 when ``gpu`` is True, or None and FAISS sees a GPU
+    (faiss-gpu); ``resources`` is None on the CPU. HNSW has no GPU version in FAISS and stays on the CPU."""
+    if gpu is False or kind == "hnsw":
+        return index, None
+    if faiss_gpus() < 1:
+        if gpu:
+            raise ConfigError("a GPU index was asked for, but FAISS sees no GPU (install faiss-gpu; check CUDA)")
+        return index, None
+    try:
+        res = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(res, 0, index), res
+    except (RuntimeError, AttributeError) as exc:  # e.g. a PQ size the GPU kernels do not support
+        if gpu:
+            raise ConfigError(f"this {kind} index cannot run on the GPU: {exc}") from None
+        log.warning("FAISS GPU index not available for this %s index (%s); using the CPU", kind, exc)
+        return index, None
+
+
+def latents_fingerprint(latents: Any) -> str:
+    """A short hash of the shape and 16 evenly spaced rows: tells a saved index's latents from others."""
+    import hashlib
+
+    src = _as_rows(latents)
+    n = src.shape[0]
+    h = hashlib.sha256(f"{src.shape}".encode())
+    rows = np.unique(np.linspace(0, max(n - 1, 0), num=min(n, 16)).round().astype(np.int64)) if n else []
+    h.update(np.ascontiguousarray(src.take(np.asarray(rows, dtype=np.int64), np.float32)).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+class _Searchable:
+    """What :class:`ApproxIndex` and :class:`ShardedIndex` share: searching rows or new vectors in chunks
+    (through the subclass's ``_search_block``), and the start of loading a saved index."""
+
+    src: ShardedLatents
+    kind: str
+    metric: str
+
+    def _search_block(self, xq: np.ndarray, k: int, self_ids: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def search(self, queries: Any, k: int = 1, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest indexed rows of rows ``queries``: exact distances (nq, k) float64, row indices
+        (nq, k) int64 (NaN / -1 where fewer than k are found)."""
+        q_idx = np.asarray(queries, dtype=np.int64)
+        return _search_chunks(self, lambda a, b: self.src.take(q_idx[a:b], np.float32), len(q_idx), k,
+                              q_idx if exclude_self else None)
+
+    def search_vectors(self, vectors: Any, k: int = 1, self_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest indexed rows of new vectors (nq, D): exact distances (nq, k) float64, row indices.
+
+        ``self_ids``: the row each vector is (never its own neighbour; -1: none), or None.
+        """
+        x = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        if x.shape[1] != self.src.shape[1]:
+            raise DataError(f"query vectors have width {x.shape[1]}, the indexed latents {self.src.shape[1]}")
+        own = None if self_ids is None else np.asarray(self_ids, dtype=np.int64)
+        return _search_chunks(self, lambda a, b: x[a:b], len(x), k, own)
+
+    @classmethod
+    def _start_load(cls, directory: str | os.PathLike, latents: Any) -> tuple[Any, dict[str, Any], Path]:
+        """An empty instance over ``latents`` (checked against the saved ``meta.json``), the meta, the folder."""
+        folder = Path(directory)
+        meta = _read_meta(folder)
+        self = cls.__new__(cls)
+        self.src = _as_rows(latents)
+        _check_same_latents(self.src, meta, folder)
+        self.kind, self.metric = meta["kind"], meta["metric"]
+        return self, meta, folder
+
+
+class ApproxIndex(_Searchable):
+    """A FAISS ``flat``, ``ivf`` or ``hnsw`` index over (some rows of) a latent matrix, searched with exact
+    re-ranking.
 
     Parameters
     ----------
     latents : (N, D) array, memory map, list of ``.npy`` shards, or :class:`ShardedLatents`.
-    kind : ``"ivf"`` or ``"hnsw"``.
+    kind : ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``.
     metric : ``"euclidean"`` or ``"cosine"``.
     reference : row indices to index (default: all rows).
-    memory_budget_mb, encoding, nlist, nprobe, hnsw_m, ef_search, ef_construction, extra_candidates :
+    memory_budget_mb, encoding, nlist, nprobe, pq_bytes, hnsw_m, ef_search, ef_construction, extra_candidates :
         see :func:`nearest_index`.
+    gpu : None: on GPU 0 when FAISS sees one (faiss-gpu; ``flat`` and ``ivf`` only); True: required; False: CPU.
     seed : seed of the training subsample (IVF centroids, quantisers).
 
     Attributes
     ----------
-    encoding, pq_m, params, memory_bytes (estimated), build_seconds.
+    encoding, pq_m, params, memory_bytes (estimated), build_seconds (train_seconds + add_seconds), gpu.
     """
 
     def __init__(self, latents: Any, kind: str = "ivf", metric: str = "euclidean", *, reference: Any = None,
                  memory_budget_mb: float = 2048, encoding: str = "auto", nlist: int | None = None,
-                 nprobe: int | None = None, hnsw_m: int = 32, ef_search: int | None = None,
-                 ef_construction: int | None = None, extra_candidates: int | None = None, seed: int = 0):
+                 nprobe: int | None = None, pq_bytes: int | None = None, hnsw_m: int = 32,
+                 ef_search: int | None = None, ef_construction: int | None = None,
+                 extra_candidates: int | None = None, gpu: bool | None = None, seed: int = 0):
         faiss = require_faiss()
-        if kind not in ("ivf", "hnsw"):
-            raise ConfigError(f"an approximate index is ivf or hnsw, got {kind!r}")
-        if metric not in ("euclidean", "cosine"):
-            raise ConfigError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        if kind not in ("flat", "ivf", "hnsw"):
+            raise ConfigError(f"a FAISS index is flat, ivf or hnsw, got {kind!r}")
+        _check_metric(metric)
         self.src = _as_rows(latents)
         self.kind, self.metric = kind, metric
         self.r_idx = np.arange(self.src.shape[0]) if reference is None else np.asarray(reference, dtype=np.int64)
@@ -481,13 +671,19 @@ class ApproxIndex:
         if n_ref == 0:
             raise DataError("no reference rows to index")
         self.hnsw_m = int(hnsw_m or 32)
-        self.encoding, self.pq_m = choose_encoding(kind, n_ref, dim, memory_budget_mb, encoding, nlist=nlist,
-                                                   hnsw_m=self.hnsw_m)
-        opts = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": self.hnsw_m, "ef_construction": ef_construction}
-        self.ef_search, self.extra_candidates = ef_search, extra_candidates
+        if kind == "flat":
+            if pq_bytes is not None:
+                raise ConfigError("pq_bytes is for ivf and hnsw indexes, not flat")
+            self.encoding, self.pq_m = "flat", None
+        else:
+            self.encoding, self.pq_m = choose_encoding(kind, n_ref, dim, memory_budget_mb, encoding, nlist=nlist,
+                                                       hnsw_m=self.hnsw_m, pq_bytes=pq_bytes)
+        opts = {"nlist": nlist, "hnsw_m": self.hnsw_m, "ef_construction": ef_construction}
+        self.extra_candidates = extra_candidates
         t0 = time.perf_counter()
-        self.index, self.params = _build(faiss, kind, self.encoding, self.pq_m, dim, n_ref, opts)
+        index, self.params = _build(faiss, kind, self.encoding, self.pq_m, dim, n_ref, opts)
         self._quantizer = self.params.pop("_quantizer", None)  # keeps IVF's coarse quantizer alive
+        self.index, self._gpu_res = _maybe_gpu(faiss, index, kind, gpu)
         if not self.index.is_trained:
             n_train = min(n_ref, max(40 * self.params.get("nlist", 1), 10_000 if self.encoding != "flat" else 0,
                                      1000))
@@ -495,57 +691,307 @@ class ApproxIndex:
             rows = np.sort(rng.choice(self.r_idx, size=n_train, replace=False)) if n_train < n_ref else self.r_idx
             self.index.train(_vectors(self.src, rows, metric))
             self.params["train_rows"] = int(len(rows))
+        self.train_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         step = max(1, _CHUNK_BYTES // (dim * 4))
         for a in range(0, n_ref, step):
             self.index.add(_vectors(self.src, self.r_idx[a:a + step], metric))
-        self.build_seconds = time.perf_counter() - t0
+        self.add_seconds = time.perf_counter() - t1
+        self.build_seconds = self.train_seconds + self.add_seconds
         self.memory_bytes = estimate_index_bytes(kind, n_ref, dim, self.encoding, nlist=self.params.get("nlist"),
                                                  hnsw_m=self.hnsw_m, pq_m=self.pq_m)
+        self.set_search(nprobe=nprobe, ef_search=ef_search)
+
+    @property
+    def gpu(self) -> bool:
+        return self._gpu_res is not None
 
     @property
     def encoding_name(self) -> str:
         return f"pq{self.pq_m}" if self.encoding == "pq" else self.encoding
 
-    def search(self, queries: Any, k: int = 1, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest indexed rows of rows ``queries``: exact distances (nq, k) float64, row indices
-        (nq, k) int64 (NaN / -1 where fewer than k are found)."""
-        q_idx = np.asarray(queries, dtype=np.int64)
-        n_ref, dim = len(self.r_idx), self.src.shape[1]
-        refine = 0 if self.encoding == "flat" else max(8, 2 * k)
+    def set_search(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Search settings (no rebuild): IVF lists scanned per query (default :func:`default_nprobe`), HNSW beam
+        (default ``max(64, 2 * candidates)``)."""
+        if self.kind == "ivf":
+            nlist = self.params["nlist"]
+            self.index.nprobe = int(min(nlist, nprobe or default_nprobe(nlist)))
+            self.params["nprobe"] = int(self.index.nprobe)
+        self.ef_search = ef_search
+
+    def _candidates(self, k: int, exclude_self: bool) -> int:
+        refine = 0 if self.encoding == "flat" else max(DEFAULT_EXTRA_CANDIDATES, 2 * k)
         extra = refine if self.extra_candidates is None else int(self.extra_candidates)
-        kk = min(n_ref, k + int(exclude_self) + extra)
+        return min(len(self.r_idx), k + int(exclude_self) + extra)
+
+    def _search_block(self, xq: np.ndarray, k: int, self_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        kk = self._candidates(k, self_ids is not None)
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(self.ef_search or max(64, 2 * kk))
             self.params["ef_search"] = int(self.index.hnsw.efSearch)
         self.params["candidates"] = int(kk)
-        dist = np.full((len(q_idx), k), np.nan)
-        idx = np.full((len(q_idx), k), -1, dtype=np.int64)
-        step = max(1, _CHUNK_BYTES // (dim * 4))
-        for a in range(0, len(q_idx), step):
-            qb = q_idx[a:a + step]
-            _, pos = self.index.search(_vectors(self.src, qb, self.metric), kk)
-            cand = np.where(pos >= 0, self.r_idx[np.maximum(pos, 0)], -1)
-            dist[a:a + step], idx[a:a + step] = _finalise(self.src, qb, cand, k, self.metric, exclude_self)
-        return dist, idx
+        _, pos = self.index.search(_normalise(xq) if self.metric == "cosine" else xq, kk)
+        cand = np.where(pos >= 0, self.r_idx[np.maximum(pos, 0)], -1)
+        return _finalise(self.src, xq, cand, k, self.metric, self_ids is not None, self_ids)
+
+    def describe(self) -> dict[str, Any]:
+        """What :meth:`save` records in ``meta.json`` (and :meth:`load` checks)."""
+        return {"format": 1, "kind": self.kind, "metric": self.metric, "encoding": self.encoding_name,
+                "pq_bytes": self.pq_m, "params": dict(self.params), "ef_search": self.ef_search,
+                "extra_candidates": self.extra_candidates, "n_indexed": int(len(self.r_idx)),
+                "n_rows": int(self.src.shape[0]), "dim": int(self.src.shape[1]),
+                "latents_fingerprint": latents_fingerprint(self.src), "memory_bytes": int(self.memory_bytes),
+                "train_seconds": self.train_seconds, "add_seconds": self.add_seconds, "gpu": self.gpu,
+                "memlens_version": _version()}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``index.faiss`` (+ ``rows.npy`` when only some rows are indexed) and ``meta.json`` into
+        ``directory``, each atomically (``meta.json`` last: a folder without it holds no index)."""
+        from ._io import atomic_path, atomic_write_json
+
+        faiss = require_faiss()
+        out = Path(directory)
+        cpu = faiss.index_gpu_to_cpu(self.index) if self.gpu else self.index
+        with atomic_path(out / "index.faiss") as tmp:
+            faiss.write_index(cpu, str(tmp))
+        meta = self.describe()
+        meta["rows_file"] = None
+        if not np.array_equal(self.r_idx, np.arange(self.src.shape[0])):
+            with atomic_path(out / "rows.npy") as tmp:
+                np.save(tmp, self.r_idx)
+            meta["rows_file"] = "rows.npy"
+        atomic_write_json(out / "meta.json", meta)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, latents: Any, *, gpu: bool | None = None) -> ApproxIndex:
+        """An index written by :meth:`save`, searching ``latents`` (the same matrix it was built on: checked
+        by shape and fingerprint)."""
+        faiss = require_faiss()
+        self, meta, folder = cls._start_load(directory, latents)
+        enc = str(meta["encoding"])
+        self.encoding, self.pq_m = ("pq", int(meta["pq_bytes"])) if enc.startswith("pq") else (enc, None)
+        self.params = dict(meta.get("params") or {})
+        self.hnsw_m = int(self.params.get("hnsw_m", 32))
+        self.extra_candidates = meta.get("extra_candidates")
+        self.r_idx = (np.load(folder / meta["rows_file"]) if meta.get("rows_file")
+                      else np.arange(self.src.shape[0], dtype=np.int64))
+        self._quantizer = None
+        try:
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except RuntimeError as exc:
+            raise DataError(f"{folder / 'index.faiss'}: not a readable FAISS index ({str(exc).splitlines()[0]})"
+                            ) from None
+        if index.ntotal != len(self.r_idx):
+            raise DataError(f"{folder}: the index holds {index.ntotal} vectors, meta.json says {len(self.r_idx)}")
+        self.index, self._gpu_res = _maybe_gpu(faiss, index, self.kind, gpu)
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.add_seconds = float(meta.get("add_seconds", 0.0))
+        self.build_seconds = 0.0  # nothing was built
+        self.memory_bytes = int(meta.get("memory_bytes", 0))
+        self.set_search(nprobe=self.params.get("nprobe"), ef_search=meta.get("ef_search"))
+        return self
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ("euclidean", "cosine"):
+        raise ConfigError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    import json
+
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{folder}: no saved index here (meta.json missing)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != 1:
+        raise DataError(f"{path}: not a memlens index description (format 1)")
+    return meta
+
+
+def _check_same_latents(src: ShardedLatents, meta: dict[str, Any], folder: Path) -> None:
+    if [int(meta.get("n_rows", -1)), int(meta.get("dim", -1))] != list(src.shape):
+        raise DataError(f"{folder}: the index was built on {meta.get('n_rows')} x {meta.get('dim')} latents, "
+                        f"these are {src.shape[0]} x {src.shape[1]}; rebuild it (memlens score --index ...)")
+    if meta.get("latents_fingerprint") != latents_fingerprint(src):
+        raise DataError(f"{folder}: the latents changed since the index was built; rebuild it "
+                        "(memlens score --index ...)")
+
+
+def _search_chunks(index: Any, block: Any, nq: int, k: int, self_ids: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Search ``nq`` queries (``block(a, b)`` gives vectors a..b) in memory-bounded chunks."""
+    dist = np.full((nq, k), np.nan)
+    idx = np.full((nq, k), -1, dtype=np.int64)
+    step = max(1, _CHUNK_BYTES // (index.src.shape[1] * 4))
+    for a in range(0, nq, step):
+        b = min(nq, a + step)
+        own = None if self_ids is None else self_ids[a:b]
+        dist[a:b], idx[a:b] = index._search_block(block(a, b), k, own)
+    return dist, idx
+
+
+def shard_bounds(n: int, shards: int | Sequence[int]) -> list[tuple[int, int]]:
+    """Row ranges of the index shards: ``shards`` equal parts (an int), or the given start rows."""
+    if isinstance(shards, (int, np.integer)) and not isinstance(shards, bool):
+        if int(shards) < 1:
+            raise ConfigError(f"index shards must be >= 1, got {shards}")
+        edges = np.linspace(0, n, min(int(shards), max(n, 1)) + 1).round().astype(np.int64)
+    else:
+        edges = np.unique(np.concatenate([[0], np.asarray(shards, dtype=np.int64), [n]]))
+        if edges[0] < 0 or edges[-1] > n:
+            raise ConfigError(f"shard start rows must lie in 0..{n}")
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+class ShardedIndex(_Searchable):
+    """One FAISS index per shard of the rows (each over its own rows only), searched shard by shard and
+    merged: the ``k`` best across shards, a row never its own neighbour.
+
+    Each shard's index is built, searched and re-ranked against that shard's rows alone, so a node holding
+    one shard (its latents and its index) answers for it from the query vectors; only the k best per shard
+    travel to be merged. With ``kind="flat"`` the merged answer is the exact one.
+
+    Parameters
+    ----------
+    latents : as :class:`ApproxIndex`.
+    kind, metric : as :class:`ApproxIndex`.
+    shards : number of equal row ranges, or their start rows (default: the parts of a
+        :class:`ShardedLatents`, e.g. a Ray run's ``shards/part-*.latents.npy``).
+    reference : row indices to index (default all).
+    seed : shard ``i`` trains with ``seed + i``.
+    options : the other :class:`ApproxIndex` keywords (``memory_budget_mb`` is per shard).
+    """
+
+    def __init__(self, latents: Any, kind: str = "ivf", metric: str = "euclidean", *,
+                 shards: int | Sequence[int] | None = None, reference: Any = None, seed: int = 0, **options: Any):
+        self.src = _as_rows(latents)
+        self.kind, self.metric = kind, metric
+        n = self.src.shape[0]
+        self.bounds = shard_bounds(n, self.src.offsets[1:-1] if shards is None else shards)
+        ref = None if reference is None else np.asarray(reference, dtype=np.int64)
+        self.shards: list[tuple[int, ApproxIndex]] = []
+        for i, (a, b) in enumerate(self.bounds):
+            local = None if ref is None else ref[(ref >= a) & (ref < b)] - a
+            if local is not None and len(local) == 0:
+                continue
+            self.shards.append((a, ApproxIndex(self.src.slice(a, b), kind, metric, reference=local, seed=seed + i,
+                                               **options)))
+        if not self.shards:
+            raise DataError("no reference rows to index")
+
+    @property
+    def first(self) -> ApproxIndex:
+        return self.shards[0][1]
+
+    encoding_name = property(lambda self: self.first.encoding_name)
+    gpu = property(lambda self: self.first.gpu)
+    build_seconds = property(lambda self: sum(ix.build_seconds for _, ix in self.shards))
+    train_seconds = property(lambda self: sum(ix.train_seconds for _, ix in self.shards))
+    add_seconds = property(lambda self: sum(ix.add_seconds for _, ix in self.shards))
+    memory_bytes = property(lambda self: sum(ix.memory_bytes for _, ix in self.shards))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.first.params, "shards": len(self.shards)}
+
+    def set_search(self, **kw: Any) -> None:
+        for _, ix in self.shards:
+            ix.set_search(**kw)
+
+    def _search_block(self, xq: np.ndarray, k: int, self_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        dists, idxs = [], []
+        for a, ix in self.shards:
+            n_local = ix.src.shape[0]
+            local = None if self_ids is None else np.where((self_ids >= a) & (self_ids < a + n_local),
+                                                           self_ids - a, -1)
+            d, i = ix._search_block(xq, k, local)
+            dists.append(d)
+            idxs.append(np.where(i >= 0, i + a, -1))
+        return merge_neighbours(np.concatenate(dists, axis=1), np.concatenate(idxs, axis=1), k)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """One folder per shard (``shard-00000`` ...) and a ``meta.json`` naming them."""
+        from ._io import atomic_write_json
+
+        out = Path(directory)
+        names = []
+        for i, (_, ix) in enumerate(self.shards):
+            names.append(f"shard-{i:05d}")
+            ix.save(out / names[-1])
+        meta = {**self.first.describe(), "sharded": True, "shard_dirs": names,
+                "shard_starts": [a for a, _ in self.shards], "bounds": [list(b) for b in self.bounds],
+                "n_rows": int(self.src.shape[0]), "latents_fingerprint": latents_fingerprint(self.src),
+                "memory_bytes": int(self.memory_bytes), "train_seconds": self.train_seconds,
+                "add_seconds": self.add_seconds}
+        atomic_write_json(out / "meta.json", meta)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, latents: Any, *, gpu: bool | None = None) -> ShardedIndex:
+        """An index written by :meth:`save` over the same ``latents``."""
+        self, meta, folder = cls._start_load(directory, latents)
+        self.bounds = [(int(a), int(b)) for a, b in meta["bounds"]]
+        ends = dict(self.bounds)
+        self.shards = [(int(a), ApproxIndex.load(folder / name, self.src.slice(int(a), ends[int(a)]), gpu=gpu))
+                       for a, name in zip(meta["shard_starts"], meta["shard_dirs"], strict=True)]
+        return self
+
+
+def load_index(directory: str | os.PathLike, latents: Any, *, gpu: bool | None = None) -> ApproxIndex | ShardedIndex:
+    """An :class:`ApproxIndex` or :class:`ShardedIndex` saved in ``directory``, over ``latents``."""
+    meta = _read_meta(Path(directory))
+    cls = ShardedIndex if meta.get("sharded") else ApproxIndex
+    return cls.load(directory, latents, gpu=gpu)
+
+
+def merge_neighbours(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of several candidate lists side by side (nq, m): by distance, then row index."""
+    d = np.where(np.isfinite(dist) & (idx >= 0), dist, np.inf)
+    order = np.lexsort((np.where(idx >= 0, idx, np.iinfo(np.int64).max), d), axis=-1)[:, :k]
+    out_d = np.take_along_axis(d, order, axis=1)
+    out_i = np.take_along_axis(idx, order, axis=1)
+    missing = ~np.isfinite(out_d)
+    out_d[missing], out_i[missing] = np.nan, -1
+    if out_d.shape[1] < k:
+        pad = k - out_d.shape[1]
+        out_d = np.pad(out_d, ((0, 0), (0, pad)), constant_values=np.nan)
+        out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
+    return out_d, out_i
 
 
 def _approx_group(src: ShardedLatents, q_idx: np.ndarray, r_idx: np.ndarray, k: int, metric: str, kind: str,
                   budget_mb: float, opts: dict[str, Any], exclude_self: bool, seed: int,
-                  report: IndexReport) -> tuple[np.ndarray, np.ndarray]:
+                  report: IndexReport, shards: Any = None, save_dir: Any = None) -> tuple[np.ndarray, np.ndarray]:
     if len(r_idx) == 0:
         return np.full((len(q_idx), k), np.nan), np.full((len(q_idx), k), -1, dtype=np.int64)
-    index = ApproxIndex(src, kind, metric, reference=r_idx, memory_budget_mb=budget_mb, seed=seed, **opts)
+    index: ApproxIndex | ShardedIndex
+    if shards is not None:
+        index = ShardedIndex(src, kind, metric, shards=shards, reference=r_idx, memory_budget_mb=budget_mb,
+                             seed=seed, **opts)
+    else:
+        index = ApproxIndex(src, kind, metric, reference=r_idx, memory_budget_mb=budget_mb, seed=seed, **opts)
     t1 = time.perf_counter()
     dist, idx = index.search(q_idx, k, exclude_self)
     report.search_seconds += time.perf_counter() - t1
     report.build_seconds += index.build_seconds
     report.memory_bytes += index.memory_bytes
+    report.gpu = report.gpu or index.gpu
     enc_name = index.encoding_name
     if report.encoding not in ("exact", enc_name):
         enc_name = "mixed"
     report.encoding = enc_name
     if not report.params:  # the first group's parameters (groups differ only in size)
-        report.params = dict(index.params)
+        report.params = {**index.params, "train_seconds": round(index.train_seconds, 3),
+                         "add_seconds": round(index.add_seconds, 3)}
+    if save_dir is not None:
+        index.save(save_dir)
+        report.saved_to = str(save_dir)
+        report.latents_fingerprint = latents_fingerprint(src)
     return dist, idx
 
 
@@ -592,33 +1038,44 @@ def nearest_index(
     encoding: str = "auto",
     extra_candidates: int | None = None,
     threads: int | None = None,
+    pq_bytes: int | None = None,
+    gpu: bool | None = None,
+    shards: int | Sequence[int] | None = None,
+    save_dir: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, IndexReport]:
-    """The ``k`` nearest other rows of every row with a FAISS ``ivf`` or ``hnsw`` index.
+    """The ``k`` nearest other rows of every row with a FAISS ``ivf``, ``hnsw`` (or ``flat``) index.
 
     Parameters
     ----------
     latents : (N, D) array, memory map, list of ``.npy`` shards, or :class:`ShardedLatents`.
     k, metric, reference, groups, exclude_self : as in :func:`memlens.neighbors.nearest_neighbors`.
-    index : ``"ivf"`` or ``"hnsw"``.
-    memory_budget_mb : memory the index may take (per group); picks the encoding (flat > sq8 > pq).
+    index : ``"ivf"``, ``"hnsw"`` or ``"flat"`` (FAISS's exact index; useful with ``shards``).
+    memory_budget_mb : memory the index may take (per group and shard); picks the encoding (flat > sq8 > pq).
     recall_sample : queries sampled (``seed``) to measure recall@k against brute force; 0 skips it.
-    nlist, nprobe : IVF lists and lists scanned per query (defaults ``sqrt(N)`` and ``max(8, nlist/16)``).
+    nlist, nprobe : IVF lists and lists scanned per query (defaults :func:`default_nlist`, ``sqrt(N)``, and
+        :func:`default_nprobe`, 32).
+    pq_bytes : product-quantised codes of this many bytes per vector (the largest divisor of the width not
+        above it) instead of the budget's choice.
     hnsw_m, ef_search, ef_construction : HNSW links per vector, search beam (default ``max(64, 2*cand)``),
         construction beam (40).
     encoding : ``"auto"``, ``"flat"``, ``"sq8"`` or ``"pq"``.
     extra_candidates : candidates fetched beyond ``k`` for exact re-ranking (default 0 for flat storage,
-        ``max(8, 2k)`` for compressed).
+        ``max(32, 2k)`` for compressed codes: docs/scale.md's curve).
     threads : FAISS OpenMP threads (None: FAISS's default).
+    gpu : None: FAISS's GPU 0 when faiss-gpu sees one (ivf, flat); True: required; False: the CPU.
+    shards : one index per shard of the rows (an int: equal row ranges; a sequence: their start rows), each
+        searched and re-ranked on its own rows, the k best merged (:class:`ShardedIndex`).
+    save_dir : save the trained index there (:meth:`ApproxIndex.save`; one group only), for
+        :func:`load_index`.
 
     Returns
     -------
     distances (N, k) float64 exact, indices (N, k) int64, :class:`IndexReport`.
     """
     faiss = require_faiss()
-    if index not in ("ivf", "hnsw"):
-        raise ConfigError(f"nearest_index builds ivf or hnsw indexes, got {index!r}")
-    if metric not in ("euclidean", "cosine"):
-        raise ConfigError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if index not in ("ivf", "hnsw", "flat"):
+        raise ConfigError(f"nearest_index builds flat, ivf or hnsw indexes, got {index!r}")
+    _check_metric(metric)
     if isinstance(k, bool) or int(k) < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
@@ -627,21 +1084,29 @@ def nearest_index(
     _check_finite(src)
     if threads:
         faiss.omp_set_num_threads(int(threads))
-    opts = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
-            "ef_construction": ef_construction, "encoding": encoding, "extra_candidates": extra_candidates}
+    opts: dict[str, Any] = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
+                            "ef_construction": ef_construction, "encoding": encoding,
+                            "extra_candidates": extra_candidates, "pq_bytes": pq_bytes, "gpu": gpu}
+    if index == "flat":
+        opts = {"gpu": gpu, **({"pq_bytes": pq_bytes} if pq_bytes is not None else {})}
     ref_mask = reference_mask(reference, n)
     codes = group_codes(groups, n)
+    n_groups = int(codes.max()) + 1 if n else 0
+    if save_dir is not None and n_groups > 1:
+        log.info("distinctiveness within %d groups: one index per group, none saved", n_groups)
+        save_dir = None
     report = IndexReport(kind=index, metric=metric, k=k, n=n, dim=dim, memory_budget_bytes=int(memory_budget_mb * 2**20),
-                         recall_k=k, seed=int(seed))
+                         recall_k=k, seed=int(seed), shards=1 if shards is None else len(shard_bounds(n, shards)))
     dist = np.full((n, k), np.nan)
     idx = np.full((n, k), -1, dtype=np.int64)
     rows = np.arange(n)
-    for g in range(int(codes.max()) + 1 if n else 0):
+    for g in range(n_groups):
         q_idx = rows[codes == g]
         r_idx = q_idx[ref_mask[q_idx]]
         if len(q_idx):
             dist[q_idx], idx[q_idx] = _approx_group(src, q_idx, r_idx, k, metric, index, memory_budget_mb, opts,
-                                                    exclude_self, seed + g, report)
+                                                    exclude_self, seed + g, report, shards, save_dir)
+    report.query_seconds_per_image = report.search_seconds / n if n else None
 
     if recall_sample and n:
         t0 = time.perf_counter()
@@ -674,6 +1139,11 @@ def _check_finite(src: ShardedLatents) -> None:
         if not np.isfinite(block).all():
             bad = a + int(np.argwhere(~np.isfinite(block))[0][0])
             raise ValueError(f"latents contain NaN or infinite values (first in row {bad})")
+
+
+def _exact_report_time(report: IndexReport) -> IndexReport:
+    report.query_seconds_per_image = report.search_seconds / report.n if report.n else None
+    return report
 
 
 def distinctiveness_index(
@@ -711,7 +1181,10 @@ def distinctiveness_index(
         raise ConfigError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
     src = _as_rows(latents)
     n, dim = src.shape
-    if index in ("exact", "flat"):
+    if index == "exact" and options.get("shards") is not None:
+        raise ConfigError("index shards go with a FAISS index (flat, ivf, hnsw), not exact")
+    if index == "exact" or (index == "flat" and options.get("shards") is None):
+        options.pop("save_dir", None)  # nothing trained to save
         from .neighbors import distinctiveness
 
         arr = src.as_array(tmp_dir)
@@ -734,7 +1207,7 @@ def distinctiveness_index(
                              params={"search": kind}, memory_bytes=n_ref * dim * 4 if kind == "faiss-flat" else 0,
                              memory_budget_bytes=int(memory_budget_mb * 2**20),
                              search_seconds=time.perf_counter() - t0, recall_k=int(k), seed=int(seed))
-        return values, report
+        return values, _exact_report_time(report)
     dist, _, report = nearest_index(src, k, metric, index=index, reference=reference, groups=groups,
                                     memory_budget_mb=memory_budget_mb, recall_sample=recall_sample, seed=seed,
                                     **options)

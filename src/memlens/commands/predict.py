@@ -31,9 +31,13 @@ from ._common import FiniteFloatRange, check_device, progress_updates
 @click.option("--address", default=None, help="ray: the cluster address [default: a local Ray on 127.0.0.1].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="ray: number of actors.")
 @click.option("--gpus-per-worker", type=FiniteFloatRange(min=0), default=None, help="ray: GPUs per actor.")
+@click.option("--distinctiveness", is_flag=True, default=False,
+              help="--run: add a distinctiveness column: each image's latent (the run's autoencoder, as memlens "
+                   "score made them) against the run's latents, through the index saved by memlens score "
+                   "--index ivf|hnsw (else an exact search).")
 def predict(images: tuple[str, ...], run: Path | None, model: str | None, weights: Path | None, out: Path | None,
             batch_size: int, device: str, engine: str, address: str | None, workers: int | None,
-            gpus_per_worker: float | None) -> int:
+            gpus_per_worker: float | None, distinctiveness: bool) -> int:
     """Predict the memorability of IMAGES (files and/or folders, searched recursively) with the predictor of
     --run RUN, or with a pretrained model (--model resmem).
 
@@ -49,6 +53,8 @@ def predict(images: tuple[str, ...], run: Path | None, model: str | None, weight
         raise click.UsageError("--model runs in this process (--engine local)")
     if weights is not None and model is None:
         raise click.UsageError("--weights goes with --model NAME")
+    if distinctiveness and run is None:
+        raise click.UsageError("--distinctiveness needs --run RUN (its autoencoder and latents)")
     if model is not None:
         from ..baselines import baseline_info
         from ..errors import ConfigError
@@ -74,6 +80,13 @@ def predict(images: tuple[str, ...], run: Path | None, model: str | None, weight
     if not len(result.table):
         click.echo("no image could be scored" + (f"; {out} not written" if out is not None else ""), err=True)
         return 1
+    if distinctiveness:
+        from ..index_store import add_distinctiveness
+
+        with progress_updates("distinctiveness") as update:
+            how = add_distinctiveness(result.table, images, run, batch_size=batch_size, device=device,
+                                      progress=update)
+        click.echo(f"distinctiveness: {how}", err=True)
     if out is not None:
         with atomic_path(out) as tmp:
             result.table.to_csv(tmp, index=False, float_format="%.6f")

@@ -29,7 +29,8 @@ from typing import Any
 from PIL import Image
 
 from ..errors import Problem, ValidationError
-from .images import DEFAULT_MAX_PIXELS, ImageReadError, image_notes, verify_image
+from .image_bytes import verify_image_ref
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, image_notes
 from .layouts import Dataset, collect
 
 __all__ = ["ValidationReport", "validate_dataset"]
@@ -182,7 +183,7 @@ def validate_dataset(
 
         def check(k: int) -> tuple[int, list[str] | None, str | None]:
             try:
-                return k, verify_image(paths[k], max_pixels), None
+                return k, verify_image_ref(paths[k], str(ids[k]), max_pixels), None
             except ImageReadError as exc:
                 return k, None, exc.reason
 

@@ -53,6 +53,10 @@ def score_run(
     cpus_per_worker: float = 1,
     shard_size: int | None = None,
     keep_shards: bool = False,
+    layout: str = "auto",
+    decoders: int | None = None,
+    cpus_per_decoder: float = 1,
+    merge: bool | None = None,
     metrics: Sequence[str] | None = None,
     batch_size: int = 32,
     layer: str | None = None,
@@ -81,8 +85,10 @@ def score_run(
     index : ``"exact"``, ``"flat"``, ``"ivf"`` or ``"hnsw"`` (the last three need the ``faiss`` extra).
     index_options : keyword arguments of :func:`memlens.index.distinctiveness_index` (``memory_budget_mb``,
         ``recall_sample``, ``nlist``, ``nprobe``, ``hnsw_m``, ``ef_search``, ``seed``, ...).
-    address, workers, gpus_per_worker, cpus_per_worker, shard_size, keep_shards : Ray engine settings
-        (:func:`memlens.scoring.ray_engine.score_run_ray`); ignored by the local engine.
+    address, workers, gpus_per_worker, cpus_per_worker, shard_size, keep_shards, decoders, cpus_per_decoder,
+    merge : Ray engine settings (:func:`memlens.scoring.ray_engine.score_run_ray`); ignored by the local engine,
+        except ``merge=False``, which it refuses (it always writes ``per_image.csv``).
+    layout : the data layout of ``data`` (``"auto"``, ``"parquet"``, ...: :data:`memlens.data.layouts.LAYOUTS`).
     metrics : metric names (default :func:`default_metrics`; an optional metric that cannot be built, e.g.
         lpips without its weights offline, is then skipped with a warning).
     distinct_k, distinct_metric, distinct_reference : neighbours for ``distinctiveness`` (latents) and
@@ -104,9 +110,18 @@ def score_run(
         from ..index import require_faiss
 
         require_faiss()
+    if engine == "local":
+        if merge is False:
+            raise ConfigError("merge=False is for the Ray engine (the local engine writes per_image.csv)")
+        if layout != "auto" and isinstance(data, (str, os.PathLike)):
+            from ..data import load_dataset
+
+            data = load_dataset(data, layout)
     cluster = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
                "cpus_per_worker": cpus_per_worker, "shard_size": shard_size, "keep_shards": keep_shards,
                "_inject": _inject}
+    if engine != "local":
+        cluster.update(layout=layout, decoders=decoders, cpus_per_decoder=cpus_per_decoder, merge=merge)
     return ENGINES[engine](run, data, index=index, index_options=index_options, cluster=cluster,
                            num_workers=num_workers, device=device, cache=cache, metrics=metrics,
                            batch_size=batch_size, layer=layer, pool=pool, latent_dtype=latent_dtype,

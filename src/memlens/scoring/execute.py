@@ -60,9 +60,18 @@ from .batch import (
 )
 from .plan import DEFAULT_METRICS
 from .precision import PRECISIONS, cpu_has_bf16, int8_models
-from .sources import as_paths, iter_batches, model_input_size, path_batches, source_length, tensor_batches
+from .sources import (
+    all_files,
+    as_paths,
+    iter_batches,
+    located_calibration,
+    model_input_size,
+    path_batches,
+    source_length,
+    tensor_batches,
+)
 
-__all__ = ["ScoreResult", "score_images"]
+__all__ = ["ScoreResult", "score_images", "scoring_session"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,43 @@ class ScoreResult:
     @property
     def image_ids(self) -> list[str]:
         return self.table["image_id"].tolist()
+
+
+@contextlib.contextmanager
+def scoring_session(model: nn.Module, metrics: Sequence[Metric], *, device: torch.device,
+                    before_model: nn.Module | None = None, feature_model: nn.Module | None = None,
+                    pool: str = "none", layer: str | None = None, layer_model: nn.Module | None = None,
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = True,
+                    feature_size: int | None = FEATURE_SIZE, resize_features: bool = False,
+                    int8: bool = False) -> Iterator[BatchScorer]:
+    """The :class:`BatchScorer` of :func:`score_images`, its models in eval mode on ``device`` (autoencoders
+    channels-last when ``channels_last``, unless they are ``int8`` copies, whose kernels choose their own
+    layout) for the duration of the ``with`` block, restored afterwards.
+
+    Engines that feed decoded batches themselves (the Ray engine's model actors) score through this, so a
+    per-image number is computed the same way everywhere.
+    """
+    models = [model] + ([before_model] if before_model is not None else [])
+    saved = [(m, m.training, next(iter(m.parameters()), torch.empty(0)).device)
+             for m in models + ([feature_model] if feature_model is not None else [])]
+    # autoencoders in channels-last (restored afterwards unless they were channels-last already)
+    convert = channels_last and not int8
+    to_contiguous = [m for m in models if convert and not is_channels_last(m)]
+    try:
+        for m, _, _ in saved:
+            m.to(device).eval()
+        if convert:
+            for m in models:
+                m.to(memory_format=torch.channels_last)
+        yield BatchScorer(model, list(metrics), device=device, before_model=before_model,
+                          feature_model=feature_model, pool=pool, layer=layer, layer_model=layer_model or model,
+                          amp_dtype=amp_dtype, channels_last=channels_last, feature_size=feature_size,
+                          resize_features=resize_features)
+    finally:
+        for m, training, d in saved:
+            m.to(d).train(training)
+        for m in to_contiguous:
+            m.to(memory_format=torch.contiguous_format)
 
 
 def score_images(
@@ -228,37 +274,27 @@ def score_images(
     run_model, run_before = model, before_model
     if int8:  # before the models are touched: a backbone int8 cannot trace leaves them as they were
         tensor = dataset_or_paths if isinstance(dataset_or_paths, (torch.Tensor, np.ndarray)) else None
+        if calibration is None and path_source is not None and not all_files(path_source[1]):
+            calibration = located_calibration(path_source[1], size)  # Parquet cells, URLs: decoded here
         run_model, run_before, batches, qinfo = int8_models(model, before_model, batches, calibration, size,
                                                             path_source[1] if path_source is not None else None,
                                                             tensor)
 
-    # models: eval mode on the device, restored afterwards
-    models = [run_model] + ([run_before] if run_before is not None else [])  # int8: the quantized copies
-    saved = [(m, m.training, next(iter(m.parameters()), torch.empty(0)).device) for m in models]
-    fmodel = None
-    if features:
-        fmodel = feature_model if feature_model is not None else pretrained_features(dev)
-        saved.append((fmodel, fmodel.training, next(iter(fmodel.parameters()), torch.empty(0)).device))
-    for m, _, _ in saved:
-        m.to(dev).eval()
-    # autoencoders in channels-last (restored afterwards unless they were channels-last already)
-    to_contiguous = [m for m in models if channels_last and not int8 and not is_channels_last(m)]
-    if channels_last and not int8:  # int8 kernels choose their own layout
-        for m in models:
-            m.to(memory_format=torch.channels_last)
     if amp_dtype is not None and dev.type == "cpu" and not cpu_has_bf16():
         log.warning("precision=%s on a CPU without native bf16 instructions (AVX512-BF16/AMX) is slow; "
                     "float32 is faster there", precision)
-
-    scorer = BatchScorer(run_model, metric_objs, device=dev, before_model=run_before, feature_model=fmodel,
-                         pool=pool, layer=layer, layer_model=model, amp_dtype=amp_dtype,
-                         channels_last=channels_last, feature_size=feature_size, resize_features=resize_features)
+    session = scoring_session(run_model, metric_objs, device=dev, before_model=run_before,
+                              feature_model=(feature_model if feature_model is not None else pretrained_features(dev))
+                              if features else None, pool=pool, layer=layer, layer_model=model,
+                              amp_dtype=amp_dtype, channels_last=channels_last, feature_size=feature_size,
+                              resize_features=resize_features, int8=int8)
     rows_ids: list[str] = []
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in scorer.columns}
     latent_shape: tuple[int, ...] = ()
     np_dtype = LATENT_DTYPES[latent_dtype]
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        scorer = stack.enter_context(session)
+        cols: dict[str, list[np.ndarray]] = {c: [] for c in scorer.columns}
         lat_tmp = stack.enter_context(atomic_path(latents_path)) if latents_path is not None else None
         feat_tmp = stack.enter_context(atomic_path(features_path)) if (features and features_path is not None) else None
         lat_w: Any = NpyRows(lat_tmp, n_total, np_dtype, latents_path) if lat_tmp is not None else MemRows(np_dtype)
@@ -289,11 +325,6 @@ def score_images(
                 if isinstance(w, NpyRows):
                     w.abort()
             raise
-        finally:
-            for m, training, d in saved:
-                m.to(d).train(training)
-            for m in to_contiguous:
-                m.to(memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - t0
     if not rows_ids:
         raise DataError("no images to score")

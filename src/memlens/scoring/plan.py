@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError, RunDirError
 from ..metrics import get_metric
 
 __all__ = ["DEFAULT_METRICS", "REFERENCES", "ANALYSIS_OUTPUTS", "ScoreJob", "prepare_run", "default_metrics",
-           "reference_args", "check_same_data"]
+           "reference_args", "check_same_data", "resolve_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +95,26 @@ def prepare_run(run: str | os.PathLike, data: Any = None, *, metrics: Sequence[s
                           f"{len(table)}")
     ref_args = reference_args(table, distinct_reference)
     dev = resolve_device(device)
+    names = resolve_metrics(metrics, dev)
+    before = run / "autoencoder_before.pt"
+    return ScoreJob(run=run, dataset=ds, table=table, ref_args=ref_args, metrics=names, checkpoint=ckpt,
+                    before_checkpoint=before if before.is_file() else None, device=dev)
 
+
+def resolve_metrics(metrics: Sequence[str] | None, device: Any) -> list[str]:
+    """Metric names: ``metrics`` resolved, or :func:`default_metrics` less an optional metric that cannot be
+    built on ``device`` (lpips offline: skipped with a warning)."""
     explicit = metrics is not None
     names = [get_metric(m).name for m in (metrics if explicit else default_metrics())]
     if not explicit and "lpips" in names:
         try:
             from ..metrics import lpips_model
 
-            lpips_model(dev)
+            lpips_model(device)
         except Exception as exc:  # optional and not asked for: skip rather than fail the run
             log.warning("lpips skipped: %s", exc)
             names.remove("lpips")
-    before = run / "autoencoder_before.pt"
-    return ScoreJob(run=run, dataset=ds, table=table, ref_args=ref_args, metrics=names, checkpoint=ckpt,
-                    before_checkpoint=before if before.is_file() else None, device=dev)
+    return names
 
 
 def reference_args(table: pd.DataFrame, reference: str) -> dict[str, Any]:

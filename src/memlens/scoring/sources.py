@@ -7,6 +7,7 @@ whose feature size differs from the model's input size), else None.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -16,9 +17,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
-__all__ = ["model_input_size", "as_paths", "path_batches", "tensor_batches", "iter_batches", "source_length"]
+__all__ = ["model_input_size", "as_paths", "path_batches", "tensor_batches", "iter_batches", "source_length",
+           "all_files", "uint8_batch", "located_batches", "located_calibration"]
+
+log = logging.getLogger(__name__)
 
 
 def model_input_size(model: nn.Module) -> int | None:
@@ -51,8 +55,18 @@ def as_paths(source: Any) -> tuple[list[str], list[str]] | None:
 def path_batches(ids: list[str], paths: list[str], size: int, feature_size: int | None, batch_size: int,
                   num_workers: int, cache: Any,
                   pin_memory: bool = False) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
-    """Decoded batches of image files; a second loader decodes them at ``feature_size`` when it differs."""
+    """Decoded batches of image files; a second loader decodes them at ``feature_size`` when it differs.
+
+    Images that are not local files (cells of a Parquet data set, URLs: see :mod:`memlens.data.layouts.parquet`)
+    are decoded in this process, in order, by :func:`located_batches`.
+    """
     from ..data import make_loader
+
+    if not all_files(paths):
+        if num_workers:
+            log.info("images in Parquet cells or at URLs are decoded in this process (num_workers ignored)")
+        yield from located_batches(ids, paths, size, feature_size, batch_size)
+        return
 
     main = make_loader(paths, size, batch_size=batch_size, num_workers=num_workers, cache=cache,
                        pin_memory=pin_memory)
@@ -68,6 +82,44 @@ def path_batches(ids: list[str], paths: list[str], size: int, feature_size: int 
             if not torch.equal(torch.as_tensor(idx), torch.as_tensor(fidx)):  # pragma: no cover - loader bug
                 raise RuntimeError("image loaders went out of step")
         yield [ids[int(i)] for i in idx], images, fimages
+
+
+def all_files(paths: Sequence[str]) -> bool:
+    """Whether every path is a local file path (not a Parquet-cell locator nor a URL)."""
+    from ..data.layouts.parquet import is_locator
+    from ..data.uris import is_uri
+
+    return not any(is_locator(p) or is_uri(p) for p in paths)
+
+
+def uint8_batch(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1], the values :func:`memlens.data.make_loader` gives."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(torch.float32).div_(255.0)
+
+
+def located_batches(ids: list[str], paths: list[str], size: int, feature_size: int | None,
+                    batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
+    """Batches of images given as Parquet-cell locators, URLs or files, decoded in this process in order."""
+    from ..data.layouts.parquet import LocatedReader, load_located
+
+    reader = LocatedReader()
+    for a in range(0, len(paths), batch_size):
+        chunk, names = paths[a : a + batch_size], ids[a : a + batch_size]
+        images = uint8_batch(load_located(chunk, size, reader, names))
+        fimages = None
+        if feature_size is not None and feature_size != size:
+            fimages = uint8_batch(load_located(chunk, feature_size, reader, names))
+        yield list(names), images, fimages
+
+
+def located_calibration(paths: list[str], size: int | None) -> torch.Tensor:
+    """The int8 calibration images (:func:`memlens.quantize.calibration_indices`) of a located source."""
+    from ..data.layouts.parquet import load_located
+    from ..quantize import calibration_indices
+
+    if size is None:
+        raise ConfigError("image_size is needed to decode the int8 calibration images")
+    return uint8_batch(load_located([paths[i] for i in calibration_indices(len(paths))], size))
 
 
 def tensor_batches(images: Any, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, None]]:

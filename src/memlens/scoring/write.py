@@ -21,7 +21,7 @@ from ..errors import DataError
 from .arrays import write_npz
 from .plan import ScoreJob
 
-__all__ = ["LEADING", "finish_run", "exposure_losses", "record_settings"]
+__all__ = ["LEADING", "finish_run", "finish_parts", "exposure_losses", "record_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         index reports).
     """
     from ..index import distinctiveness_index
+    from ..index_store import prepare_saved_index, report_for_run
 
     run, table, ds = job.run, job.table, job.dataset
     ids = result.table["image_id"].tolist()
@@ -111,9 +112,10 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
     opts = dict(index_options or {})
     reports: dict[str, Any] = {}
     for col, mat in (("distinctiveness", result.latents), ("distinctiveness_features", result.features)):
-        values, report = distinctiveness_index(mat, index=index, **dist_kw, **opts)
+        save = prepare_saved_index(run, col, index, job.ref_args)  # RUN/index/<col>/: the trained index
+        values, report = distinctiveness_index(mat, index=index, **dist_kw, **opts, **save)
         out[col] = values
-        reports[col] = report.to_dict()
+        reports[col] = report_for_run(run, report)
     passthrough = [c for c in table.columns if c not in out.columns]
     clashes = [c for c in table.columns if c in out.columns and c not in LEADING]
     if clashes:
@@ -131,15 +133,33 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
         atomic_write_bytes(run / "split_halves.npz", root_halves.read_bytes())
 
     info = dict(result.info)
+    record = _record(run, info, reports, data=str(getattr(ds, "source", None) or getattr(ds, "root", "")),
+                     metrics=job.metrics, layer=layer, pool=pool, latent_dtype=latent_dtype,
+                     latent_shape=result.latent_shape, latent_dim=int(result.latents.shape[1]),
+                     feature_size=feature_size, distinct_k=distinct_k, distinct_metric=distinct_metric,
+                     distinct_reference=distinct_reference, batch_size=batch_size,
+                     before=job.before_checkpoint is not None, exposure=exposure is not None, index=index)
+    record.update(settings or {})
+    record_settings(run, record)
+    log.info("wrote %s (%d images, %d columns)", run / "per_image.csv", len(out), out.shape[1])
+    info["index_reports"] = reports
+    out.attrs["info"] = info
+    return out
+
+
+def _record(run: Path, info: dict[str, Any], reports: dict[str, Any], *, data: str, metrics: list[str],
+            layer: str | None, pool: str, latent_dtype: str, latent_shape: Any, latent_dim: int,
+            feature_size: int | None, distinct_k: int, distinct_metric: str, distinct_reference: str,
+            batch_size: int, before: bool, exposure: bool, index: str) -> dict[str, Any]:
+    """The ``score`` section of ``RUN/config.json`` (and ``RUN/index.json`` for a FAISS index)."""
     record = {
-        "data": str(getattr(ds, "source", None) or getattr(ds, "root", "")), "metrics": job.metrics,
-        "layer": layer, "pool": pool, "latent_dtype": latent_dtype,
-        "latent_shape": list(result.latent_shape), "latent_dim": int(result.latents.shape[1]),
+        "data": data, "metrics": metrics, "layer": layer, "pool": pool, "latent_dtype": latent_dtype,
+        "latent_shape": list(latent_shape), "latent_dim": int(latent_dim),
         "image_size": info.get("image_size"), "feature_size": feature_size,
         "features": "efficientnet_lite0 head, average-pooled",
         "distinct_k": int(distinct_k), "distinct_metric": distinct_metric, "distinct_reference": distinct_reference,
-        "batch_size": int(batch_size), "before": job.before_checkpoint is not None,
-        "exposure": exposure is not None, "precision": info.get("precision", "float32"), "index": index,
+        "batch_size": int(batch_size), "before": before, "exposure": exposure,
+        "precision": info.get("precision", "float32"), "index": index,
     }
     if record["precision"] == "int8":
         record["int8"] = {k[5:]: info[k] for k in ("int8_calibration_images", "int8_engine", "int8_activation_bits",
@@ -152,9 +172,65 @@ def finish_run(job: ScoreJob, result: Any, *, layer: str | None = None, pool: st
             if r.get("recall") is not None:
                 log.info("%s: %s index (%s), recall@%d = %.4f on %d sampled queries", col, index,
                          r.get("encoding"), r.get("recall_k"), r["recall"], r.get("recall_sample"))
+    return record
+
+
+def finish_parts(run: Path, parts: list[str], *, n: int, ref_args: dict[str, Any], source: str | None,
+                 metrics: list[str], layer: str | None, pool: str, latent_dtype: str,
+                 feature_size: int | None, batch_size: int, distinct_k: int, distinct_metric: str,
+                 distinct_reference: str, index: str, index_options: dict[str, Any] | None, before: bool,
+                 info: dict[str, Any], settings: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Finish a run whose outputs stay in parts (a Ray run without merge): distinctiveness from the latent and
+    feature parts (:class:`memlens.index.ShardedLatents`, memory-mapped; exact search concatenates them into a
+    temporary memory map in the run directory), added to every ``RUN/per_image/PART.parquet`` (rewritten
+    atomically, one part at a time, with ``recon_exposure``/``exposure_order`` when the run has
+    ``exposure.csv``); the ``score`` settings recorded in ``RUN/config.json``.
+
+    ``parts``: the part names in row order (they must tile ``0..n-1``). Returns an empty table with the parts'
+    columns (``attrs["info"]``: ``info``, the index reports, ``outputs``)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ..index import ShardedLatents, distinctiveness_index
+    from .ray_stages import META_FILE
+
+    bounds = [tuple(int(x) for x in p.split("-")[1:3]) for p in parts]
+    if [a for a, _ in bounds] != [0] + [b for _, b in bounds[:-1]] or (bounds and bounds[-1][1] != n):
+        raise DataError(f"{run / 'per_image'}: the parts do not tile the {n} images; rerun memlens score")
+    dist_kw = {"k": distinct_k, "metric": distinct_metric, **ref_args}
+    opts = {"tmp_dir": run, **(index_options or {})}
+    values: dict[str, np.ndarray] = {}
+    reports: dict[str, Any] = {}
+    for col, folder in (("distinctiveness", "latents"), ("distinctiveness_features", "features")):
+        mat = ShardedLatents([run / folder / f"{p}.npy" for p in parts])
+        values[col], report = distinctiveness_index(mat, index=index, **dist_kw, **opts)
+        reports[col] = report.to_dict()
+    exposure = exposure_losses(run)
+    columns: list[str] = []
+    for p, (a, b) in zip(parts, bounds, strict=True):
+        path = run / "per_image" / f"{p}.parquet"
+        frame = pq.read_table(path).to_pandas()
+        if exposure is not None:
+            frame["recon_exposure"] = frame["image_id"].astype(str).map(exposure["loss"]).astype(float).to_numpy()
+            if "order" in exposure.columns:
+                frame["exposure_order"] = frame["image_id"].astype(str).map(exposure["order"]).astype("Int64").array
+        for col, v in values.items():
+            frame[col] = v[a:b]
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        columns = list(frame.columns)
+    shape = json.loads((run / "latents" / META_FILE).read_text(encoding="utf-8"))["latent_shape"]
+    width = ShardedLatents([run / "latents" / f"{parts[0]}.npy"]).shape[1]
+    record = _record(run, info, reports, data=source or "", metrics=metrics, layer=layer, pool=pool,
+                     latent_dtype=latent_dtype, latent_shape=shape, latent_dim=width, feature_size=feature_size,
+                     distinct_k=distinct_k, distinct_metric=distinct_metric, distinct_reference=distinct_reference,
+                     batch_size=batch_size, before=before, exposure=exposure is not None, index=index)
     record.update(settings or {})
+    record["outputs"] = {"per_image": "per_image/part-*.parquet", "latents": "latents/part-*.npy",
+                         "features": "features/part-*.npy", "parts": len(parts)}
     record_settings(run, record)
-    log.info("wrote %s (%d images, %d columns)", run / "per_image.csv", len(out), out.shape[1])
-    info["index_reports"] = reports
-    out.attrs["info"] = info
+    log.info("wrote %d parts of %d images to %s (+ latents/, features/)", len(parts), n, run / "per_image")
+    out = pd.DataFrame(columns=columns)
+    out.attrs["info"] = {**info, "index_reports": reports, "outputs": record["outputs"]}
     return out

@@ -1,11 +1,13 @@
-"""Data set layouts: read ``csv``, ``memcat``, ``lamem``, ``lnsim`` and ``folder`` collections into one table.
+"""Data set layouts: read ``csv``, ``memcat``, ``lamem``, ``lnsim``, ``folder`` and ``parquet`` collections into
+one table.
 
 Every layout yields a :class:`Dataset` whose ``table`` has the columns
 
 ``image_id``
     the image's path relative to the data root, POSIX separators, unique;
 ``path``
-    the absolute path of the file;
+    the absolute path of the file (``parquet``: for an image held in a cell, a locator that
+    :func:`memlens.data.layouts.parquet.load_located` decodes; for a URL, the URL);
 ``score`` (when the source has scores)
     memorability in [0, 1];
 ``category``, ``subcategory`` (when the source has them)
@@ -22,8 +24,8 @@ The layouts and the detection rules are described in ``docs/datasets.md``.
 Modules: :mod:`.dataset` (the :class:`Dataset`), :mod:`.loading` (:func:`load_dataset`, :func:`collect`,
 :func:`load_run_dataset`), :mod:`.registry` (the layouts and :func:`detect_layout`), :mod:`.reader` (what
 a layout reader gets and returns), one module per layout (:mod:`.csv`, :mod:`.memcat`, :mod:`.lamem`,
-:mod:`.lnsim`, :mod:`.folder`), :mod:`.tables` (reading tables), :mod:`.image_files` (finding images) and
-:mod:`.checks` (the path/score/duplicate checks every layout shares). To add a layout, see :mod:`.reader`.
+:mod:`.lnsim`, :mod:`.folder`, :mod:`.parquet`), :mod:`.tables` (reading tables), :mod:`.image_files`
+(finding images) and :mod:`.checks` (the path/score/duplicate checks every layout shares). To add a layout, see :mod:`.reader`.
 """
 
 from __future__ import annotations

@@ -152,6 +152,10 @@ def finalize(source: Path, layout: str, raw: RawTable, options: dict[str, Any],
             abs_paths.append("")
             bad[k] = True
             continue
+        if raw.locators is not None:  # not files under the root: the id as given, the locator as the path
+            ids.append(ref_norm)
+            abs_paths.append(raw.locators[k])
+            continue
         if os.path.isabs(ref_norm):
             p = os.path.normpath(ref_norm)
             rel = _under(p, root_abs) or _under(p, root_real)
@@ -251,6 +255,7 @@ def finalize(source: Path, layout: str, raw: RawTable, options: dict[str, Any],
         halves = SplitHalves(tuple(table["image_id"]), halves.half1[:, keep], halves.half2[:, keep], halves.kind,
                              tuple(SplitHalves(tuple(table["image_id"]), a.half1[:, keep], a.half2[:, keep], a.kind)
                                    for a in halves.alternatives))
-    return Collected(source=Path(os.path.abspath(source)), root=Path(root_abs), layout=layout, table=table, bad=bad, notes=notes,
-                      halves=halves, options=options)
+    src_out: Any = Path(os.path.abspath(source)) if raw.uri_root is None else str(source)  # keep a URI's "//"
+    return Collected(source=src_out, root=Path(root_abs) if raw.uri_root is None else raw.uri_root, layout=layout,
+                     table=table, bad=bad, notes=notes, halves=halves, options=options)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, DataError, Problem, RunDirError, ValidationError
+from ..uris import has_glob, is_uri
 from .checks import Collected, finalize
 from .dataset import Dataset
 from .memcat import MEMCAT_SCORE_COLUMNS
@@ -42,7 +43,11 @@ def collect(
         raise ConfigError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
     if score_variant is not None and score_variant not in MEMCAT_SCORE_COLUMNS:
         raise ConfigError(f"unknown score variant {score_variant!r}; choose corrected or uncorrected")
-    if not src.exists():
+    text = os.fspath(source)
+    remote = is_uri(text) or (has_glob(text) and not src.exists())
+    if remote and layout in ("auto", "parquet"):  # a URI or a glob pattern: a Parquet data set
+        layout = "parquet"
+    elif not src.exists():
         problems.append(Problem(str(source), "no such file or folder"))
         return None
     if layout == "auto":
@@ -60,7 +65,7 @@ def collect(
         options["splits"] = list(splits)
     cols = {"image": image_col, "score": score_col, "category": category_col, "subcategory": subcategory_col}
     n_before = len(problems)
-    raw = get_layout(layout).read(src, ReadOptions(cols, score_variant, splits), problems)
+    raw = get_layout(layout).read(src, ReadOptions(cols, score_variant, splits, source=text), problems)
     if raw is None:
         if len(problems) == n_before:  # pragma: no cover - readers always explain a None
             problems.append(Problem(str(source), f"cannot be read as a {layout} data set"))
@@ -84,8 +89,9 @@ def load_dataset(
     Parameters
     ----------
     source : path
-        A data folder or a table file.
-    layout : {"auto", "csv", "memcat", "lamem", "lnsim", "folder"}
+        A data folder or a table file; for the ``parquet`` layout also a glob pattern or a URI
+        (``s3://bucket/images/``).
+    layout : {"auto", "csv", "memcat", "lamem", "lnsim", "folder", "parquet"}
         ``"auto"`` uses :func:`detect_layout`.
     image_col, score_col, category_col, subcategory_col : str, optional
         Table columns to use instead of the auto-detected ones (``csv``; also honoured by ``memcat``).
@@ -149,8 +155,8 @@ def load_run_dataset(run: str | os.PathLike) -> Dataset:
         raise RunDirError(f"{path}: unreadable (expected JSON with 'source'; {exc})") from None
     if not source:
         raise RunDirError(f"{path} has no 'source': cannot find the run's images")
-    src = Path(source)
-    if not src.is_absolute() and not src.exists() and (run / src).exists():
+    src: Any = Path(source) if not is_uri(str(source)) else str(source)
+    if isinstance(src, Path) and not src.is_absolute() and not src.exists() and (run / src).exists():
         src = run / src
     options = dict(info.get("options") or {})
     for key in ("image_col", "score_col", "category_col", "score_variant", "splits"):

@@ -41,6 +41,7 @@ class ReadOptions:
     columns: dict[str, str | None]
     score_variant: str | None = None
     splits: Sequence[str] | None = None
+    source: str | None = None  # the source as given (a URI or glob for the parquet layout)
 
 
 @dataclass
@@ -59,6 +60,10 @@ class RawTable:
     halves_from_file: bool = False     # csv: halves come from split_halves.npz and may be partial
     empty_where: str = ""
     missing_hint: str = ""  # appended to "missing file"
+    #: images that are not files under ``root`` (parquet: cells of bytes, URLs): ``path`` of each row, in which
+    #: case ``refs`` are the image ids and no file check applies
+    locators: list[str] | None = None
+    uri_root: str | None = None  # the data root when it is a URI (``root`` is then meaningless)
 
 
 @dataclass(frozen=True)
