@@ -171,3 +171,26 @@ def test_check_decodes_every_parquet_cell(parquet_data, tmp_path, capsys):
     assert main(["check", str(broken), "--layout", "parquet"]) != 0
     out = capsys.readouterr()
     assert table.loc[2, "image_id"] in out.out + out.err and "Traceback" not in out.err
+
+
+def test_no_merge_run_saves_its_index_and_new_images_use_it(cluster, parquet_data, tmp_path, capsys):
+    """A million image bytes -> Parquet parts and an index: a --no-merge run with --index ivf saves the trained
+    index beside its parts, and the distinctiveness of new images searches it (the parts are the latents)."""
+    import json
+
+    from memlens.index_store import distinctiveness_of_latents, saved_index_dir
+
+    run = make_run(tmp_path / "run")
+    rc = main(["-q", "score", str(parquet_data), "--run", str(run), "--engine", "ray", "--workers", "1",
+               "--layout", "parquet", "--no-merge", "--metrics", "mse", "--feature-size", str(FEATURE_SIZE),
+               "--index", "ivf", "--nlist", "2", "--nprobe", "2"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((run / "index.json").read_text())["distinctiveness"]
+    assert report["saved_to"] == "index/distinctiveness" and report["n"] == N
+    assert (saved_index_dir(run) / "index.faiss").is_file()
+    from memlens.index import ShardedLatents
+
+    lat = ShardedLatents.from_run(run)[:]
+    values, info = distinctiveness_of_latents(run, lat[:3])
+    assert info["search"] == "saved ivf index"
+    np.testing.assert_allclose(values, 0.0, atol=1e-4)  # each finds its own latent among the parts

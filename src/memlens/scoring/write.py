@@ -193,6 +193,7 @@ def finish_parts(run: Path, parts: list[str], *, n: int, ref_args: dict[str, Any
     import pyarrow.parquet as pq
 
     from ..index import ShardedLatents, distinctiveness_index
+    from ..index_store import prepare_saved_index, report_for_run
     from .ray_stages import META_FILE
 
     bounds = [tuple(int(x) for x in p.split("-")[1:3]) for p in parts]
@@ -204,8 +205,9 @@ def finish_parts(run: Path, parts: list[str], *, n: int, ref_args: dict[str, Any
     reports: dict[str, Any] = {}
     for col, folder in (("distinctiveness", "latents"), ("distinctiveness_features", "features")):
         mat = ShardedLatents([run / folder / f"{p}.npy" for p in parts])
-        values[col], report = distinctiveness_index(mat, index=index, **dist_kw, **opts)
-        reports[col] = report.to_dict()
+        save = prepare_saved_index(run, col, index, ref_args)  # RUN/index/<col>/: the trained index, as merged
+        values[col], report = distinctiveness_index(mat, index=index, **dist_kw, **opts, **save)
+        reports[col] = report_for_run(run, report)
     exposure = exposure_losses(run)
     columns: list[str] = []
     for p, (a, b) in zip(parts, bounds, strict=True):
