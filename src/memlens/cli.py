@@ -85,6 +85,9 @@ def app(ctx: click.Context, debug: bool, quiet: bool, verbose: int) -> None:
     """
     level = logging.WARNING if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # other libraries' info messages (faiss's loader tries its AVX flavours) only with -vv
+        for name in ("faiss", "faiss.loader"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
