@@ -56,6 +56,8 @@ INFO = BaselineInfo(
 class _Bottleneck(nn.Module):
     """ResNet bottleneck (torchvision's v1.5: the stride sits in the 3 x 3 convolution)."""
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))  # for models.base.fold_batchnorm
+
     def __init__(self, cin: int, width: int, stride: int):
         super().__init__()
         cout = width * 4
@@ -75,22 +77,11 @@ class _Bottleneck(nn.Module):
         return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A convolution equal to ``bn(conv(x))`` with the batch norm's running statistics (eval mode) folded into
-    its weights and bias: one pass less per layer at inference."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
-
-
 class ResNet152(nn.Module):
     """ResNet-152 with torchvision's module names (``conv1``, ``bn1``, ``layer1``-``layer4``, ``fc``): images
     (N, 3, H, W) -> the ``fc`` outputs (N, 1000)."""
+
+    conv_bn_pairs = (("conv1", "bn1"),)  # for models.base.fold_batchnorm
 
     def __init__(self, blocks: tuple[int, int, int, int] = (3, 8, 36, 3), n_out: int = 1000):
         super().__init__()
@@ -108,20 +99,9 @@ class ResNet152(nn.Module):
     def fold_batchnorm(self) -> ResNet152:
         """Fold every batch norm into the convolution before it (inference only: the module can no longer be
         trained or loaded from a state dict); the outputs stay equal up to float rounding."""
-        pairs = [(self, "conv1", "bn1")]
-        for i in range(1, 5):
-            for block in getattr(self, f"layer{i}"):
-                pairs += [(block, f"conv{j}", f"bn{j}") for j in (1, 2, 3)]
-                if block.downsample is not None:
-                    pairs.append((block.downsample, "0", "1"))
-        for owner, conv, bn in pairs:
-            fused = fold_batchnorm(getattr(owner, conv) if conv != "0" else owner[0],
-                                   getattr(owner, bn) if bn != "1" else owner[1])
-            if conv == "0":
-                owner[0], owner[1] = fused, nn.Identity()
-            else:
-                setattr(owner, conv, fused)
-                setattr(owner, bn, nn.Identity())
+        from ..models.base import fold_batchnorm
+
+        fold_batchnorm(self, inplace=True)  # the stem, every bottleneck and the downsample Sequentials
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

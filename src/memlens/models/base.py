@@ -22,6 +22,7 @@ __all__ = [
     "check_image_range",
     "RANGE_TOLERANCE",
     "fold_batchnorm",
+    "fold_conv_bn_",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,28 +228,36 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
-    """An inference copy of ``model`` with every frozen batch norm that directly follows a convolution (or a
-    transposed convolution) folded into it: ``(copy, number folded)``; ``(model, 0)`` itself when there is none.
+def fold_conv_bn_(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+    """Fold the eval-mode batch norm ``bn`` into ``conv`` (in place): afterwards ``conv(x)`` equals ``bn(conv(x))``
+    to float rounding; the caller replaces ``bn`` with an identity. The new bias is frozen (inference only)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+    view = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+    conv.weight.mul_(scale.reshape(view).to(conv.weight.dtype))
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
-    In eval mode ``bn(conv(x))`` equals one convolution with scaled weights and a shifted bias, so scoring saves
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, int]:
+    """``model`` with every frozen batch norm that directly follows a convolution (or a transposed convolution)
+    folded into it: ``(model, number folded)``. By default an inference copy (``(model, 0)`` itself when there is
+    nothing to fold); ``inplace=True`` folds ``model`` itself (a frozen network that is never trained again).
+
+    In eval mode ``bn(conv(x))`` equals one convolution with scaled weights and a shifted bias, so inference saves
     a pass over every such layer's output. Outputs equal the original's to float rounding. Found: consecutive
-    modules of an ``nn.Sequential`` and the ``conv_bn_pairs`` a module class declares. The original is not
-    touched; the copy is in eval mode and must not be trained.
+    modules of an ``nn.Sequential`` and the ``conv_bn_pairs`` a module class declares. The copy is in eval mode
+    and must not be trained; the original is not touched.
     """
     import copy
 
-    if not _conv_bn_pairs(model):
-        return model, 0
-    folded = copy.deepcopy(model).eval()
-    pairs = _conv_bn_pairs(folded)
+    if not inplace:
+        if not _conv_bn_pairs(model):
+            return model, 0
+        model = copy.deepcopy(model).eval()
+    pairs = _conv_bn_pairs(model)
     for parent, a, b in pairs:
-        conv, bn = _get(parent, a), _get(parent, b)
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-        shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
-        view = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
-        conv.weight.mul_(scale.reshape(view).to(conv.weight.dtype))
-        bias = shift if conv.bias is None else conv.bias * scale + shift
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        fold_conv_bn_(_get(parent, a), _get(parent, b))
         _set(parent, b, nn.Identity())
-    return folded, len(pairs)
+    return model, len(pairs)
