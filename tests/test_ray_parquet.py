@@ -194,3 +194,32 @@ def test_no_merge_run_saves_its_index_and_new_images_use_it(cluster, parquet_dat
     values, info = distinctiveness_of_latents(run, lat[:3])
     assert info["search"] == "saved ivf index"
     np.testing.assert_allclose(values, 0.0, atol=1e-4)  # each finds its own latent among the parts
+
+
+def test_every_pipeline_stage_has_a_bounded_concurrency():
+    """No stage may run an unbounded number of tasks: the read and write stages reserve no CPU, and without a
+    cap Ray started a worker process for every unit at once (70 processes on 2 cores for a million images)."""
+    from types import SimpleNamespace
+
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from memlens.scoring import ray_engine
+
+    calls = []
+
+    class Recorder:
+        def map_batches(self, fn, **kw):
+            calls.append((getattr(fn, "__name__", str(fn)), kw))
+            return self
+
+    fake = SimpleNamespace(data=SimpleNamespace(from_items=lambda items, override_num_blocks: Recorder()))
+    items = [{"unit": k} for k in range(490)]
+    ray_engine._build(fake, ActorPoolStrategy, items, source=None, stages={"inject": None}, run=None,
+                      image_size=32, feature_size=32, batch_size=64, shard_size=1024, workers=2, gpw=0, cpus=1,
+                      decoders=3, cpus_per_decoder=1)
+    assert [name for name, _ in calls] == ["read_units", "decode_batch", "ModelStage", "write_parts"]
+    for name, kw in calls:
+        compute = kw.get("compute")
+        assert isinstance(compute, (TaskPoolStrategy, ActorPoolStrategy)), name
+        size = getattr(compute, "size", None) or getattr(compute, "max_size", None)
+        assert size is not None and 1 <= size <= 3, (name, size)

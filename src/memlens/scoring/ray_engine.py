@@ -651,13 +651,16 @@ def _build(ray: Any, pool_strategy: Any, items: list[dict[str, Any]], source: An
     # to retry forever, which would loop on an image that always kills its worker)
     # (reading and writing are light I/O: unreserved CPU, so they never wait behind the model actors)
     retry = {"max_retries": MAX_RESTARTS, "retry_exceptions": [OSError]}
+    # unreserved tasks still need a cap: without one Ray starts a reader (a worker process) for every unit at
+    # once -- 490 units of a million images started 70 processes on 2 cores before the first model batch
+    io_tasks = max(2, int(decoders))
     inject = stages.pop("inject")
     read_rows = max(1, min(int(batch_size), 256))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(read_units, batch_size=1, batch_format="numpy", num_cpus=0,
-                            fn_kwargs={"source": source, "read_rows": read_rows}, **retry)
+                            compute=TaskPoolStrategy(size=io_tasks), fn_kwargs={"source": source, "read_rows": read_rows}, **retry)
         ds = ds.map_batches(decode_batch, batch_size=read_rows, batch_format="numpy", num_cpus=cpus_per_decoder,
                             compute=TaskPoolStrategy(size=decoders),
                             fn_kwargs={"size": image_size, "feature_size": feature_size, "inject": inject}, **retry)
@@ -666,4 +669,4 @@ def _build(ray: Any, pool_strategy: Any, items: list[dict[str, Any]], source: An
                             num_cpus=cpus, num_gpus=gpw or None, max_restarts=MAX_RESTARTS,
                             max_task_retries=MAX_RESTARTS)
         return ds.map_batches(write_parts, batch_size=min(shard_size, 4096), batch_format="numpy", num_cpus=0,
-                              fn_kwargs={"out": str(run)}, **retry)
+                              compute=TaskPoolStrategy(size=io_tasks), fn_kwargs={"out": str(run)}, **retry)
