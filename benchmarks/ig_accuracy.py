@@ -8,7 +8,8 @@ Usage::
 For ``--n`` images of the run (a seeded sample), the maps at each of ``--steps`` are compared with a map of
 ``--reference`` steps: the "true" error is the L1 distance relative to the reference map's mass. Printed per
 step count: the true error (median, max); memlens's estimate ``map_error`` (from a second pass at half the
-steps) as a ratio to the true error; for a tolerance T (``--tolerance``, memlens's default 0.10): how many maps
+steps: a second pass for Gauss-Legendre, the embedded Gauss rule for Gauss-Kronrod) as a ratio to the true
+error; for a tolerance T (``--tolerance``, memlens's default 0.10): how many maps
 are really above T, and for each flag (``map_error > T``; the completeness delta's ``relative_delta > 0.05``,
 memlens's old flag) how many of those it catches and how many it flags wrongly; and the Spearman correlation of
 each criterion with the true error.
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=int, default=1024, help="steps of the reference maps")
     ap.add_argument("--steps", default="8,16,32,64,128", help="step counts to assess, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", default="gausslegendre,gausskronrod",
+                    help="integration rules to assess, comma-separated (gausskronrod: the map from "
+                         "2 (steps // 2) + 1 points, checked against its embedded steps // 2 Gauss rule)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.1, help="what counts as an inaccurate map (true error)")
     args = ap.parse_args(argv)
@@ -61,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     t = args.tolerance
     print(f"inaccurate = true error > {100 * t:g} %; a flag's 'caught/wrong' = inaccurate maps it flags / accurate "
           "maps it flags")
-    print("steps  true error median (max)  map_error/true  inaccurate  map_error flag  delta flag  "
-          "rho(map_error)  rho(rel. delta)")
-    for steps in (int(s) for s in args.steps.split(",")):
-        res = integrated_gradients(model, x, n_steps=steps, internal_batch_size=64, error_tolerance=t)
+    print("rule           points  steps  true error median (max)  map_error/true  inaccurate  map_error flag  "
+          "delta flag  rho(map_error)  rho(rel. delta)")
+    for method, steps in ((m, int(s)) for m in args.methods.split(",") for s in args.steps.split(",")):
+        res = integrated_gradients(model, x, n_steps=steps, internal_batch_size=64, error_tolerance=t,
+                                   method=method)
         a = res.attributions.reshape(len(x), -1).astype(np.float64)
         true = np.abs(a - ref_a).sum(1) / np.abs(ref_a).sum(1)
         bad = true > t
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = res.map_error / true
         rho_e = spearmanr(true, res.map_error)[0] if len(x) > 2 else float("nan")
         rho_d = spearmanr(true, res.relative_delta)[0] if len(x) > 2 else float("nan")
-        print(f"{steps:5d}  {100 * np.median(true):6.1f} % ({100 * true.max():5.1f} %)        "
+        print(f"{method:<14} {res.settings['points_per_checked_map']:6d}  {steps:5d}  "
+              f"{100 * np.median(true):6.1f} % ({100 * true.max():5.1f} %)        "
               f"{ratio.min():.2f}-{ratio.max():.2f}  {int(bad.sum()):10d}  "
               f"{int((new & bad).sum()):8d}/{int((new & ~bad).sum()):<5d}  {int((old & bad).sum()):6d}/"
               f"{int((old & ~bad).sum()):<4d}  {rho_e:14.2f}  {rho_d:15.2f}")

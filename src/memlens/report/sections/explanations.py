@@ -175,7 +175,10 @@ def section_explanations(ctx: ReportContext) -> tuple[str, dict]:
                 + ("." if agree else "; they were still never fitted on the images they explain.")), not agree))
     if isinstance(ig, Mapping):
         n_agg = ig.get("n_aggregate_only") or 0
-        bits = [f"{ig.get('n_steps')} steps" if ig.get("n_steps") is not None else None,
+        kronrod = ig.get("method") == "gausskronrod"
+        bits = [(f"{ig.get('n_steps')} steps" + (f" (Gauss-Kronrod, {ig.get('points_per_map')} path points)"
+                                                 if kronrod and ig.get("points_per_map") else ""))
+                if ig.get("n_steps") is not None else None,
                 (f"{ig.get('aggregate_steps')} steps for the {n_agg} maps only in the aggregate maps"
                  if n_agg and ig.get("aggregate_steps") not in (None, ig.get("n_steps")) else None),
                 f"{ig.get('baseline')} baseline" if ig.get("baseline") else None,
@@ -184,7 +187,9 @@ def section_explanations(ctx: ReportContext) -> tuple[str, dict]:
         n_flagged = ig.get("n_flagged")
         checked = ig.get("flag_criterion") == "map_error"
         if checked and isnum(ig.get("max_map_error")):
-            parts.append(note(esc(f"Accuracy: each map's error, estimated from a second pass at half the steps, "
+            how = ("from the difference to its embedded half-step Gauss rule" if kronrod
+                   else "from a second pass at half the steps")
+            parts.append(note(esc(f"Accuracy: each map's error, estimated {how}, "
                                   f"is {100 * ig['median_map_error']:.1f}% of the map's mass (median; largest "
                                   f"{100 * ig['max_map_error']:.1f}%).")))
         if isnum(n_flagged) and n_flagged > 0:
