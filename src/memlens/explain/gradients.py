@@ -313,8 +313,8 @@ def integrated_gradients(
         Without ``error_check``: images whose relative convergence delta exceeds this are flagged.
     error_check
         Also estimate each map's error from its difference to the ``n_steps // 2``-point Gauss-Legendre map:
-        free with ``method="gausskronrod"``, a second pass (about 50 % more time) with the other rules. The completeness delta is a poor guide to a map's accuracy: measured against 1,024-step maps it
-        missed most inaccurate maps and flagged accurate ones (docs/explain.md); the estimate tracked the real
+        free with ``method="gausskronrod"``, a second pass (about 50 % more time) with the other rules. The
+        completeness delta is a poor guide to a map's accuracy: measured against 1,024-step maps it missed most inaccurate maps and flagged accurate ones (docs/explain.md); the estimate tracked the real
         error with a Spearman correlation of 0.98 or more. A sequence of one bool per image checks only those
         images; the others are not judged (``map_error`` NaN, never flagged: the delta is no guide).
     error_tolerance
@@ -396,38 +396,36 @@ def integrated_gradients(
                 f_x[i], f_b[i] = float(fxb[0]), float(fxb[1])
                 x = x.clone().requires_grad_(True)
 
-                rule = method
-
-                def attribute(steps: int, x=x, b=b, i=i, rule=rule) -> tuple[torch.Tensor, float]:
+                def attribute(steps: int, x=x, b=b, i=i) -> tuple[torch.Tensor, float]:
                     if nt is None:
                         # the completeness delta from the f(x), f(baseline) above: captum's own would run both
                         # forward passes again for every attribution (a fifth of explain's time)
-                        a = ig.attribute(x, baselines=b, n_steps=steps, method=rule,
+                        a = ig.attribute(x, baselines=b, n_steps=steps, method=method,
                                          internal_batch_size=internal_batch_size)
                         return a, float(a.detach().double().sum()) - (f_x[i] - f_b[i])
                     with torch.random.fork_rng(devices=fork_devices):  # the same noise draws at any step count
                         torch.manual_seed(_image_seed(seed, x_all[i]))
                         a, d = nt.attribute(x, nt_type="smoothgrad", nt_samples=smoothgrad, nt_samples_batch_size=1,
                                             stdevs=float(smoothgrad_sigma), baselines=b, n_steps=steps,
-                                            method=rule, internal_batch_size=internal_batch_size,
+                                            method=method, internal_batch_size=internal_batch_size,
                                             return_convergence_delta=True)
                     return a, float(d.detach().abs().mean())
 
-                if rule == "gausskronrod":  # the map and its half-step check from one set of gradients
+                if method == "gausskronrod":  # the map and its half-step check from one set of gradients
                     a, half_t = _kronrod_attribute(wrapped, x, b, n_steps, internal_batch_size)
                     delta[i] = float(a.double().sum()) - (f_x[i] - f_b[i])
                 else:
                     a, delta[i] = attribute(n_steps)
                 attrs[i] = a.detach().cpu().numpy()[0]
                 if check_rows[i]:
-                    half = (half_t if rule == "gausskronrod" else attribute(half_steps)[0]).detach().cpu().numpy()[
-                        0].astype(np.float64)
+                    half_a = half_t if method == "gausskronrod" else attribute(half_steps)[0]
+                    half = half_a.detach().cpu().numpy()[0].astype(np.float64)
                     full = attrs[i].astype(np.float64)
                     # relative to the larger of the two maps: bounded (<= 1), also when one of them is all zero
                     mass = max(float(np.abs(full).sum()), float(np.abs(half).sum()))
                     diff = float(np.abs(full - half).sum())
                     map_error[i] = diff / (2 * mass) if mass > 0 else 0.0
-                    if rule == "gausskronrod":  # calibrated like the Gauss-Legendre estimate (docs/explain.md)
+                    if method == "gausskronrod":  # calibrated like the Gauss-Legendre estimate (docs/explain.md)
                         map_error[i] = min(1.0, KRONROD_ERROR_SCALE * map_error[i])
                 if progress is not None:
                     progress(1)
