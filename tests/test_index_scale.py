@@ -233,3 +233,19 @@ def test_distinctiveness_index_flat_shards_and_errors(x):
     assert report.recall == 1.0 and report.shards == 2
     with pytest.raises(ConfigError, match="shards go with a FAISS index"):
         mx.distinctiveness_index(x, index="exact", shards=2)
+
+
+def test_a_long_neighbour_search_logs_its_progress(x, monkeypatch, caplog):
+    """A search of many chunks says how far it is, with a rate and the time left; the answer does not change."""
+    import logging
+
+    d1, i1, _ = mx.nearest_index(x, 2, index="ivf", recall_sample=0, seed=0)
+    monkeypatch.setattr(mx, "_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(mx, "_CHUNK_BYTES", 100 * 24 * 4)  # 100 queries per chunk: 6 chunks
+    with caplog.at_level(logging.INFO, logger="memlens.index"):
+        d2, i2, _ = mx.nearest_index(x, 2, index="ivf", recall_sample=0, seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("neighbour search")]
+    assert len(lines) == 5 and "24-d): 100 of 600 queries" in lines[0] and "500 of 600" in lines[-1]
+    assert all("/s, about" in m and "min left" in m for m in lines)
+    np.testing.assert_array_equal(i2, i1)
+    np.testing.assert_array_equal(d2, d1)

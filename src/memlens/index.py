@@ -66,6 +66,8 @@ _ENCODINGS = ("auto", "flat", "sq8", "pq")
 DEFAULT_NPROBE = 32  # lists scanned per query (docs/scale.md: the measured recall/time curve)
 MAX_AUTO_PQ_BYTES = 64  # the largest PQ code encoding="auto" picks (--pq-bytes may ask for more)
 DEFAULT_EXTRA_CANDIDATES = 32  # compressed codes: candidates re-ranked exactly beyond k (+ self); same curve
+#: seconds between the progress lines of a long neighbour search (INFO: shown by the CLI unless -q)
+_PROGRESS_EVERY_S = 30.0
 _CHUNK_BYTES = 128 << 20  # working memory of one chunk of vectors (added, searched or re-measured)
 
 
@@ -828,10 +830,17 @@ def _search_chunks(index: Any, block: Any, nq: int, k: int, self_ids: np.ndarray
     dist = np.full((nq, k), np.nan)
     idx = np.full((nq, k), -1, dtype=np.int64)
     step = max(1, _CHUNK_BYTES // (index.src.shape[1] * 4))
+    t0 = last = time.perf_counter()
     for a in range(0, nq, step):
         b = min(nq, a + step)
         own = None if self_ids is None else self_ids[a:b]
         dist[a:b], idx[a:b] = index._search_block(block(a, b), k, own)
+        now = time.perf_counter()
+        if b < nq and now - last >= _PROGRESS_EVERY_S:  # a long search says how far it is (a million queries of
+            last = now                                  # 1,280-d features took half an hour on 2 cores)
+            rate = b / (now - t0)
+            log.info("neighbour search (%d-d): %s of %s queries, %.0f/s, about %.0f min left", index.src.shape[1],
+                     f"{b:,}", f"{nq:,}", rate, (nq - b) / rate / 60)
     return dist, idx
 
 
