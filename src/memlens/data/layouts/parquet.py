@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, DataError, Problem
+from ..uris import filesystem_for, is_uri, join_uri, list_files
 from .csv import CATEGORY_COLUMNS, SCORE_COLUMNS, SUBCATEGORY_COLUMNS
 from .reader import Layout, RawTable, ReadOptions
 from .tables import pick_column
@@ -178,8 +179,6 @@ class ParquetSource:
     def resolve_path(self, ref: str) -> str:
         """A path/URL cell as a readable location: URLs and absolute paths as they are, relative paths under
         the data set's folder."""
-        from ..uris import is_uri, join_uri
-
         if is_uri(ref) or os.path.isabs(ref):
             return ref
         return join_uri(self.root, ref)
@@ -188,8 +187,6 @@ class ParquetSource:
 @functools.lru_cache(maxsize=8)
 def _parquet_file(uri: str) -> Any:
     import pyarrow.parquet as pq
-
-    from ..uris import filesystem_for
 
     fs, path = filesystem_for(uri)
     try:
@@ -218,7 +215,6 @@ def open_parquet_source(source: str | os.PathLike, *, image_col: str | None = No
 
     Raises :class:`DataError` (no files, unreadable file, no image column, files with other columns) or
     :class:`ConfigError` (a named column that is missing)."""
-    from ..uris import list_files
 
     try:
         import pyarrow.parquet  # noqa: F401
@@ -338,10 +334,10 @@ def read_parquet_layout(src: Path, options: ReadOptions, problems: list[Problem]
             frame["__path"] = [_locator(ps.image_col, i, uri) for i in range(len(frame))]
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    local_paths = ps.image_kind == "path" and not any(_is_uri(p) for p in frame["__path"])
+    local_paths = ps.image_kind == "path" and not any(is_uri(p) for p in frame["__path"])
     extra = frame[[c for c in ps.extra_columns if c in frame.columns]]
     raw = RawTable(
-        root=Path(ps.root) if not _is_uri(ps.root) else Path("."),
+        root=Path(ps.root) if not is_uri(ps.root) else Path("."),
         refs=[str(p) for p in (frame[ps.image_col] if local_paths else frame["__id"])],
         rows=frame["__row"].tolist(),
         scores=frame[ps.score_col].tolist() if ps.score_col else None,
@@ -350,19 +346,13 @@ def read_parquet_layout(src: Path, options: ReadOptions, problems: list[Problem]
         extra=extra.reset_index(drop=True),
         empty_where=text,
         locators=None if local_paths else frame["__path"].tolist(),
-        uri_root=ps.root if _is_uri(ps.root) else None,
+        uri_root=ps.root if is_uri(ps.root) else None,
     )
     raw.notes.append(f"{len(ps.files)} Parquet file(s): images from column {ps.image_col!r} ({ps.image_kind})"
                      + (f", ids from {ps.id_col!r}" if ps.id_col else "")
                      + (f", scores from {ps.score_col!r}" if ps.score_col else ", no score column")
                      + (f", categories from {ps.category_col!r}" if ps.category_col else ""))
     return raw
-
-
-def _is_uri(text: str) -> bool:
-    from ..uris import is_uri
-
-    return is_uri(text)
 
 
 LAYOUT = Layout("parquet", detect=detect_parquet, read=read_parquet_layout, order=5, detect_rank=35)
