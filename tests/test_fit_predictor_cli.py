@@ -224,6 +224,17 @@ def test_user_errors(tmp_path, capsys):
     assert "'nonsense': use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert main(["fit-predictor", str(run), "--hidden", "a,b"]) == 2
     assert main(["fit-predictor", str(run), "--split", "loo"]) == 2
+    assert main(["fit-predictor", str(run), "--blend", "1"]) == 2  # the tails' weight: strictly inside (0, 1)
+    assert main(["fit-predictor", str(run), "--finetune-seeds", "0"]) == 2
+    from memlens.errors import ConfigError
+    from memlens.predict import fit_predictor_run
+    from memlens.predict.fitting import DEFAULT_BLEND
+
+    with pytest.raises(ConfigError, match="blend must be between 0 and 1"):
+        fit_predictor_run(run, blend=0.0)
+    # the CLI states the library's default (it does not import the library to show its help)
+    assert main(["fit-predictor", "--help"]) == 0
+    assert f"[default: {DEFAULT_BLEND:g}]" in " ".join(capsys.readouterr().out.split())
 
 
 def test_features_from_another_network_cannot_be_loaded_as_a_model(tmp_path):

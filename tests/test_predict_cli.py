@@ -139,14 +139,17 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
     assert {"finetune", "svr+finetune"} <= set(cv["model"])
     assert cv.loc[cv["saved"], "model"].unique().tolist() == ["svr+finetune"]
     raw = read_predictor(r / "predictor.pt")
-    assert raw["finetuned"]["type"] == "finetuned-lite" and raw["finetuned"]["blend"] == 0.5
+    from memlens.predict.fitting import DEFAULT_BLEND
+
+    w = raw["finetuned"]["blend"]
+    assert raw["finetuned"]["type"] == "finetuned-lite" and w == pytest.approx(DEFAULT_BLEND) and 0 < w < 1
     assert raw["info"]["finetune"]["variant"] == "efficientnet_lite0"
     ids = [line.split("\t")[0] for line in (r / "featureset_lite0-crop_ids.txt").read_text().splitlines()]
     X = np.load(r / "featureset_lite0-crop.npy")
     acts = TrunkActivations.load(r / "featureset_lite0-crop_trunk_efficientnet_lite0.npz")
     assert len(acts) == len(ids) and acts.maps[0].shape == (2, 112, 14, 14)
     ft = FineTunedLiteRegressor.from_state(raw["finetuned"])
-    want = 0.5 * load_regressor(r / "predictor.pt").predict(X[:6]) + 0.5 * ft.predict(acts[np.arange(6)])
+    want = (1 - w) * load_regressor(r / "predictor.pt").predict(X[:6]) + w * ft.predict(acts[np.arange(6)])
     got = predict_images([run.data / i for i in ids[:6]], r, batch_size=4).table.predicted_score.to_numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
     assert np.ptp(ft.predict(acts)) > 0  # the tails learned something that varies between images
@@ -173,11 +176,21 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
         assert not torch.equal(a, b)
 
     # with a holdout, predictor.pt keeps the honest estimate's own model (SVR and tails fitted on the selection
-    # images); explain picks its images among the held-out ones and uses that model: nothing is refitted
+    # images); explain picks its images among the held-out ones and uses that model: nothing is refitted.
+    # --finetune-seeds 2: two tails in every fit, both saved, their mean blended; --blend 0.3: the tails' weight
     assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--finetune", "lite0",
-                 "--model", "svr+finetune", "--max-epochs", "5", "--holdout", "0.3"]) == 0
+                 "--model", "svr+finetune", "--max-epochs", "5", "--holdout", "0.3", "--finetune-seeds", "2",
+                 "--blend", "0.3"]) == 0
     raw = read_predictor(r / "predictor.pt")
+    assert raw["finetuned"]["blend"] == pytest.approx(0.3) and raw["holdout"]["finetuned"]["blend"] == pytest.approx(0.3)
+    oof = pd.read_csv(r / "predictor_oof.csv")
+    np.testing.assert_allclose(oof["predicted_svr+finetune"],
+                               0.7 * oof["predicted_svr"] + 0.3 * oof["predicted_finetune"], rtol=0, atol=1e-9)
     assert raw["holdout"]["finetuned"]["type"] == "finetuned-lite" and raw["holdout"]["head"]["type"] == "svr"
+    assert raw["info"]["finetune"]["n_seeds"] == 2
+    assert len(raw["finetuned"]["tails"]) == 2 and len(raw["holdout"]["finetuned"]["tails"]) == 2
+    t0, t1 = raw["finetuned"]["tails"]
+    assert any(not torch.equal(t0[k], t1[k]) for k in t0)  # two seeds, two different tails
     assert main(["explain", str(r), "--top", "1", "--bottom", "1", "--steps", "4", "--aggregate-max", "2",
                  "--sanity-max", "1", "--device", "cpu"]) == 0
     info = json.loads((r / "attributions" / "explain.json").read_text())

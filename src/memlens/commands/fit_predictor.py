@@ -62,6 +62,11 @@ def _fmt(v: float, digits: int = 3) -> str:
                    "activations of its frozen first stages) and blend it with the SVR (svr+finetune, a "
                    "candidate of --model auto). auto: lite0 when the feature set has it and there are 1,000 scored "
                    "images or more. Minutes per fit on a CPU (a GPU with --device cuda).")
+@click.option("--finetune-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fine-tuned tails per fit, each from its own seed; their predictions are averaged (each "
+                   "one costs as much time as the first).")
+@click.option("--blend", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Weight of the fine-tuned tails in svr+finetune; the SVR has the rest. [default: 0.3]")
 @click.option("--holdout", callback=_holdout, default="auto", show_default=True,
               help="Fraction of the images set aside, seeded and stratified, before any choice; the figure "
                    "reported for the saved model is its score on them. auto: 0.2 from 1,000 images on, else 0 "
@@ -78,8 +83,8 @@ def _fmt(v: float, digits: int = 3) -> str:
                    "smaller than the folds merged into their category's rest); auto: subcategory when per_image.csv "
                    "has a subcategory column, else category; none.")
 def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, model: str,
-                  finetune: str, holdout: str | float, hidden: tuple[int, ...], max_epochs: int,
-                  device: str, stratify: str) -> None:
+                  finetune: str, finetune_seeds: int, blend: float | None, holdout: str | float, hidden: tuple[int, ...],
+                  max_epochs: int, device: str, stratify: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.
 
     Reads RUN/per_image.csv (image_id, score, category), RUN/latent_ids.txt and RUN/features.npy and/or
@@ -113,7 +118,9 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
     try:
         res = fit_predictor_run(run_dir, cv=cv, split=split, seed=seed, inputs=features, hidden=hidden,
                                 max_epochs=max_epochs, device=device, model=model, holdout=holdout,
-                                finetune=None if finetune == "none" else finetune, stratify=stratify,
+                                finetune=None if finetune == "none" else finetune,
+                                finetune_params={"n_seeds": finetune_seeds},
+                                **({} if blend is None else {"blend": blend}), stratify=stratify,
                                 progress=progress, on_step=on_step)
     finally:
         if bar is not None:

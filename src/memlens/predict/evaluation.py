@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,7 +256,7 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
                    ceiling: Callable[[np.ndarray], dict[str, float]] | None = None,
                    progress: Callable[[str], Any] | None = None, return_estimators: bool = False,
                    extra_models: dict[str, tuple[Any, Any]] | None = None,
-                   blends: dict[str, Sequence[str]] | None = None) -> CVResult:
+                   blends: dict[str, Sequence[str] | Mapping[str, float]] | None = None) -> CVResult:
     """Fit the MLP, the kernel model (``svr``) and the ridge baseline on each split's training rows; score
     its test rows (``mlp=False`` skips the MLP).
 
@@ -269,8 +269,9 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     ``extra_models`` adds models with inputs of their own: ``{name: (unfitted estimator, inputs)}`` where ``inputs``
     is indexable by row like ``X`` (e.g. :class:`memlens.predict.finetune.TrunkActivations`); each fold fits a
     fresh copy (``type(est)(**est.get_params())``) on train + val rows. ``blends`` adds the mean of other
-    models' predictions as a model of its own (``{"svr+finetune": ("svr", "finetune")}``): nothing is fitted
-    for it, so it costs nothing and every fold's blend uses only that fold's fits.
+    models' predictions as a model of its own (``{"svr+finetune": ("svr", "finetune")}``, or a weighted mean:
+    ``{"svr+finetune": {"svr": 0.7, "finetune": 0.3}}``): nothing is fitted for it, so it costs nothing and
+    every fold's blend uses only that fold's fits.
     """
     import pandas as pd
 
@@ -344,7 +345,9 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
         for name, members in (blends or {}).items():
             if not all(m in fold_preds for m in members):
                 continue
-            pred_b = np.mean([fold_preds[m] for m in members], axis=0)
+            weights = dict(members) if isinstance(members, Mapping) else dict.fromkeys(members, 1.0)
+            total = float(sum(weights.values()))
+            pred_b = np.sum([w / total * fold_preds[m] for m, w in weights.items()], axis=0)
             oof.setdefault(name, np.full(len(y), np.nan))[te] = pred_b
             metrics = prediction_metrics(y[te], pred_b)
             metrics.pop("n")

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: ``finetune="auto"`` fine-tunes from this many scored images on (where a holdout, not nested CV, is used)
 AUTO_FINETUNE_MIN = 1000
 DEFAULT_MODEL = "auto"
+#: weight of the fine-tuned tails in ``svr+finetune`` (the SVR has the rest): see docs/predictor.md
+DEFAULT_BLEND = 0.3
 MODELS = ("auto", "svr", "mlp", "ridge", "svr+finetune")
 
 
@@ -78,7 +80,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, holdout: float | str | None = "auto",
                       finetune: str | None = "auto", finetune_params: dict[str, Any] | None = None,
-                      stratify: str = "category", progress: Callable[[str], Any] | None = None,
+                      blend: float = DEFAULT_BLEND, stratify: str = "category", progress: Callable[[str], Any] | None = None,
                       on_step: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
     """Choose, evaluate honestly and save a memorability predictor for a run.
 
@@ -133,10 +135,11 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         cross-validation.
     finetune : a network of the feature set (``efficientnet_lite0``, or ``lite0``) whose last stages are
         fine-tuned on the scores (:class:`memlens.predict.finetune.FineTunedLiteRegressor`, settings in
-        ``finetune_params``), evaluated as ``finetune`` and blended with the SVR as ``svr+finetune`` (the
-        mean of the two predictions), a candidate of ``model="auto"``. ``"auto"`` (default): Lite0 when the
+        ``finetune_params``, e.g. ``{"n_seeds": 3}``), evaluated as ``finetune`` and blended with the SVR as
+        ``svr+finetune`` (``(1 - blend) * svr + blend * tails``), a candidate of ``model="auto"``. ``"auto"`` (default): Lite0 when the
         feature set runs it and the run has 1,000 scored images or more (:data:`AUTO_FINETUNE_MIN`; below, nested
         cross-validation would fit about 36 tails), else none; None or ``"none"``: no fine-tuning.
+    blend : weight of the fine-tuned tails in ``svr+finetune``, in (0, 1) (default :data:`DEFAULT_BLEND`).
     progress : called with a line of text per step.
     on_step : called as ``on_step(done, total)`` after every fit (each split of each cross-validation, then the
         final model; ``total`` is known from the start): what the CLI's progress bar shows.
@@ -161,6 +164,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     if model not in MODELS:
         raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     torch_device(device)  # fail early on a bad device
+    if not 0.0 < float(blend) < 1.0:
+        raise ConfigError(f"blend must be between 0 and 1 (the tails' weight in svr+finetune), got {blend}")
     strat = resolve_stratify(stratify, _run_subcategories(run) is not None)  # before any feature is extracted
     variant = _finetune_variant(finetune, inputs)
     if variant is not None and str(finetune).lower() == "auto" and _n_scored(run) < AUTO_FINETUNE_MIN:
@@ -200,7 +205,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         if ft_base is None:
             return {}
         return {"extra_models": {"finetune": (ft_base, data.trunk[variant][idx])},
-                "blends": {"svr+finetune": ("svr", "finetune")}}
+                "blends": {"svr+finetune": {"svr": 1.0 - blend, "finetune": blend}}}
 
     steps = {"done": 0, "total": 0}
 
@@ -351,7 +356,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
             "ceiling": overall, "final_epochs": getattr(final, "best_epoch_", None)}
     if ft_base is not None:
         info["finetune"] = {k: v for k, v in ft_base.get_params().items() if k not in ("device", "num_threads")}
-    save_predictor(run / "predictor.pt", final, data.recipe, info=info, finetuned=finetuned, holdout=holdout_store)
+    save_predictor(run / "predictor.pt", final, data.recipe, info=info, finetuned=finetuned, holdout=holdout_store,
+                   blend=blend)
     seconds = time.perf_counter() - t0
     return {"table": table, "summary": summary, "inner": inner_means, "estimate": est, "ceiling": overall,
             "n_images": n, "model": chosen, "holdout": frac, "n_features": int(X.shape[1]), "seconds": seconds,
