@@ -83,8 +83,8 @@ def _fmt(v: float, digits: int = 3) -> str:
                    "smaller than the folds merged into their category's rest); auto: subcategory when per_image.csv "
                    "has a subcategory column, else category; none.")
 def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, model: str,
-                  finetune: str, finetune_seeds: int, blend: float | None, holdout: str | float, hidden: tuple[int, ...],
-                  max_epochs: int, device: str, stratify: str) -> None:
+                  finetune: str, finetune_seeds: int, blend: float | None, holdout: str | float,
+                  hidden: tuple[int, ...], max_epochs: int, device: str, stratify: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.
 
     Reads RUN/per_image.csv (image_id, score, category), RUN/latent_ids.txt and RUN/features.npy and/or

@@ -80,7 +80,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, holdout: float | str | None = "auto",
                       finetune: str | None = "auto", finetune_params: dict[str, Any] | None = None,
-                      blend: float = DEFAULT_BLEND, stratify: str = "category", progress: Callable[[str], Any] | None = None,
+                      blend: float = DEFAULT_BLEND, stratify: str = "category",
+                      progress: Callable[[str], Any] | None = None,
                       on_step: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
     """Choose, evaluate honestly and save a memorability predictor for a run.
 
@@ -136,9 +137,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     finetune : a network of the feature set (``efficientnet_lite0``, or ``lite0``) whose last stages are
         fine-tuned on the scores (:class:`memlens.predict.finetune.FineTunedLiteRegressor`, settings in
         ``finetune_params``, e.g. ``{"n_seeds": 3}``), evaluated as ``finetune`` and blended with the SVR as
-        ``svr+finetune`` (``(1 - blend) * svr + blend * tails``), a candidate of ``model="auto"``. ``"auto"`` (default): Lite0 when the
-        feature set runs it and the run has 1,000 scored images or more (:data:`AUTO_FINETUNE_MIN`; below, nested
-        cross-validation would fit about 36 tails), else none; None or ``"none"``: no fine-tuning.
+        ``svr+finetune`` (``(1 - blend) * svr + blend * tails``), a candidate of ``model="auto"``. ``"auto"``
+        (default): Lite0 when the feature set runs it and the run has 1,000 scored images or more
+        (:data:`AUTO_FINETUNE_MIN`; below, nested cross-validation would fit about 36 tails), else none; None or
+        ``"none"``: no fine-tuning.
     blend : weight of the fine-tuned tails in ``svr+finetune``, in (0, 1) (default :data:`DEFAULT_BLEND`).
     progress : called with a line of text per step.
     on_step : called as ``on_step(done, total)`` after every fit (each split of each cross-validation, then the
