@@ -2,10 +2,14 @@
 
 Usage::
 
-    python benchmarks/lnsim.py --part predictor --out RUN     # a run of the 1,474 lnsim-dev tuning images
     python benchmarks/finetune_blend.py RUN [--folds 5] [--seeds 3] [--save DIR]
 
-For each fold of a k-fold split (seed 0, stratified like fit-predictor's) of RUN's scored images, it fits the
+RUN is a run of tuning images only, with the default feature set and Lite0's trunk activations cached, e.g. the
+run that ``benchmarks/lnsim.py --part predictor --out RUN`` leaves (1,474 lnsim-dev tuning images). Reuse such a
+run: running lnsim.py again just to make one would also score the 500 untouched images, another look at them.
+
+For each fold of a k-fold split (seed 0, stratified by above/below-median score, as fit-predictor's folds of
+a run without categories) of RUN's scored images, it fits the
 feature set's default SVR and ``FineTunedLiteRegressor(n_seeds=SEEDS)`` on the training images (the stored
 feature set and trunk activations of RUN: nothing is extracted), predicts the test images, and prints the
 Spearman of ``(1 - w) * SVR + w * tails`` per fold for several weights ``w``, with one seed (seed 0's tail:
@@ -50,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     pos = {i: k for k, i in enumerate(ids)}
     order = np.array([pos[i] for i in tab["image_id"]])
     X = np.load(run / f"featureset_{args.features}.npy")[order]
-    acts = TrunkActivations.load(run / f"featureset_{args.features}_trunk_efficientnet_lite0.npz")[order]
+    acts = TrunkActivations.load(run / f"featureset_{args.features}_trunk_efficientnet_lite0.npz")
+    if len(acts) != len(ids):
+        raise SystemExit(f"{run}: {len(acts)} rows of trunk activations for {len(ids)} ids of the feature set")
+    acts = acts[order]
     y = tab["score"].to_numpy(float)
     splits = make_splits(strata_labels(y), n_splits=args.folds, seed=0)
     if args.save is not None:

@@ -14,6 +14,7 @@ from memlens.errors import CheckpointError
 from memlens.predict import (
     MemorabilityModel,
     MemorabilityRegressor,
+    MemorabilitySVR,
     cross_validate,
     holdout_split,
     load_memorability_model,
@@ -345,6 +346,23 @@ def test_no_leakage_scalers_fit_on_training_rows_only():
     table = res.table
     assert set(table["model"]) == {"mlp", "ridge"} and (table["n_test"] == len(sp["test"])).all()
     assert np.isfinite(res.oof["mlp"][sp["test"]]).all() and np.isnan(res.oof["mlp"][sp["train"]]).all()
+
+
+def test_blends_are_weighted_means_of_the_fold_predictions():
+    """A blend costs no fit: its out-of-fold predictions are the weighted mean of its members' (a sequence of
+    names: the plain mean); weights are divided by their sum, and negative or all-zero weights are refused."""
+    x, y, _ = _nonlinear(60)
+    splits = make_splits(strata_labels(y), n_splits=3, seed=0)
+    res = cross_validate(x, y, splits, mlp=False, svr=MemorabilitySVR(),
+                         blends={"plain": ("svr", "ridge"), "weighted": {"svr": 3.0, "ridge": 1.0}})
+    np.testing.assert_allclose(res.oof["plain"], (res.oof["svr"] + res.oof["ridge"]) / 2, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.oof["weighted"], 0.75 * res.oof["svr"] + 0.25 * res.oof["ridge"], rtol=0,
+                               atol=1e-12)
+    assert not np.allclose(res.oof["plain"], res.oof["weighted"])
+    assert set(res.table["model"]) == {"svr", "ridge", "plain", "weighted"}
+    for bad in ({"svr": -0.5, "ridge": 1.5}, {"svr": 0.0, "ridge": 0.0}):
+        with pytest.raises(ValueError, match="weights must be >= 0"):
+            cross_validate(x, y, splits, mlp=False, svr=MemorabilitySVR(), blends={"b": bad})
 
 
 # ------------------------------------------------------------------------------ stratification by subcategory

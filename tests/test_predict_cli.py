@@ -143,6 +143,7 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
 
     w = raw["finetuned"]["blend"]
     assert raw["finetuned"]["type"] == "finetuned-lite" and w == pytest.approx(DEFAULT_BLEND) and 0 < w < 1
+    assert load_memorability_model(r / "predictor.pt").blend == pytest.approx(w)  # what predict applies
     assert raw["info"]["finetune"]["variant"] == "efficientnet_lite0"
     ids = [line.split("\t")[0] for line in (r / "featureset_lite0-crop_ids.txt").read_text().splitlines()]
     X = np.load(r / "featureset_lite0-crop.npy")
@@ -177,15 +178,17 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
 
     # with a holdout, predictor.pt keeps the honest estimate's own model (SVR and tails fitted on the selection
     # images); explain picks its images among the held-out ones and uses that model: nothing is refitted.
-    # --finetune-seeds 2: two tails in every fit, both saved, their mean blended; --blend 0.3: the tails' weight
+    # --finetune-seeds 2: two tails in every fit, both saved, their mean blended; --blend 0.4: the tails' weight
     assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--finetune", "lite0",
                  "--model", "svr+finetune", "--max-epochs", "5", "--holdout", "0.3", "--finetune-seeds", "2",
-                 "--blend", "0.3"]) == 0
+                 "--blend", "0.4"]) == 0
     raw = read_predictor(r / "predictor.pt")
-    assert raw["finetuned"]["blend"] == pytest.approx(0.3) and raw["holdout"]["finetuned"]["blend"] == pytest.approx(0.3)
+    assert raw["finetuned"]["blend"] == pytest.approx(0.4) and raw["holdout"]["finetuned"]["blend"] == pytest.approx(0.4)
+    assert raw["info"]["finetune"]["blend"] == pytest.approx(0.4)
+    assert load_memorability_model(r / "predictor.pt").blend == pytest.approx(0.4)
     oof = pd.read_csv(r / "predictor_oof.csv")
     np.testing.assert_allclose(oof["predicted_svr+finetune"],
-                               0.7 * oof["predicted_svr"] + 0.3 * oof["predicted_finetune"], rtol=0, atol=1e-9)
+                               0.6 * oof["predicted_svr"] + 0.4 * oof["predicted_finetune"], rtol=0, atol=1e-9)
     assert raw["holdout"]["finetuned"]["type"] == "finetuned-lite" and raw["holdout"]["head"]["type"] == "svr"
     assert raw["info"]["finetune"]["n_seeds"] == 2
     assert len(raw["finetuned"]["tails"]) == 2 and len(raw["holdout"]["finetuned"]["tails"]) == 2

@@ -270,7 +270,7 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     is indexable by row like ``X`` (e.g. :class:`memlens.predict.finetune.TrunkActivations`); each fold fits a
     fresh copy (``type(est)(**est.get_params())``) on train + val rows. ``blends`` adds the mean of other
     models' predictions as a model of its own (``{"svr+finetune": ("svr", "finetune")}``, or a weighted mean:
-    ``{"svr+finetune": {"svr": 0.7, "finetune": 0.3}}``): nothing is fitted for it, so it costs nothing and
+    ``{"svr+finetune": {"svr": 0.7, "finetune": 0.3}}``, divided by their sum): nothing is fitted for it, so it costs nothing and
     every fold's blend uses only that fold's fits.
     """
     import pandas as pd
@@ -347,6 +347,8 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
                 continue
             weights = dict(members) if isinstance(members, Mapping) else dict.fromkeys(members, 1.0)
             total = float(sum(weights.values()))
+            if min(weights.values()) < 0 or not total > 0:
+                raise ValueError(f"blend {name!r}: weights must be >= 0 with a positive sum, got {weights}")
             pred_b = np.sum([w / total * fold_preds[m] for m, w in weights.items()], axis=0)
             oof.setdefault(name, np.full(len(y), np.nan))[te] = pred_b
             metrics = prediction_metrics(y[te], pred_b)

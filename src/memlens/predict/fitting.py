@@ -358,6 +358,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
             "ceiling": overall, "final_epochs": getattr(final, "best_epoch_", None)}
     if ft_base is not None:
         info["finetune"] = {k: v for k, v in ft_base.get_params().items() if k not in ("device", "num_threads")}
+        info["finetune"]["blend"] = float(blend)  # the weight behind the svr+finetune rows, whichever was saved
     save_predictor(run / "predictor.pt", final, data.recipe, info=info, finetuned=finetuned, holdout=holdout_store,
                    blend=blend)
     seconds = time.perf_counter() - t0
@@ -625,7 +626,8 @@ def refit_fold_models(run: str | os.PathLike, image_ids: Sequence[str], *, devic
                          "finetuned": FineTunedLiteRegressor.from_state(
                              {**ft_stored, "params": {**ft_stored["params"], "device": device}})
                          if ft_stored is not None else None,
-                         "blend": blend, "train_rows": rows, "n_train": int(len(rows)), "seconds": 0.0,
+                         "blend": float(ft_stored.get("blend", blend)) if ft_stored is not None else blend,
+                         "train_rows": rows, "n_train": int(len(rows)), "seconds": 0.0,
                          "stored": True}
             continue
         if progress is not None:
