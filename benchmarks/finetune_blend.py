@@ -8,10 +8,11 @@ RUN is a run of tuning images only, with the default feature set and Lite0's tru
 run that ``benchmarks/lnsim.py --part predictor --out RUN`` leaves (1,474 lnsim-dev tuning images). Reuse such a
 run: running lnsim.py again just to make one would also score the 500 untouched images, another look at them.
 
-For each fold of a k-fold split (seed 0, stratified by above/below-median score, as fit-predictor's folds of
-a run without categories) of RUN's scored images, it fits the
-feature set's default SVR and ``FineTunedLiteRegressor(n_seeds=SEEDS)`` on the training images (the stored
-feature set and trunk activations of RUN: nothing is extracted), predicts the test images, and prints the
+For each fold of a k-fold split (seed 0, stratified by category x above/below-median score, as fit-predictor's
+folds) of RUN's scored images, it fits the feature set's default SVR and
+``FineTunedLiteRegressor(n_seeds=SEEDS)`` on the training images (the feature set and trunk activations cached
+in RUN, read by fit-predictor's loader, which extracts them again only where the cache is missing or stale),
+predicts the test images, and prints the
 Spearman of ``(1 - w) * SVR + w * tails`` per fold for several weights ``w``, with one seed (seed 0's tail:
 exactly fit-predictor's one-seed tail) and with all of them. Every number comes from RUN's images only: run it
 on tuning images, never on images kept for the final test. About 6 minutes per fold on 2 cores.
@@ -38,28 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, default=None, help="keep each fold's predictions here (.npz)")
     args = ap.parse_args(argv)
 
-    import pandas as pd
     from scipy.stats import spearmanr
 
     from memlens.features import FEATURE_SETS
     from memlens.predict import MemorabilitySVR
     from memlens.predict.evaluation import make_splits, strata_labels
-    from memlens.predict.finetune import FineTunedLiteRegressor, TrunkActivations
+    from memlens.predict.finetune import TRUNK_STAGE, FineTunedLiteRegressor
+    from memlens.predict.inputs import load_run_inputs
 
     run = args.run
-    tab = pd.read_csv(run / "per_image.csv", dtype={"image_id": str})
-    tab = tab[np.isfinite(pd.to_numeric(tab["score"], errors="coerce"))].reset_index(drop=True)
-    ids = [line.split("\t")[0] for line in (run / f"featureset_{args.features}_ids.txt").read_text().splitlines()
-           if line.strip()]
-    pos = {i: k for k, i in enumerate(ids)}
-    order = np.array([pos[i] for i in tab["image_id"]])
-    X = np.load(run / f"featureset_{args.features}.npy")[order]
-    acts = TrunkActivations.load(run / f"featureset_{args.features}_trunk_efficientnet_lite0.npz")
-    if len(acts) != len(ids):
-        raise SystemExit(f"{run}: {len(acts)} rows of trunk activations for {len(ids)} ids of the feature set")
-    acts = acts[order]
-    y = tab["score"].to_numpy(float)
-    splits = make_splits(strata_labels(y), n_splits=args.folds, seed=0)
+    # fit-predictor's own loader: the cached feature set and Lite0 trunk activations, rows aligned by image id
+    data = load_run_inputs(run, args.features, need_recipe=False, trunk={"efficientnet_lite0": TRUNK_STAGE})
+    X, y, acts = data.X, np.asarray(data.y, dtype=float), data.trunk["efficientnet_lite0"]
+    splits = make_splits(strata_labels(y, data.categories), n_splits=args.folds, seed=0)
     if args.save is not None:
         args.save.mkdir(parents=True, exist_ok=True)
     per_fold: list[dict[tuple[float, int], float]] = []
@@ -82,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         per_fold.append(got)
         print(json.dumps({"fold": j + 1, "seconds": round(time.perf_counter() - t0),
                           **{f"w{w:g}_seeds{k}": round(v, 4) for (w, k), v in got.items()}}), flush=True)
-    print(f"\nSpearman of (1 - w) * SVR + w * tails, {args.folds} folds of {len(y)} images in {run}:")
+    print(f"\nSpearman of (1 - w) * SVR + w * tails, {args.folds} folds of the {len(y)} images of {run}.")
+    print("These are selection figures: a weight chosen on them is chosen on these images, so its figure here is "
+          "optimistic;\nits honest figure comes from images no choice saw (benchmarks/lnsim.py --part predictor: "
+          "the 500 untouched images).")
     print(f"{'w':>5} {'seeds':>5} " + " ".join(f"{'fold ' + str(j + 1):>7}" for j in range(len(per_fold)))
           + f" {'mean':>7}  ahead of the SVR alone")
     for k in sorted({1, args.seeds}):

@@ -270,8 +270,8 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     is indexable by row like ``X`` (e.g. :class:`memlens.predict.finetune.TrunkActivations`); each fold fits a
     fresh copy (``type(est)(**est.get_params())``) on train + val rows. ``blends`` adds the mean of other
     models' predictions as a model of its own (``{"svr+finetune": ("svr", "finetune")}``, or a weighted mean:
-    ``{"svr+finetune": {"svr": 0.7, "finetune": 0.3}}``, divided by their sum): nothing is fitted for it, so it costs nothing and
-    every fold's blend uses only that fold's fits.
+    ``{"svr+finetune": {"svr": 0.7, "finetune": 0.3}}``, divided by their sum): nothing is fitted for it, so it
+    costs nothing and every fold's blend uses only that fold's fits.
     """
     import pandas as pd
 
@@ -284,6 +284,13 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
     if ridge:
         oof["ridge"] = np.full(len(y), np.nan)
     fitted: list[dict[str, Any]] = []
+    blend_weights: dict[str, dict[str, float]] = {}  # name -> member -> weight, summing to 1; checked before any fit
+    for name, members in (blends or {}).items():
+        weights = dict(members) if isinstance(members, Mapping) else dict.fromkeys(members, 1.0)
+        total = float(sum(weights.values()))
+        if min(weights.values()) < 0 or not total > 0:
+            raise ValueError(f"blend {name!r}: weights must be >= 0 with a positive sum, got {weights}")
+        blend_weights[name] = {m: float(w) / total for m, w in weights.items()}
     for j, sp in enumerate(splits):
         tr, va, te = sp["train"], sp["val"], sp["test"]
         extra = ceiling(te) if ceiling is not None else {}
@@ -342,14 +349,10 @@ def cross_validate(X: Any, y: Any, splits: list[dict[str, np.ndarray]], *,
             rows.append({"fold": j, "model": name, "n_train": len(fit_rows), "n_val": 0, "n_test": len(te),
                          **metrics, **extra, "seconds": time.perf_counter() - t0})
             fold_fits[name] = est
-        for name, members in (blends or {}).items():
-            if not all(m in fold_preds for m in members):
+        for name, weights in blend_weights.items():
+            if not all(m in fold_preds for m in weights):
                 continue
-            weights = dict(members) if isinstance(members, Mapping) else dict.fromkeys(members, 1.0)
-            total = float(sum(weights.values()))
-            if min(weights.values()) < 0 or not total > 0:
-                raise ValueError(f"blend {name!r}: weights must be >= 0 with a positive sum, got {weights}")
-            pred_b = np.sum([w / total * fold_preds[m] for m, w in weights.items()], axis=0)
+            pred_b = np.sum([w * fold_preds[m] for m, w in weights.items()], axis=0)
             oof.setdefault(name, np.full(len(y), np.nan))[te] = pred_b
             metrics = prediction_metrics(y[te], pred_b)
             metrics.pop("n")
