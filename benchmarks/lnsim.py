@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/lnsim.py                       # both parts, ../shared/data/lnsim-dev, temporary folders
     python benchmarks/lnsim.py --part predictor      # the predictor only (about 15 minutes on 2 cores)
+    python benchmarks/lnsim.py --part predictor --out RUN [--reuse]   # keep the run; --reuse: apply its predictor
     python benchmarks/lnsim.py --part pipeline --out RUN
 
 Part ``predictor`` -- the predictor measured on images that no choice saw. lnsim-dev is split once (seed 0,
@@ -16,7 +17,10 @@ its own 20 % holdout aside inside them and prints its estimate), and the saved p
 1,474: ridge on EfficientNet-Lite0 multi-stage features (``lite0-crop``), and the paper's MLP on autoencoder latents (the
 latent codes of ``--latents-run RUN`` -- a run of the pipeline part -- or, by default, of memlens's default
 autoencoder with its ImageNet encoder before visual experience and exposure). Spearman with paired bootstrap
-95 % CIs; the gap between the run's own estimate and its score on the untouched images.
+95 % CIs; the default's gain over each other model as a paired difference (both models' Spearman recomputed on
+the same bootstrap resamples of the 500, so the CI accounts for their shared images); the gap between the run's own
+estimate and its score on the untouched images. With ``--out RUN`` the predictions of the 500 are kept in
+``RUN/untouched_predictions.csv``, so that a later question about this look needs no new look.
 
 Part ``pipeline`` -- the stages of ``memlens run`` that produce numbers, with their default options: train
 (visual experience on a held-out 25 % + single exposure), score, analyze and fit-predictor; prints the
@@ -84,7 +88,8 @@ def _latents(paths: list, latents_run: Path | None, ids: list[str]):
     return np.concatenate(out), "latents of the default autoencoder (ImageNet encoder, before training)"
 
 
-def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path | None) -> None:
+def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path | None,
+                    reuse: bool = False) -> None:
     import json
     import shutil
 
@@ -103,6 +108,7 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
         ridge_baseline,
     )
     from memlens.predict.selection import estimate
+    from memlens.stats import correlation_difference
 
     ds = load_dataset(data)
     table = ds.table.reset_index(drop=True)
@@ -121,16 +127,28 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
     tmp = tempfile.TemporaryDirectory(prefix="memlens-lnsim-pred-")
     run = Path(tmp.name) / "run" if keep is None else keep
     run.mkdir(parents=True, exist_ok=True)
-    # a run holding only the tuning images: what fit-predictor reads (scores, where the images are, split halves)
-    table.iloc[tune][["image_id", "score"]].to_csv(run / "per_image.csv", index=False)
-    (run / "dataset.json").write_text(json.dumps({"source": str((data / "scores.csv").resolve()), "layout": "csv"}))
-    if (data / "split_halves.npz").is_file():
-        shutil.copy(data / "split_halves.npz", run / "split_halves.npz")
-    t0 = time.perf_counter()
-    rc = cli(["fit-predictor", str(run), "--seed", str(seed)])
-    t_fit = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"fit-predictor failed with exit code {rc}")
+    tuning = table.iloc[tune][["image_id", "score"]].reset_index(drop=True)
+    t_fit = None
+    if reuse:  # a predictor fitted by an earlier run of this part: only if it was fitted on exactly these images
+        try:
+            had = pd.read_csv(run / "per_image.csv", dtype={"image_id": str})
+        except OSError:
+            had = None
+        if had is None or not (run / "predictor.pt").is_file() or not had.equals(tuning):
+            raise SystemExit(f"--reuse: {run} holds no predictor fitted on the {len(tune)} tuning images")
+        print(f"reusing {run / 'predictor.pt'} (fitted on the tuning images by an earlier run; not refitted)")
+    else:
+        # a run holding only the tuning images: what fit-predictor reads (scores, where the images are, halves)
+        tuning.to_csv(run / "per_image.csv", index=False)
+        (run / "dataset.json").write_text(json.dumps({"source": str((data / "scores.csv").resolve()),
+                                                      "layout": "csv"}))
+        if (data / "split_halves.npz").is_file() and not (run / "split_halves.npz").is_file():
+            shutil.copy(data / "split_halves.npz", run / "split_halves.npz")
+        t0 = time.perf_counter()
+        rc = cli(["fit-predictor", str(run), "--seed", str(seed)])
+        t_fit = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"fit-predictor failed with exit code {rc}")
     info = read_predictor(run / "predictor.pt")["info"]
     own = info["estimate"]
     paths = table["path"].tolist()
@@ -141,11 +159,13 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
     p_default = np.array([by_path[str(paths[i])] for i in test])
 
     rows = []
+    preds: dict[str, np.ndarray] = {}
 
     def add(name: str, inputs: str, p: np.ndarray, reported: float | None = None) -> None:
         e = estimate(y[test], p, seed=seed)
         auc = prediction_metrics(y[test], p)["auc"]
         rows.append({"model": name, "inputs": inputs, "reported": reported, **e, "auc": auc})
+        preds[name] = np.asarray(p, dtype=float)
 
     add(f"memlens default ({info['model']})", info["inputs"], p_default, own["spearman"])
     t0 = time.perf_counter()
@@ -172,6 +192,18 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
             else ""
         print(f"  {r['model']:<26} {r['spearman']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  AUC {r['auc']:.3f}"
               f"  ({r['inputs']}{rep})")
+    # the gain of the default over each other model, on the same images: a paired bootstrap of the difference
+    first = str(out.iloc[0]["model"])
+    print(f"\nthe default minus each other model, on the same {len(test)} images (Spearman difference, paired "
+          f"bootstrap 95 % CI: each resample re-ranks both models' predictions of the same images):")
+    for name in list(preds)[1:]:
+        d = correlation_difference(preds[first], preds[name], y[test], seed=seed)
+        print(f"  minus {name:<26} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  p {d['p_boot']:.3f}")
+    if keep is not None:  # the predictions, so that later questions about this look need no new look
+        saved = pd.DataFrame({"image_id": ids[test], "score": y[test],
+                              **{f"predicted {name}": p for name, p in preds.items()}})
+        saved.to_csv(keep / "untouched_predictions.csv", index=False)
+        print(f"predictions of the untouched images: {keep / 'untouched_predictions.csv'}")
     gap = own["spearman"] - out.iloc[0]["spearman"]
     print(f"fit-predictor's own estimate ({own['kind']}, n={own['n']}): {own['spearman']:.3f} "
           f"[{own['ci_low']:.3f}, {own['ci_high']:.3f}]; on the untouched images {out.iloc[0]['spearman']:.3f} "
@@ -182,7 +214,8 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
         rel = split_half_reliability(ds.halves.subset(ids[test].tolist()))
         print(f"noise ceiling of the untouched images: split-half Spearman {rel['spearman_mean']:.3f} "
               f"(Spearman-Brown {rel['spearman_brown']:.3f})")
-    print(f"wall time: fit-predictor {t_fit:.0f} s ({t_fit / 60:.1f} min; goal < 30), predict on {len(test)} images "
+    fit_time = "reused" if t_fit is None else f"{t_fit:.0f} s ({t_fit / 60:.1f} min; goal < 30)"
+    print(f"wall time: fit-predictor {fit_time}, predict on {len(test)} images "
           f"{t_pred:.0f} s, baselines {t_base:.0f} s", flush=True)
     if keep is None:
         tmp.cleanup()
@@ -198,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="a run of the pipeline part whose latents the paper's MLP uses (default: the untrained "
                          "default autoencoder's)")
     ap.add_argument("--part", choices=["both", "predictor", "pipeline"], default="both")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --part predictor --out RUN: apply the predictor an earlier run left in RUN (fitted on "
+                         "the tuning images) instead of fitting it again")
     args = ap.parse_args(argv)
+    if args.reuse and (args.part != "predictor" or args.out is None):
+        ap.error("--reuse needs --part predictor and --out RUN")
     if not (args.data / "scores.csv").is_file():
         print(f"no lnsim-dev data at {args.data} (see ../shared/data/lnsim-dev/README.md)", file=sys.stderr)
         return 2
@@ -214,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average before: {load}")
     if args.part in ("both", "predictor"):
         _predictor_part(args.data, args.seed, args.latents_run,
-                        None if args.part == "both" or args.out is None else args.out)
+                        None if args.part == "both" or args.out is None else args.out, reuse=args.reuse)
     if args.part == "predictor":
         return 0
     print("\n== pipeline: train, score, analyze, fit-predictor with default options ==", flush=True)

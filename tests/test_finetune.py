@@ -71,3 +71,39 @@ def test_a_flip_feature_set_reuses_its_mirror_pass_for_the_trunk(images):
         _, plain = FeatureSetExtractor("lite01")(x, trunk={"efficientnet_lite0": 5})
         _, flip = FeatureSetExtractor("lite01-flip")(x, trunk={"efficientnet_lite0": 5})
     torch.testing.assert_close(flip["efficientnet_lite0"], plain["efficientnet_lite0"], rtol=1e-5, atol=1e-5)
+
+
+def test_crop_side_is_a_fraction_of_the_map_or_a_count_of_positions():
+    from memlens.predict.finetune import crop_side
+
+    assert crop_side(0.86, 14, 14) == 12 and crop_side(0.86, 14, 21) == 12  # the default on Lite0's stage-5 map
+    assert crop_side(0.86, 28, 28) == 24 and crop_side(0.86, 7, 7) == 6 and crop_side(0.01, 7, 7) == 1
+    assert crop_side(12, 14, 21) == 12 and crop_side(12, 7, 9) == 7  # positions, at most the shorter side
+
+
+@pytest.mark.parametrize("stage", [3, 7])
+def test_a_tail_can_start_after_any_stage(stage):
+    """Deeper (stage 3: stages 4-7 fine-tuned) or shallower (stage 7: only the head) tails fit, predict and
+    round-trip; the trunk maps are that stage's outputs; stages outside 1-7 are refused."""
+    from scipy.stats import spearmanr
+
+    from memlens.predict.finetune import LiteTail
+
+    g = torch.Generator().manual_seed(2)
+    imgs = [torch.rand(3, 64, 64, generator=g) * (0.3 + 0.7 * (i % 4) / 3) for i in range(8)]
+    y = np.array([0.3 + 0.1 * (i % 4) for i in range(8)])
+    acts = trunk_activations(imgs, "efficientnet_lite0", stage=stage)
+    side = {3: 8, 7: 2}[stage]  # 64 px: stride 8 after stage 3, 32 after stage 7
+    assert acts.stage == stage and acts.maps[0].shape[-2:] == (side, side)
+    est = FineTunedLiteRegressor(epochs=8, lr=1e-3, batch_size=4, random_state=0).fit(acts, y)
+    from memlens.models.efficientnet import efficientnet_lite
+
+    net = efficientnet_lite("efficientnet_lite0", weights=None)
+    n_tail = len(net.blocks) - net.stage_ends[stage - 1] - 1  # the blocks of the stages after the trunk
+    assert est.stage_ == stage and len(est.tails_[0].blocks) == n_tail and (n_tail == 0) == (stage == 7)
+    pred = est.predict(acts)
+    assert np.isfinite(pred).all() and np.ptp(pred) > 0 and spearmanr(pred, y)[0] > 0
+    back = FineTunedLiteRegressor.from_state(est.get_state())
+    np.testing.assert_allclose(back.predict(acts), pred, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="after stage 1-7"):
+        LiteTail("efficientnet_lite0", 0)

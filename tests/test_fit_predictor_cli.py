@@ -226,15 +226,22 @@ def test_user_errors(tmp_path, capsys):
     assert main(["fit-predictor", str(run), "--split", "loo"]) == 2
     assert main(["fit-predictor", str(run), "--blend", "1"]) == 2  # the tails' weight: strictly inside (0, 1)
     assert main(["fit-predictor", str(run), "--finetune-seeds", "0"]) == 2
+    assert main(["fit-predictor", str(run), "--finetune-stage", "0"]) == 2  # stages 1-7
+    assert main(["fit-predictor", str(run), "--finetune-stage", "8"]) == 2
     from memlens.errors import ConfigError
     from memlens.predict import fit_predictor_run
+    from memlens.predict.finetune import TRUNK_STAGE
     from memlens.predict.fitting import DEFAULT_BLEND
 
     with pytest.raises(ConfigError, match="blend must be between 0 and 1"):
         fit_predictor_run(run, blend=0.0)
-    # the CLI states the library's default (it does not import the library to show its help)
+    with pytest.raises(ConfigError, match="finetune_stage must be a stage of EfficientNet-Lite, 1-7"):
+        fit_predictor_run(run, finetune_stage=0)
+    # the CLI states the library's defaults (it does not import the library to show its help)
     assert main(["fit-predictor", "--help"]) == 0
-    assert f"[default: {DEFAULT_BLEND:g}]" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"[default: {DEFAULT_BLEND:g}]" in shown
+    assert f"slower (worth a GPU). [default: {TRUNK_STAGE}]" in shown
 
 
 def test_features_from_another_network_cannot_be_loaded_as_a_model(tmp_path):

@@ -178,11 +178,21 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
 
     # with a holdout, predictor.pt keeps the honest estimate's own model (SVR and tails fitted on the selection
     # images); explain picks its images among the held-out ones and uses that model: nothing is refitted.
-    # --finetune-seeds 2: two tails in every fit, both saved, their mean blended; --blend 0.4: the tails' weight
+    # --finetune-seeds 2: two tails in every fit, both saved, their mean blended; --blend 0.4: the tails' weight;
+    # --finetune-stage 6: the trunk ends after stage 6 (its cache is extracted again), only stage 7 and the head
+    # are fine-tuned, and predict feeds the tails stage 6's maps
     assert main(["fit-predictor", str(r), "--features", "lite0-crop", "--cv", "2", "--finetune", "lite0",
                  "--model", "svr+finetune", "--max-epochs", "5", "--holdout", "0.3", "--finetune-seeds", "2",
-                 "--blend", "0.4"]) == 0
+                 "--blend", "0.4", "--finetune-stage", "6"]) == 0
     raw = read_predictor(r / "predictor.pt")
+    assert raw["finetuned"]["stage"] == 6 and raw["holdout"]["finetuned"]["stage"] == 6
+    assert raw["info"]["finetune"]["stage"] == 6
+    acts6 = TrunkActivations.load(r / "featureset_lite0-crop_trunk_efficientnet_lite0.npz")
+    assert acts6.stage == 6 and acts6.maps[0].shape == (2, 192, 7, 7)
+    ft6 = FineTunedLiteRegressor.from_state(raw["finetuned"])
+    want6 = 0.6 * load_regressor(r / "predictor.pt").predict(X[:6]) + 0.4 * ft6.predict(acts6[np.arange(6)])
+    got6 = predict_images([run.data / i for i in ids[:6]], r, batch_size=4).table.predicted_score.to_numpy()
+    np.testing.assert_allclose(got6, want6, rtol=0, atol=2e-3)
     assert raw["finetuned"]["blend"] == pytest.approx(0.4) and raw["holdout"]["finetuned"]["blend"] == pytest.approx(0.4)
     assert raw["info"]["finetune"]["blend"] == pytest.approx(0.4)
     assert load_memorability_model(r / "predictor.pt").blend == pytest.approx(0.4)

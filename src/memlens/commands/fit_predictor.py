@@ -65,6 +65,9 @@ def _fmt(v: float, digits: int = 3) -> str:
 @click.option("--finetune-seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fine-tuned tails per fit, each from its own seed; their predictions are averaged (each "
                    "one costs as much time as the first).")
+@click.option("--finetune-stage", type=click.IntRange(1, 7), default=None,
+              help="The last frozen stage of the fine-tuned network (1-7): the stages after it, the head convolution "
+                   "and the output are fine-tuned. Lower is deeper and slower (worth a GPU). [default: 5]")
 @click.option("--blend", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Weight of the fine-tuned tails in svr+finetune; the SVR has the rest. [default: 0.3]")
 @click.option("--holdout", callback=_holdout, default="auto", show_default=True,
@@ -83,7 +86,8 @@ def _fmt(v: float, digits: int = 3) -> str:
                    "smaller than the folds merged into their category's rest); auto: subcategory when per_image.csv "
                    "has a subcategory column, else category; none.")
 def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features: str, model: str,
-                  finetune: str, finetune_seeds: int, blend: float | None, holdout: str | float,
+                  finetune: str, finetune_seeds: int, finetune_stage: int | None, blend: float | None,
+                  holdout: str | float,
                   hidden: tuple[int, ...], max_epochs: int, device: str, stratify: str) -> None:
     """Cross-validate a memorability predictor on RUN and fit the final model on every image.
 
@@ -120,7 +124,9 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
                                 max_epochs=max_epochs, device=device, model=model, holdout=holdout,
                                 finetune=None if finetune == "none" else finetune,
                                 finetune_params={"n_seeds": finetune_seeds},
-                                **({} if blend is None else {"blend": blend}), stratify=stratify,
+                                **({} if blend is None else {"blend": blend}),
+                                **({} if finetune_stage is None else {"finetune_stage": finetune_stage}),
+                                stratify=stratify,
                                 progress=progress, on_step=on_step)
     finally:
         if bar is not None:

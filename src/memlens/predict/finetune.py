@@ -1,6 +1,6 @@
 """Fine-tuned EfficientNet-Lite memorability regressors, trained on cached trunk activations.
 
-An ImageNet EfficientNet-Lite is split after one of its stages (:data:`TRUNK_STAGE`, stage 5 by default):
+An ImageNet EfficientNet-Lite is split after one of its stages (1-7; :data:`TRUNK_STAGE`, stage 5, by default):
 the *trunk* (stem to that stage) stays frozen with its ImageNet weights, the *tail* (the remaining stages,
 the 1x1 head convolution and a new linear output on the global average) is fine-tuned on the memorability
 target. Because the trunk is frozen, its activations are computed once per image (and once for the mirrored
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: the trunk ends after this stage (``EfficientNetLite.forward_stages`` index: 0 stem, 1-7 stages, 8 head)
 TRUNK_STAGE = 5
+#: EfficientNet-Lite's stages: a trunk ends after one of stages 1 to 7 (after 7 only the head is fine-tuned)
+N_STAGES = 7
 
 
 class TrunkActivations:
@@ -91,9 +93,11 @@ class LiteTail(nn.Module):
         super().__init__()
         from ..models.efficientnet import efficientnet_lite
 
+        if not 1 <= int(stage) <= N_STAGES:
+            raise ValueError(f"a tail starts after stage 1-{N_STAGES} of the trunk, got stage {stage}")
         if net is None:
             net = efficientnet_lite(variant, weights=None)
-        end = net.stage_ends[stage - 1]
+        end = net.stage_ends[int(stage) - 1]
         self.variant, self.stage = variant, int(stage)
         self.blocks = nn.ModuleList(list(net.blocks)[end + 1:])
         self.head = net.head
@@ -153,13 +157,21 @@ def trunk_activations(images: Any, variant: str, *, stage: int = TRUNK_STAGE, ba
     return TrunkActivations(maps, variant, stage)
 
 
-def _batch(maps: list[np.ndarray], flip: np.ndarray, crop: int, rng: np.random.Generator) -> torch.Tensor:
-    """Random ``crop`` x ``crop`` windows (of the image or its mirror) from maps of any size."""
+def crop_side(crop: float, h: int, w: int) -> int:
+    """The side of a training window on an ``h`` x ``w`` map: ``crop`` <= 1 is a fraction of the shorter side
+    (rounded), a larger value a number of positions (at most the shorter side)."""
+    if crop <= 1:
+        return max(1, int(round(float(crop) * min(h, w))))
+    return min(int(crop), h, w)
+
+
+def _batch(maps: list[np.ndarray], flip: np.ndarray, crop: float, rng: np.random.Generator) -> torch.Tensor:
+    """Random square windows (:func:`crop_side`; of the image or its mirror) from maps of any size."""
     out = []
     for m, f in zip(maps, flip, strict=True):
         a = m[1 if f else 0]
         h, w = a.shape[-2:]
-        c = min(crop, h, w)
+        c = crop_side(crop, h, w)
         top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
         out.append(a[:, top:top + c, left:left + c])
     return torch.from_numpy(np.stack(out).astype(np.float32))
@@ -176,8 +188,9 @@ class FineTunedLiteRegressor:
         an epoch on ~1,500 images).
     lr : peak learning rate of the pretrained layers (one-cycle schedule); the new output layer gets 10x.
     batch_size, weight_decay, dropout : AdamW minibatch training; dropout before the output layer.
-    crop : side of the random window cut from each activation map while training (a map has 14 x 14
-        positions for a square image at 224 px).
+    crop : side of the random square window cut from each activation map while training: a fraction of the
+        map's shorter side (default 0.86: 12 of the 14 x 14 positions of Lite0's stage-5 map of a square image at
+        224 px, 24 of 28 at stage 3), or, above 1, a number of positions.
     rank_weight : weight of a pairwise logistic ranking loss added to the MSE (0: MSE only).
     n_seeds : tails trained with different seeds; predictions are their mean.
     random_state : base seed.
@@ -185,7 +198,7 @@ class FineTunedLiteRegressor:
     """
 
     def __init__(self, variant: str = "efficientnet_lite0", epochs: int = 8, lr: float = 3e-4, batch_size: int = 32,
-                 weight_decay: float = 1e-2, dropout: float = 0.3, crop: int = 12, rank_weight: float = 0.0,
+                 weight_decay: float = 1e-2, dropout: float = 0.3, crop: float = 0.86, rank_weight: float = 0.0,
                  n_seeds: int = 1, random_state: int = 0, device: str = "cpu", num_threads: int | None = None):
         self.variant = variant
         self.epochs = epochs
@@ -254,7 +267,7 @@ class FineTunedLiteRegressor:
                 order = rng.permutation(len(y))
                 for a in range(0, len(order), bs):
                     b = order[a:a + bs]
-                    x = _batch([acts.maps[i] for i in b], rng.random(len(b)) < 0.5, int(self.crop), rng).to(dev)
+                    x = _batch([acts.maps[i] for i in b], rng.random(len(b)) < 0.5, float(self.crop), rng).to(dev)
                     t = z[b].to(dev)
                     p = tail.forward_z(x, float(self.dropout))
                     loss = F.mse_loss(p, t)

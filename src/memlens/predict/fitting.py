@@ -27,7 +27,7 @@ from .evaluation import (
     strata_labels,
     summarize_cv,
 )
-from .finetune import TRUNK_STAGE
+from .finetune import N_STAGES, TRUNK_STAGE
 from .inputs import DEFAULT_INPUTS, load_run_inputs
 from .mlp import MemorabilityRegressor, torch_device
 from .predictor_file import save_predictor
@@ -80,7 +80,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
                       device: str = "cpu", regressor_params: dict[str, Any] | None = None,
                       model: str = DEFAULT_MODEL, holdout: float | str | None = "auto",
                       finetune: str | None = "auto", finetune_params: dict[str, Any] | None = None,
-                      blend: float = DEFAULT_BLEND, stratify: str = "category",
+                      finetune_stage: int = TRUNK_STAGE, blend: float = DEFAULT_BLEND, stratify: str = "category",
                       progress: Callable[[str], Any] | None = None,
                       on_step: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
     """Choose, evaluate honestly and save a memorability predictor for a run.
@@ -141,6 +141,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         (default): Lite0 when the feature set runs it and the run has 1,000 scored images or more
         (:data:`AUTO_FINETUNE_MIN`; below, nested cross-validation would fit about 36 tails), else none; None or
         ``"none"``: no fine-tuning.
+    finetune_stage : the last frozen stage (1-7, default :data:`memlens.predict.finetune.TRUNK_STAGE`): the
+        stages after it, the head convolution and the output are fine-tuned. Lower is deeper fine-tuning: more
+        trainable layers, larger cached activations (a stage-2 map is about 20x a stage-5 one) and slower fits
+        (a GPU, ``device="cuda"``, is then worth having).
     blend : weight of the fine-tuned tails in ``svr+finetune``, in (0, 1) (default :data:`DEFAULT_BLEND`).
     progress : called with a line of text per step.
     on_step : called as ``on_step(done, total)`` after every fit (each split of each cross-validation, then the
@@ -168,13 +172,16 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     torch_device(device)  # fail early on a bad device
     if not 0.0 < float(blend) < 1.0:
         raise ConfigError(f"blend must be between 0 and 1 (the tails' weight in svr+finetune), got {blend}")
+    if not 1 <= int(finetune_stage) <= N_STAGES:
+        raise ConfigError(f"finetune_stage must be a stage of EfficientNet-Lite, 1-{N_STAGES} (the last frozen one), "
+                          f"got {finetune_stage}")
     strat = resolve_stratify(stratify, _run_subcategories(run) is not None)  # before any feature is extracted
     variant = _finetune_variant(finetune, inputs)
     if variant is not None and str(finetune).lower() == "auto" and _n_scored(run) < AUTO_FINETUNE_MIN:
         variant = None  # small sets: nested CV would fit ~36 tails for a blend least likely to help there
     if model == "svr+finetune" and variant is None:
         raise ConfigError("--model svr+finetune needs --finetune NETWORK")
-    trunk = {variant: TRUNK_STAGE} if variant else None
+    trunk = {variant: int(finetune_stage)} if variant else None
     data = load_run_inputs(run, inputs, trunk=trunk, progress=progress)
     n = len(data.y)
     frac = resolve_holdout(holdout, n)
@@ -359,6 +366,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     if ft_base is not None:
         info["finetune"] = {k: v for k, v in ft_base.get_params().items() if k not in ("device", "num_threads")}
         info["finetune"]["blend"] = float(blend)  # the weight behind the svr+finetune rows, whichever was saved
+        info["finetune"]["stage"] = int(finetune_stage)
     save_predictor(run / "predictor.pt", final, data.recipe, info=info, finetuned=finetuned, holdout=holdout_store,
                    blend=blend)
     seconds = time.perf_counter() - t0
