@@ -134,6 +134,14 @@ def test_auto_nested_selection_is_made_inside_each_outer_fold(tmp_path, capsys):
     from scipy.stats import spearmanr
 
     assert raw["info"]["estimate"]["spearman"] == pytest.approx(spearmanr(oof["predicted_selected"], oof["score"])[0])
+    # nested: the procedure's gain over each fixed model, on the same outer-fold predictions
+    versus = raw["info"]["estimate"]["versus"]
+    assert set(versus) == {"svr", "mlp", "ridge"}
+    for name, g in versus.items():
+        assert g["diff"] == pytest.approx(spearmanr(oof["predicted_selected"], oof["score"])[0]
+                                          - spearmanr(oof[f"predicted_{name}"], oof["score"])[0])
+    # the fold's chosen model gives the same predictions as "selected" there: at least one difference is narrow
+    assert min(g["ci_high"] - g["ci_low"] for g in versus.values()) < 0.2
     assert f"predictor.pt holds the {raw['info']['model']} model (chosen by --model auto on the selection figures" in out
 
 
@@ -163,6 +171,14 @@ def test_holdout_is_set_aside_before_any_choice(tmp_path, capsys):
     assert raw["info"]["estimate"]["kind"] == "holdout" and raw["info"]["estimate"]["n"] == 45
     assert raw["info"]["holdout"] == 0.3
     assert f"Spearman {rho:.3f}" in out and "on the 45 held-out images no choice saw" in out
+    # the saved model minus each other model on the same 45 images, with a paired CI around the difference
+    versus = raw["info"]["estimate"]["versus"]
+    assert set(versus) == {"svr", "mlp", "ridge"} - {chosen}
+    for name, g in versus.items():
+        want = rho - spearmanr(h[f"predicted_{name}"], h["score"])[0]
+        assert g["n"] == 45 and g["diff"] == pytest.approx(want) and g["ci_low"] <= want <= g["ci_high"]
+        assert f"{name} {g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" in out
+    assert f"the same 45 images, {chosen} minus each other model" in out
     # the same seed sets the same images aside; another seed others
     first = set(h["image_id"])
     assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--holdout", "0.3",
@@ -278,6 +294,12 @@ def test_report_leads_with_the_honest_estimate(tmp_path):
     # one CI per figure: the report quotes fit-predictor's (the same in the headline, the table and predictor_cv.csv)
     assert pred["oof"][est["model"]]["ci_low"] == pytest.approx(est["ci_low"])
     assert pred["oof"][est["model"]]["r"] == pytest.approx(est["spearman"])
+    # the table of every model carries the saved model's paired gain over each, as fit-predictor computed it
+    gains = pred["gains"]
+    assert gains["reference"] == est["model"] and set(gains) - {"reference"} == set(est["versus"])
+    for name, g in est["versus"].items():
+        assert gains[name]["diff"] == pytest.approx(g["diff"])
+    assert f"ρ of {est['model']} minus this one [95% CI]" in page
 
 
 def test_subcategory_stratification_end_to_end(tmp_path):

@@ -458,3 +458,30 @@ def test_svr_head_scores_an_image_the_same_in_any_row_of_a_batch():
         batch = head(torch.cat([x, torch.from_numpy(X[:30]), x]))
         alone = head(x)
     assert batch[0] == batch[-1] == alone[0]
+
+
+def test_paired_gains_are_paired_bootstrap_differences_of_spearman():
+    """paired_gains: the reference model's Spearman minus each other's on the same rows, with a CI from shared
+    resamples: narrow for two close models, excluding 0 for a clearly worse one; rows missing a prediction drop
+    out of that pair only."""
+    from scipy.stats import spearmanr
+
+    from memlens.predict import paired_gains
+    from memlens.stats import correlation_difference
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=400)
+    good = y + rng.normal(size=400)
+    close = good + 0.05 * rng.normal(size=400)
+    bad = y + 3 * rng.normal(size=400)
+    gapped = bad.copy()
+    gapped[:50] = np.nan
+    g = paired_gains(y, {"good": good, "close": close, "bad": bad, "gapped": gapped}, "good", seed=3)
+    assert set(g) == {"close", "bad", "gapped"}
+    assert g["bad"]["diff"] == pytest.approx(spearmanr(good, y)[0] - spearmanr(bad, y)[0])
+    assert g["bad"]["ci_low"] > 0 and g["bad"]["p_boot"] < 0.01
+    assert g["close"]["ci_low"] < g["close"]["diff"] < g["close"]["ci_high"]
+    assert g["close"]["ci_high"] - g["close"]["ci_low"] < 0.5 * (g["bad"]["ci_high"] - g["bad"]["ci_low"])
+    assert g["gapped"]["n"] == 350 and g["bad"]["n"] == 400
+    want = correlation_difference(good, gapped, y, seed=3)
+    assert g["gapped"]["diff"] == pytest.approx(want["diff"]) and g["gapped"]["ci_low"] == pytest.approx(want["ci_low"])

@@ -174,6 +174,12 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
     click.echo(f"predictor.pt holds the {res['model']} model ({chosen}), refitted on every image")
     click.echo(f"estimate for new images of this kind: Spearman {_fmt(est['spearman'])} "
                f"[{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}] {how[est['kind']]}")
+    versus = est.get("versus") or {}
+    if versus:  # the saved model against the others on the same images: paired, so narrower than two CIs
+        click.echo(f"  the same {est['n']} images, {est['procedure']} minus each other model (Spearman difference, "
+                   f"paired bootstrap 95% CI): "
+                   + "; ".join(f"{name} {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+                               for name, v in versus.items()))
     if "within" in est:  # categories: the same predictions within categories and of the category means
         w, b = est["within"], est.get("between")
         click.echo(f"  the same {est['n']} images ({est['kind']}), within category (category means removed): "

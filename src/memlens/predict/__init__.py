@@ -50,7 +50,7 @@ from .predictor_file import (
     save_predictor,
     weights_sha256,
 )
-from .selection import estimate, resolve_holdout
+from .selection import estimate, paired_gains, resolve_holdout
 from .svr import MemorabilitySVR
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "MODELS",
     "linear_head",
     "estimate",
+    "paired_gains",
     "resolve_holdout",
     "FineTunedLiteRegressor",
     "TrunkActivations",

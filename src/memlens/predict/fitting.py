@@ -31,7 +31,7 @@ from .finetune import N_STAGES, TRUNK_STAGE
 from .inputs import DEFAULT_INPUTS, load_run_inputs
 from .mlp import MemorabilityRegressor, torch_device
 from .predictor_file import save_predictor
-from .selection import CANDIDATES, HONEST, choose_model, estimate, resolve_holdout
+from .selection import CANDIDATES, HONEST, choose_model, estimate, paired_gains, resolve_holdout
 from .svr import MemorabilitySVR
 
 log = logging.getLogger(__name__)
@@ -329,6 +329,9 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     est = {"kind": kind, "model": chosen, "procedure": honest_model,
            "n": int(np.isfinite(oof_cols[honest_model][honest_rows]).sum()),
            "spearman": float(at["spearman_pooled"]), "ci_low": float(at["ci_low"]), "ci_high": float(at["ci_high"])}
+    # the saved model's gain over each other model on the same unseen images (paired: shared resamples)
+    est["versus"] = paired_gains(y[honest_rows], {m: v[honest_rows] for m, v in oof_cols.items()}, honest_model,
+                                 seed=seed)
     parts = _category_parts(run, data.image_ids, y, cats, oof_cols[honest_model], honest_rows, seed)
     if parts is not None:
         parts.insert(0, "estimate", kind)  # which images: the held-out ones, or the outer folds' (never chosen on)

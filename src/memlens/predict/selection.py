@@ -13,7 +13,8 @@ therefore reports, for the model it saves, only figures from images that no choi
   inner cross-validation, so the pooled out-of-fold predictions of the *selected* model (model name
   ``selected``) are of a whole procedure that never saw the images it predicts.
 
-This module holds the pieces: the candidates, the choice, and the estimate with its paired bootstrap CI.
+This module holds the pieces: the candidates, the choice, the estimate with its paired bootstrap CI, and the
+saved model's gain over each other model on the same unseen images (:func:`paired_gains`).
 """
 
 from __future__ import annotations
@@ -84,3 +85,27 @@ def estimate(y_true: Any, y_pred: Any, *, n_boot: int = 2000, seed: int = 0) -> 
         return {"n": int(ok.sum()), "spearman": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     res = correlate(yp[ok], yt[ok], method="spearman", n_boot=n_boot, seed=seed)
     return {"n": int(res.n), "spearman": float(res.r), "ci_low": float(res.ci_low), "ci_high": float(res.ci_high)}
+
+
+def paired_gains(y_true: Any, predictions: Any, reference: str, *, n_boot: int = 2000,
+                 seed: int = 0) -> dict[str, dict[str, float]]:
+    """The ``reference`` model's Spearman minus each other model's, on the same images, with a paired bootstrap
+    95 % CI: ``{model: {"n", "diff", "ci_low", "ci_high", "p_boot"}}``.
+
+    ``predictions`` maps model names to predictions of the images of ``y_true``. Each resample draws the images
+    once and re-ranks both models' predictions of them (:func:`memlens.stats.correlation_difference`), so the
+    interval accounts for the models sharing their images: two close models' difference is known far better
+    than their two separate CIs suggest. Rows where either model has no prediction are left out of that pair.
+    """
+    from ..stats import correlation_difference
+
+    y = np.asarray(y_true, dtype=float)
+    ref = np.asarray(predictions[reference], dtype=float)
+    out: dict[str, dict[str, float]] = {}
+    for name, p in predictions.items():
+        if name == reference:
+            continue
+        d = correlation_difference(ref, np.asarray(p, dtype=float), y, n_boot=n_boot, seed=seed,
+                                   label=f"{reference} minus {name}")
+        out[str(name)] = {"n": int(d["n"]), **{k: float(d[k]) for k in ("diff", "ci_low", "ci_high", "p_boot")}}
+    return out

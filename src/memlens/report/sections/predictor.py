@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .. import figures as F
-from ..analysis import report_correlation
+from ..analysis import BOOT_SEED, N_BOOT, report_correlation
 from ..context import ReportContext
 from ..formatting import esc, finite_float, fmt, fmt_ci, fmt_p
 from ..markup import figure_html, html_table, kv_table, missing_note, note
@@ -293,8 +293,20 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
             # one CI per figure: fit-predictor's (predictor_cv.csv), which the headline quotes, where it has one
             st.update(pooled.get(c[len("predicted_"):], {}))
             res["oof"][c[len("predicted_"):]] = st
-            oof_rows.append((c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
-                             fmt_p(st["p_value"])))
+            oof_rows.append([c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
+                             fmt_p(st["p_value"])])
+        if col in sub.columns and oof_rows:  # the saved model's gain over each other one, paired on these images
+            from ...predict import paired_gains
+
+            preds = {c[len("predicted_"):]: pd.to_numeric(sub[c], errors="coerce").to_numpy(float)
+                     for c in sub.columns if c.startswith("predicted_")}
+            gains = paired_gains(pd.to_numeric(sub["score"], errors="coerce").to_numpy(float), preds, shown,
+                                 seed=BOOT_SEED, n_boot=N_BOOT)
+            res["gains"] = {"reference": shown, **{m: {k: finite_float(v) for k, v in g.items()}
+                                                   for m, g in gains.items()}}
+            for row in oof_rows:
+                g = gains.get(row[0])
+                row.append("" if g is None else f"{g['diff']:+.3f} {fmt_ci(g['ci_low'], g['ci_high'])}")
         if col in sub.columns and res["oof"].get(shown, {}).get("r") is not None:
             st = res["oof"][shown]
             figs.append(figure_html(
@@ -311,9 +323,17 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
         parts.extend(_category_parts(ctx, sub, col, res))
     if oof_rows:
         parts.append(f"<h3>Every model on the same unseen images (<code>{esc(oof_source)}</code>)</h3>")
-        parts.append(html_table(["model", "n", "ρ", "95% CI", "p"], oof_rows, [False, True, True, True, True]))
+        gained = "gains" in res
+        head = ["model", "n", "ρ", "95% CI", "p"] + ([f"ρ of {shown} minus this one [95% CI]"] if gained else [])
+        parts.append(html_table(head, [tuple(r) for r in oof_rows], [False, True, True, True, True]
+                                + ([True] if gained else [])))
         parts.append(note("Paired bootstrap 95 % CIs. Comparing these models with one another is itself a choice: "
-                          "the figure reported for the saved model is the one above."))
+                          "the figure reported for the saved model is the one above."
+                          + (" The last column is the difference of two models' ρ on the same images, with a CI "
+                             "from resamples that re-rank both models' predictions of the same images: because "
+                             "the models share their images, it is much narrower than the two separate CIs "
+                             "suggest; an interval that contains 0 means no measurable difference."
+                             if gained else "")))
     if inner_means:
         parts.append("<h3>Selection figures (inner cross-validation)</h3>")
         parts.append(html_table(["model", "inner-CV ρ (mean over folds)"],
