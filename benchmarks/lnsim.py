@@ -198,7 +198,8 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
           f"bootstrap 95 % CI: each resample re-ranks both models' predictions of the same images):")
     for name in list(preds)[1:]:
         d = correlation_difference(preds[first], preds[name], y[test], seed=seed)
-        print(f"  minus {name:<26} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  p {d['p_boot']:.3f}")
+        p = "p < 0.001" if d["p_boot"] < 0.001 else f"p {d['p_boot']:.3f}"
+        print(f"  minus {name:<26} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  {p}")
     if keep is not None:  # the predictions, so that later questions about this look need no new look
         saved = pd.DataFrame({"image_id": ids[test], "score": y[test],
                               **{f"predicted {name}": p for name, p in preds.items()}})

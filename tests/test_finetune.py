@@ -73,12 +73,28 @@ def test_a_flip_feature_set_reuses_its_mirror_pass_for_the_trunk(images):
     torch.testing.assert_close(flip["efficientnet_lite0"], plain["efficientnet_lite0"], rtol=1e-5, atol=1e-5)
 
 
-def test_crop_side_is_a_fraction_of_the_map_or_a_count_of_positions():
+def test_crop_side_default_scales_with_the_stage_and_takes_fractions_or_positions():
     from memlens.predict.finetune import crop_side
 
-    assert crop_side(0.86, 14, 14) == 12 and crop_side(0.86, 14, 21) == 12  # the default on Lite0's stage-5 map
-    assert crop_side(0.86, 28, 28) == 24 and crop_side(0.86, 7, 7) == 6 and crop_side(0.01, 7, 7) == 1
-    assert crop_side(12, 14, 21) == 12 and crop_side(12, 7, 9) == 7  # positions, at most the shorter side
+    # the default: 12 positions at stride 16 (stages 4-5, whatever the network: Lite1's 15 x 15 map too, as
+    # before crop became stage-aware), scaled to the stage's stride elsewhere
+    assert crop_side(None, 14, 14, 5) == 12 and crop_side(None, 15, 15, 5) == 12 and crop_side(None, 14, 21, 4) == 12
+    assert crop_side(None, 28, 28, 3) == 24 and crop_side(None, 112, 112, 1) == 96 and crop_side(None, 7, 7, 6) == 6
+    assert crop_side(None, 4, 4, 5) == 4  # never more than the map
+    assert crop_side(0.5, 14, 21, 5) == 7 and crop_side(0.01, 7, 7, 7) == 1  # a fraction of the shorter side
+    assert crop_side(12, 14, 21, 5) == 12 and crop_side(12, 7, 9, 6) == 7 and crop_side(1, 14, 14, 5) == 1
+
+
+def test_the_default_window_is_the_earlier_crop_12(images):
+    """Predictor files written before crop became stage-aware store crop=12: on stage-5 maps it trains exactly the
+    tail the default (None) trains, so their fold refits are unchanged."""
+    acts = trunk_activations(images[:2] * 3, "efficientnet_lite0")
+    y = np.linspace(0.2, 0.8, 6)
+    old = FineTunedLiteRegressor(epochs=2, batch_size=3, crop=12, random_state=1).fit(acts, y)
+    new = FineTunedLiteRegressor(epochs=2, batch_size=3, random_state=1).fit(acts, y)
+    np.testing.assert_array_equal(old.predict(acts), new.predict(acts))
+    with pytest.raises(ValueError, match="crop must be None"):
+        FineTunedLiteRegressor(crop=float("nan")).fit(acts, y)
 
 
 @pytest.mark.parametrize("stage", [3, 7])
@@ -105,5 +121,6 @@ def test_a_tail_can_start_after_any_stage(stage):
     assert np.isfinite(pred).all() and np.ptp(pred) > 0 and spearmanr(pred, y)[0] > 0
     back = FineTunedLiteRegressor.from_state(est.get_state())
     np.testing.assert_allclose(back.predict(acts), pred, rtol=0, atol=1e-9)
-    with pytest.raises(ValueError, match="after stage 1-7"):
-        LiteTail("efficientnet_lite0", 0)
+    for bad in (0, 8):
+        with pytest.raises(ValueError, match="after stage 1-7"):
+            LiteTail("efficientnet_lite0", bad)

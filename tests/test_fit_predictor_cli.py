@@ -178,7 +178,11 @@ def test_holdout_is_set_aside_before_any_choice(tmp_path, capsys):
         want = rho - spearmanr(h[f"predicted_{name}"], h["score"])[0]
         assert g["n"] == 45 and g["diff"] == pytest.approx(want) and g["ci_low"] <= want <= g["ci_high"]
         assert f"{name} {g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" in out
+        row = cv[(cv["estimate"] == "holdout") & (cv["fold"] == "mean") & (cv["model"] == name)].iloc[0]
+        assert (row["reported_minus"], row["reported_minus_ci_low"], row["reported_minus_ci_high"],
+                row["reported_minus_p"]) == pytest.approx((g["diff"], g["ci_low"], g["ci_high"], g["p_boot"]))
     assert f"the same 45 images, {chosen} minus each other model" in out
+    assert cv.loc[cv["reported"], "reported_minus"].isna().all()  # no gain of the reported model over itself
     # the same seed sets the same images aside; another seed others
     first = set(h["image_id"])
     assert main(["fit-predictor", str(run), "--cv", "3", "--features", "latents", "--holdout", "0.3",
@@ -296,9 +300,11 @@ def test_report_leads_with_the_honest_estimate(tmp_path):
     assert pred["oof"][est["model"]]["r"] == pytest.approx(est["spearman"])
     # the table of every model carries the saved model's paired gain over each, as fit-predictor computed it
     gains = pred["gains"]
-    assert gains["reference"] == est["model"] and set(gains) - {"reference"} == set(est["versus"])
-    for name, g in est["versus"].items():
-        assert gains[name]["diff"] == pytest.approx(g["diff"])
+    assert gains["reference"] == est["model"] and set(gains["models"]) == set(est["versus"])
+    for name, g in est["versus"].items():  # the report quotes fit-predictor's figures, CIs included
+        assert (gains["models"][name]["diff"], gains["models"][name]["ci_low"], gains["models"][name]["ci_high"]) \
+            == pytest.approx((g["diff"], g["ci_low"], g["ci_high"]))
+        assert f"{g['diff']:+.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}]" in page
     assert f"ρ of {est['model']} minus this one [95% CI]" in page
 
 

@@ -485,3 +485,5 @@ def test_paired_gains_are_paired_bootstrap_differences_of_spearman():
     assert g["gapped"]["n"] == 350 and g["bad"]["n"] == 400
     want = correlation_difference(good, gapped, y, seed=3)
     assert g["gapped"]["diff"] == pytest.approx(want["diff"]) and g["gapped"]["ci_low"] == pytest.approx(want["ci_low"])
+    with pytest.raises(ValueError, match="no predictions of the reference model 'best'"):
+        paired_gains(y, {"good": good}, "best")

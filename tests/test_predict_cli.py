@@ -193,6 +193,14 @@ def test_finetuned_blend_is_saved_and_predicts_new_files_as_it_was_fitted(run, t
     want6 = 0.6 * load_regressor(r / "predictor.pt").predict(X[:6]) + 0.4 * ft6.predict(acts6[np.arange(6)])
     got6 = predict_images([run.data / i for i in ids[:6]], r, batch_size=4).table.predicted_score.to_numpy()
     np.testing.assert_allclose(got6, want6, rtol=0, atol=2e-3)
+    # an image of an inner fold: its fold model is refitted with the stored stage and reproduces its prediction
+    from memlens.predict.fitting import refit_fold_models
+
+    inner_id = str(pd.read_csv(r / "predictor_oof.csv").query("part == 'inner-cv'")["image_id"].iloc[0])
+    refit = refit_fold_models(r, [inner_id])
+    fit = next(iter(refit.fits.values()))
+    assert refit.key_of[inner_id][0] == "inner-cv" and fit["finetuned"].stage_ == 6
+    assert refit.check["passed"] is True and refit.check["n_images"] == 1
     assert raw["finetuned"]["blend"] == pytest.approx(0.4) and raw["holdout"]["finetuned"]["blend"] == pytest.approx(0.4)
     assert raw["info"]["finetune"]["blend"] == pytest.approx(0.4)
     assert load_memorability_model(r / "predictor.pt").blend == pytest.approx(0.4)

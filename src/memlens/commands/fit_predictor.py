@@ -176,10 +176,15 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
                f"[{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}] {how[est['kind']]}")
     versus = est.get("versus") or {}
     if versus:  # the saved model against the others on the same images: paired, so narrower than two CIs
+        def gain(name: str, v: dict[str, Any]) -> str:
+            if not math.isfinite(v["diff"]):
+                return f"{name} n/a"
+            ci = (f" [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+                  if math.isfinite(v["ci_low"]) and math.isfinite(v["ci_high"]) else "")
+            return f"{name} {v['diff']:+.3f}{ci}" + (f" (n={v['n']})" if v["n"] != est["n"] else "")
+
         click.echo(f"  the same {est['n']} images, {est['procedure']} minus each other model (Spearman difference, "
-                   f"paired bootstrap 95% CI): "
-                   + "; ".join(f"{name} {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
-                               for name, v in versus.items()))
+                   f"paired bootstrap 95% CI): " + "; ".join(gain(k, v) for k, v in versus.items()))
     if "within" in est:  # categories: the same predictions within categories and of the category means
         w, b = est["within"], est.get("between")
         click.echo(f"  the same {est['n']} images ({est['kind']}), within category (category means removed): "

@@ -157,21 +157,34 @@ def trunk_activations(images: Any, variant: str, *, stage: int = TRUNK_STAGE, ba
     return TrunkActivations(maps, variant, stage)
 
 
-def crop_side(crop: float, h: int, w: int) -> int:
-    """The side of a training window on an ``h`` x ``w`` map: ``crop`` <= 1 is a fraction of the shorter side
-    (rounded), a larger value a number of positions (at most the shorter side)."""
-    if crop <= 1:
-        return max(1, int(round(float(crop) * min(h, w))))
-    return min(int(crop), h, w)
+#: output stride of each stage's map (EfficientNet-Lite: stages 4 and 5 share 1/16 of the input, 6 and 7 1/32)
+STAGE_STRIDE = {1: 2, 2: 4, 3: 8, 4: 16, 5: 16, 6: 32, 7: 32}
+#: the default training window at stride 16 (stages 4-5): 12 of the 14 positions of a 224 px square
+DEFAULT_CROP = 12
 
 
-def _batch(maps: list[np.ndarray], flip: np.ndarray, crop: float, rng: np.random.Generator) -> torch.Tensor:
+def crop_side(crop: float | None, h: int, w: int, stage: int = TRUNK_STAGE) -> int:
+    """The side of a training window on an ``h`` x ``w`` map of ``stage``: ``None`` (the default) is
+    :data:`DEFAULT_CROP` positions at stride 16, scaled to the stage's stride (24 at stage 3, 6 at stages 6-7);
+    a ``crop`` in (0, 1) is a fraction of the map's shorter side (rounded); 1 or more a number of positions.
+    Never more than the shorter side."""
+    if crop is None:
+        c = DEFAULT_CROP * 16 // STAGE_STRIDE[int(stage)]
+    elif 0 < crop < 1:
+        c = int(round(float(crop) * min(h, w)))
+    else:
+        c = int(crop)
+    return max(1, min(c, h, w))
+
+
+def _batch(maps: list[np.ndarray], flip: np.ndarray, crop: float | None, stage: int,
+           rng: np.random.Generator) -> torch.Tensor:
     """Random square windows (:func:`crop_side`; of the image or its mirror) from maps of any size."""
     out = []
     for m, f in zip(maps, flip, strict=True):
         a = m[1 if f else 0]
         h, w = a.shape[-2:]
-        c = crop_side(crop, h, w)
+        c = crop_side(crop, h, w, stage)
         top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
         out.append(a[:, top:top + c, left:left + c])
     return torch.from_numpy(np.stack(out).astype(np.float32))
@@ -188,9 +201,10 @@ class FineTunedLiteRegressor:
         an epoch on ~1,500 images).
     lr : peak learning rate of the pretrained layers (one-cycle schedule); the new output layer gets 10x.
     batch_size, weight_decay, dropout : AdamW minibatch training; dropout before the output layer.
-    crop : side of the random square window cut from each activation map while training: a fraction of the
-        map's shorter side (default 0.86: 12 of the 14 x 14 positions of Lite0's stage-5 map of a square image at
-        224 px, 24 of 28 at stage 3), or, above 1, a number of positions.
+    crop : side of the random square window cut from each activation map while training (:func:`crop_side`):
+        ``None`` (default) 12 positions at stages 4-5 (of the 14 x 14 map of a square image at 224 px), scaled
+        with the stage's stride elsewhere (24 at stage 3, 6 at stages 6-7); a number in (0, 1) a fraction of the
+        map's shorter side; 1 or more a number of positions.
     rank_weight : weight of a pairwise logistic ranking loss added to the MSE (0: MSE only).
     n_seeds : tails trained with different seeds; predictions are their mean.
     random_state : base seed.
@@ -198,7 +212,7 @@ class FineTunedLiteRegressor:
     """
 
     def __init__(self, variant: str = "efficientnet_lite0", epochs: int = 8, lr: float = 3e-4, batch_size: int = 32,
-                 weight_decay: float = 1e-2, dropout: float = 0.3, crop: float = 0.86, rank_weight: float = 0.0,
+                 weight_decay: float = 1e-2, dropout: float = 0.3, crop: float | None = None, rank_weight: float = 0.0,
                  n_seeds: int = 1, random_state: int = 0, device: str = "cpu", num_threads: int | None = None):
         self.variant = variant
         self.epochs = epochs
@@ -229,6 +243,8 @@ class FineTunedLiteRegressor:
             raise ValueError(f"{len(acts)} activation maps but {len(y)} targets")
         if acts.variant != self.variant:
             raise ValueError(f"activations of {acts.variant}, regressor for {self.variant}")
+        if self.crop is not None and not (math.isfinite(float(self.crop)) and float(self.crop) > 0):
+            raise ValueError(f"crop must be None, a fraction in (0, 1) or a number of positions, got {self.crop}")
         old = torch.get_num_threads()
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
@@ -245,6 +261,7 @@ class FineTunedLiteRegressor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             rng = np.random.default_rng(seed)
+            crop = None if self.crop is None else float(self.crop)
             tail = LiteTail(self.variant, acts.stage, net=efficientnet_lite(self.variant))
             nn.init.zeros_(tail.out.weight)
             nn.init.zeros_(tail.out.bias)
@@ -267,7 +284,7 @@ class FineTunedLiteRegressor:
                 order = rng.permutation(len(y))
                 for a in range(0, len(order), bs):
                     b = order[a:a + bs]
-                    x = _batch([acts.maps[i] for i in b], rng.random(len(b)) < 0.5, float(self.crop), rng).to(dev)
+                    x = _batch([acts.maps[i] for i in b], rng.random(len(b)) < 0.5, crop, acts.stage, rng).to(dev)
                     t = z[b].to(dev)
                     p = tail.forward_z(x, float(self.dropout))
                     loss = F.mse_loss(p, t)

@@ -42,6 +42,9 @@ DEFAULT_MODEL = "auto"
 #: weight of the fine-tuned tails in ``svr+finetune`` (the SVR has the rest): see docs/predictor.md
 DEFAULT_BLEND = 0.3
 MODELS = ("auto", "svr", "mlp", "ridge", "svr+finetune")
+#: ``predictor_cv.csv`` columns of the reported model's gain over each other model (that model's mean row of the
+#: honest estimate): the difference of their Spearman on the same unseen images, its paired bootstrap 95 % CI and p
+GAIN_COLUMNS = ("reported_minus", "reported_minus_ci_low", "reported_minus_ci_high", "reported_minus_p")
 
 
 def _ceiling_fn(run: Path, image_ids: list[str], scores: np.ndarray | None = None
@@ -143,7 +146,8 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         ``"none"``: no fine-tuning.
     finetune_stage : the last frozen stage (1-7, default :data:`memlens.predict.finetune.TRUNK_STAGE`): the
         stages after it, the head convolution and the output are fine-tuned. Lower is deeper fine-tuning: more
-        trainable layers, larger cached activations (a stage-2 map is about 20x a stage-5 one) and slower fits
+        trainable layers, larger cached activations (held in memory: a stage-2 map is about 3.4x a stage-5
+        one, a stage-1 map 9x, about 0.8 MB per image for Lite0 at 224 px) and slower fits
         (a GPU, ``device="cuda"``, is then worth having).
     blend : weight of the fine-tuned tails in ``svr+finetune``, in (0, 1) (default :data:`DEFAULT_BLEND`).
     progress : called with a line of text per step.
@@ -181,6 +185,10 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
         variant = None  # small sets: nested CV would fit ~36 tails for a blend least likely to help there
     if model == "svr+finetune" and variant is None:
         raise ConfigError("--model svr+finetune needs --finetune NETWORK")
+    if variant is None and int(finetune_stage) != TRUNK_STAGE:
+        log.warning("finetune_stage %d is not used: no network is fine-tuned here (finetune=%s; auto fine-tunes "
+                    "Lite0 of a feature set from %d scored images on)", int(finetune_stage), finetune,
+                    AUTO_FINETUNE_MIN)
     trunk = {variant: int(finetune_stage)} if variant else None
     data = load_run_inputs(run, inputs, trunk=trunk, progress=progress)
     n = len(data.y)
@@ -314,6 +322,15 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     table["saved"] = table["model"] == chosen  # the model kept in predictor.pt
     # the rows whose figure is reported for it: its honest estimate (the selection procedure's, when it chose)
     table["reported"] = (table["model"] == honest_model) & (table["estimate"] == kind)
+    # the reported model's gain over each other model on the same unseen images (paired: shared resamples), on
+    # the other models' mean rows of the honest estimate
+    versus = paired_gains(y[honest_rows], {m: v[honest_rows] for m, v in oof_cols.items()}, honest_model, seed=seed)
+    for c in GAIN_COLUMNS:
+        table[c] = np.nan
+    for m, g in versus.items():
+        at_m = (table["fold"] == "mean") & (table["estimate"] == kind) & (table["model"] == m)
+        for c, k in zip(GAIN_COLUMNS, ("diff", "ci_low", "ci_high", "p_boot"), strict=True):
+            table.loc[at_m, c] = g[k]
     with atomic_path(run / "predictor_cv.csv") as tmp:
         table.to_csv(tmp, index=False)
     fold = pd.array([pd.NA] * n, dtype="Int64")
@@ -329,9 +346,7 @@ def fit_predictor_run(run: str | os.PathLike, *, cv: int | None = None, split: s
     est = {"kind": kind, "model": chosen, "procedure": honest_model,
            "n": int(np.isfinite(oof_cols[honest_model][honest_rows]).sum()),
            "spearman": float(at["spearman_pooled"]), "ci_low": float(at["ci_low"]), "ci_high": float(at["ci_high"])}
-    # the saved model's gain over each other model on the same unseen images (paired: shared resamples)
-    est["versus"] = paired_gains(y[honest_rows], {m: v[honest_rows] for m, v in oof_cols.items()}, honest_model,
-                                 seed=seed)
+    est["versus"] = versus
     parts = _category_parts(run, data.image_ids, y, cats, oof_cols[honest_model], honest_rows, seed)
     if parts is not None:
         parts.insert(0, "estimate", kind)  # which images: the held-out ones, or the outer folds' (never chosen on)

@@ -99,6 +99,9 @@ def paired_gains(y_true: Any, predictions: Any, reference: str, *, n_boot: int =
     """
     from ..stats import correlation_difference
 
+    if reference not in predictions:
+        raise ValueError(f"no predictions of the reference model {reference!r} (models: "
+                         f"{', '.join(map(str, predictions)) or 'none'})")
     y = np.asarray(y_true, dtype=float)
     ref = np.asarray(predictions[reference], dtype=float)
     out: dict[str, dict[str, float]] = {}

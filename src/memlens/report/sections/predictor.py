@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .. import figures as F
-from ..analysis import BOOT_SEED, N_BOOT, report_correlation
+from ..analysis import report_correlation
 from ..context import ReportContext
 from ..formatting import esc, finite_float, fmt, fmt_ci, fmt_p
 from ..markup import figure_html, html_table, kv_table, missing_note, note
@@ -227,6 +227,25 @@ def _honest_estimate(cv: pd.DataFrame) -> dict[str, Any] | None:
             "ci_low": num("ci_low"), "ci_high": num("ci_high"), "n": num("n_test")}
 
 
+def _gains(rows: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    """predictor_cv.csv's paired gains of the reported model over each other model (mean rows of the honest
+    estimate; files written before these columns have none)."""
+    if "reported_minus" not in rows.columns or "model" not in rows.columns:
+        return {}
+    out = {}
+    for _, r in rows.iterrows():
+        d = finite_float(r["reported_minus"])
+        if d is not None:
+            out[str(r["model"])] = {"diff": d, "ci_low": finite_float(r.get("reported_minus_ci_low")),
+                                    "ci_high": finite_float(r.get("reported_minus_ci_high")),
+                                    "p": finite_float(r.get("reported_minus_p"))}
+    return out
+
+
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
 def _pooled_ci(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
     """model -> {"r", "ci_low", "ci_high"} from the mean rows' pooled Spearman and CI (predictor_cv.csv)."""
     out: dict[str, dict[str, float]] = {}
@@ -295,18 +314,12 @@ def _honest_section(ctx: ReportContext, res: dict[str, Any], honest: dict[str, A
             res["oof"][c[len("predicted_"):]] = st
             oof_rows.append([c[len("predicted_"):], st["n"], st["r"], fmt_ci(st["ci_low"], st["ci_high"]),
                              fmt_p(st["p_value"])])
-        if col in sub.columns and oof_rows:  # the saved model's gain over each other one, paired on these images
-            from ...predict import paired_gains
-
-            preds = {c[len("predicted_"):]: pd.to_numeric(sub[c], errors="coerce").to_numpy(float)
-                     for c in sub.columns if c.startswith("predicted_")}
-            gains = paired_gains(pd.to_numeric(sub["score"], errors="coerce").to_numpy(float), preds, shown,
-                                 seed=BOOT_SEED, n_boot=N_BOOT)
-            res["gains"] = {"reference": shown, **{m: {k: finite_float(v) for k, v in g.items()}
-                                                   for m, g in gains.items()}}
+        gains = _gains(mean_rows)  # the reported model's paired gain over each other, as fit-predictor computed it
+        if gains:
+            res["gains"] = {"reference": shown, "models": gains}
             for row in oof_rows:
                 g = gains.get(row[0])
-                row.append("" if g is None else f"{g['diff']:+.3f} {fmt_ci(g['ci_low'], g['ci_high'])}")
+                row.append("" if g is None else _signed(g["diff"]) + " " + fmt_ci(g["ci_low"], g["ci_high"], 3))
         if col in sub.columns and res["oof"].get(shown, {}).get("r") is not None:
             st = res["oof"][shown]
             figs.append(figure_html(
