@@ -107,8 +107,7 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
         read_predictor,
         ridge_baseline,
     )
-    from memlens.predict.selection import estimate
-    from memlens.stats import correlation_difference
+    from memlens.predict.selection import estimate, paired_gains
 
     ds = load_dataset(data)
     table = ds.table.reset_index(drop=True)
@@ -193,11 +192,10 @@ def _predictor_part(data: Path, seed: int, latents_run: Path | None, keep: Path 
         print(f"  {r['model']:<26} {r['spearman']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  AUC {r['auc']:.3f}"
               f"  ({r['inputs']}{rep})")
     # the gain of the default over each other model, on the same images: a paired bootstrap of the difference
-    first = str(out.iloc[0]["model"])
-    print(f"\nthe default minus each other model, on the same {len(test)} images (Spearman difference, paired "
-          f"bootstrap 95 % CI: each resample re-ranks both models' predictions of the same images):")
-    for name in list(preds)[1:]:
-        d = correlation_difference(preds[first], preds[name], y[test], seed=seed)
+    print(f"\nthe default minus each other model, on the same {len(test)} untouched images ({UNTOUCHED.name}; "
+          f"Spearman difference, paired bootstrap 95 % CI: each resample re-ranks both models' predictions of the "
+          f"same images):")
+    for name, d in paired_gains(y[test], preds, str(out.iloc[0]["model"]), seed=seed).items():
         p = "p < 0.001" if d["p_boot"] < 0.001 else f"p {d['p_boot']:.3f}"
         print(f"  minus {name:<26} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  {p}")
     if keep is not None:  # the predictions, so that later questions about this look need no new look

@@ -24,6 +24,7 @@ convolutions after training: a score never depends on the other images of a batc
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -157,19 +158,28 @@ def trunk_activations(images: Any, variant: str, *, stage: int = TRUNK_STAGE, ba
     return TrunkActivations(maps, variant, stage)
 
 
-#: output stride of each stage's map (EfficientNet-Lite: stages 4 and 5 share 1/16 of the input, 6 and 7 1/32)
-STAGE_STRIDE = {1: 2, 2: 4, 3: 8, 4: 16, 5: 16, 6: 32, 7: 32}
-#: the default training window at stride 16 (stages 4-5): 12 of the 14 positions of a 224 px square
+#: the default training window on a map of the default trunk stage: 12 of the 14 positions of a 224 px square
 DEFAULT_CROP = 12
+
+
+@functools.cache
+def stage_stride(stage: int) -> int:
+    """How many input pixels one position of ``stage``'s map spans (the same for every Lite variant: the stem
+    and the stages' strides of :func:`memlens.models.efficientnet.stage_plan`)."""
+    from ..models.efficientnet import LITE_VARIANTS, stage_plan
+
+    plan = stage_plan(LITE_VARIANTS["efficientnet_lite0"])
+    return 2 * math.prod(s for _, _, s, _, _ in plan[:int(stage)])  # the stem halves the input
 
 
 def crop_side(crop: float | None, h: int, w: int, stage: int = TRUNK_STAGE) -> int:
     """The side of a training window on an ``h`` x ``w`` map of ``stage``: ``None`` (the default) is
-    :data:`DEFAULT_CROP` positions at stride 16, scaled to the stage's stride (24 at stage 3, 6 at stages 6-7);
+    :data:`DEFAULT_CROP` positions at the default stage's stride (16: stages 4-5), scaled to the stage's
+    (:func:`stage_stride`; 24 at stage 3, 6 at stages 6-7);
     a ``crop`` in (0, 1) is a fraction of the map's shorter side (rounded); 1 or more a number of positions.
     Never more than the shorter side."""
     if crop is None:
-        c = DEFAULT_CROP * 16 // STAGE_STRIDE[int(stage)]
+        c = DEFAULT_CROP * stage_stride(TRUNK_STAGE) // stage_stride(stage)
     elif 0 < crop < 1:
         c = int(round(float(crop) * min(h, w)))
     else:
