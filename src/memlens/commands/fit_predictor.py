@@ -183,8 +183,9 @@ def fit_predictor(run_dir: Path, cv: int | None, split: str, seed: int, features
                   if math.isfinite(v["ci_low"]) and math.isfinite(v["ci_high"]) else "")
             return f"{name} {v['diff']:+.3f}{ci}" + (f" (n={v['n']})" if v["n"] != est["n"] else "")
 
-        click.echo(f"  the same {est['n']} images, {est['procedure']} minus each other model (Spearman difference, "
-                   f"paired bootstrap 95% CI): " + "; ".join(gain(k, v) for k, v in versus.items()))
+        click.echo(f"  the same {est['n']} images, {est['procedure']} minus each other model ({est['kind']}: "
+                   f"{how[est['kind']].removeprefix('on ')}; Spearman difference, paired bootstrap 95% CI): "
+                   + "; ".join(gain(k, v) for k, v in versus.items()))
     if "within" in est:  # categories: the same predictions within categories and of the category means
         w, b = est["within"], est.get("between")
         click.echo(f"  the same {est['n']} images ({est['kind']}), within category (category means removed): "
