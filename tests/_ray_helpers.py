@@ -1,4 +1,5 @@
-"""Shared by the Ray tests: a local 2-CPU Ray instance bound to 127.0.0.1, and a run with tiny autoencoders."""
+"""Shared by the Ray and object-storage tests: a local 2-CPU Ray instance bound to 127.0.0.1, a run with tiny
+autoencoders, and the numbers compared between engines and sources."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def loopback_cluster(ray, pytest):
         yield ray
     finally:
         ray.shutdown()
+
+
+# the per-image numbers a scoring run writes with METRICS, compared between engines and sources
+METRICS = ["mse", "dssim"]
+NUMBERS = ["recon_mse", "recon_dssim", "recon_mse_before", "recon_dssim_before", "distinctiveness",
+           "distinctiveness_features"]
 
 
 def make_run(folder, input_size=32):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _ray_helpers import loopback_cluster, make_run
+from _ray_helpers import METRICS, NUMBERS, loopback_cluster, make_run
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'memlens[ray]')")
 pytest.importorskip("ray.data", reason="ray[data] is not installed")
@@ -22,9 +22,6 @@ from memlens.scoring.ray_engine import read_parts, score_run_ray  # noqa: E402
 
 N = 24
 FEATURE_SIZE = 64
-METRICS = ["mse", "dssim"]
-NUMBERS = ["recon_mse", "recon_dssim", "recon_mse_before", "recon_dssim_before", "distinctiveness",
-           "distinctiveness_features"]
 
 
 @pytest.fixture(scope="module")
@@ -223,44 +220,3 @@ def test_every_pipeline_stage_has_a_bounded_concurrency():
         assert isinstance(compute, (TaskPoolStrategy, ActorPoolStrategy)), name
         size = getattr(compute, "size", None) or getattr(compute, "max_size", None)
         assert size is not None and 1 <= size <= 3, (name, size)
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A local S3 API (moto) on 127.0.0.1 and a bucket; the endpoint and credentials in the environment, as a
-    user of any S3-compatible service would set them."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install "
-                                                            "'moto[server]', part of memlens[dev])")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1"
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        monkeypatch.setenv(k, v)
-    import pyarrow.fs as pafs
-
-    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{port}", allow_bucket_creation=True)
-    fs.create_dir("memlens-test")
-    try:
-        yield fs
-    finally:
-        server.stop()
-
-
-def test_parquet_in_s3_scored_in_one_process_equals_folder_scoring(s3_server, reference, parquet_data, tmp_path,
-                                                                    capsys):
-    """The Parquet files in an S3 bucket (a real S3 API over HTTP, not an in-memory file system): check reads
-    every cell, and scoring s3://bucket/folder/ gives the numbers of the image files."""
-    import pyarrow.fs as pafs
-
-    for p in sorted(parquet_data.glob("*.parquet")):
-        pafs.copy_files(str(p), f"memlens-test/images/{p.name}", destination_filesystem=s3_server)
-    uri = "s3://memlens-test/images/"
-    assert main(["check", uri, "--layout", "parquet"]) == 0
-    assert f"{N} images" in capsys.readouterr().out
-    table = score_run(make_run(tmp_path / "run"), uri, layout="parquet", metrics=METRICS,
-                      feature_size=FEATURE_SIZE, device="cpu")
-    _assert_same_numbers(table, reference)
-    with pytest.raises(DataError, match="no such file or folder"):
-        load_dataset("s3://memlens-test/nothing-here/", layout="parquet")

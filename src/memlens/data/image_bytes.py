@@ -70,13 +70,23 @@ def load_image_ref(ref: Any, size: int, name: str | None = None) -> np.ndarray:
     return load_image(ref[len("file://"):] if ref.startswith("file://") else ref, size)
 
 
-def verify_image_ref(ref: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[str]:
+def verify_image_ref(ref: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, reader: Any = None) -> list[str]:
     """:func:`memlens.data.images.verify_image` for an image given as bytes, a URL, a Parquet-cell locator
-    (:mod:`memlens.data.layouts.parquet`) or a path; errors name ``name``."""
+    (:mod:`memlens.data.layouts.parquet`) or a path; errors name ``name``. ``reader``: the
+    :class:`~memlens.data.layouts.parquet.LocatedReader` of the caller's thread (a new one when not given)."""
+    from ..errors import DataError
     from .layouts.parquet import LocatedReader, is_locator
 
     if isinstance(ref, str) and is_locator(ref):
-        ref = LocatedReader().image(ref)
+        own = reader is None
+        reader = reader or LocatedReader()
+        try:
+            ref = reader.image(ref)
+        except DataError as exc:
+            raise ImageReadError(name, f"cannot read ({exc})") from None
+        finally:
+            if own:
+                reader.close()
     if isinstance(ref, str) and not (is_uri(ref) and not ref.startswith("file://")):
         return verify_image(ref, max_pixels)
     try:

@@ -29,8 +29,19 @@ def has_glob(text: str) -> bool:
     return any(c in str(text) for c in "*?[")
 
 
-@functools.lru_cache(maxsize=32)
+# the environment variables the object-storage clients read their endpoint, region and credentials from
+_CLIENT_ENV = ("AWS_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST", "AZURE_", "HADOOP_", "ARROW_")
+
+
 def _filesystem(scheme_and_host: str) -> Any:
+    """The file system of a bucket or scheme, kept while the client environment stays the same (a new
+    endpoint or new credentials in ``os.environ`` give a new client, not one bound to the old endpoint)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_CLIENT_ENV)))
+    return _cached_filesystem(scheme_and_host, env)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_filesystem(scheme_and_host: str, env: tuple[tuple[str, str], ...]) -> Any:
     import pyarrow.fs as pafs
 
     try:
@@ -93,9 +104,17 @@ def list_files(source: str, suffix: str) -> tuple[str, list[str]]:
     Parquet tools do) or a glob pattern, local or a URI. ``root`` is the folder the files' names are relative
     to (the folder itself, or the part of the pattern before its first wildcard).
     """
-    import pyarrow.fs as pafs
 
     source = str(source)
+    try:
+        return _list_files(source, suffix)
+    except OSError as exc:  # a network error, no permission, a missing bucket: one line, not a traceback
+        raise DataError(f"{source}: cannot list ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+
+
+def _list_files(source: str, suffix: str) -> tuple[str, list[str]]:
+    import pyarrow.fs as pafs
+
     fs, path = filesystem_for(source)
     scheme = source.split("://", 1)[0] + "://" if is_uri(source) else ""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from ..errors import Problem, ValidationError
 from .image_bytes import verify_image_ref
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, image_notes
 from .layouts import Dataset, collect
+from .layouts.parquet import LocatedReader
 
 __all__ = ["ValidationReport", "validate_dataset"]
 
@@ -181,9 +183,13 @@ def validate_dataset(
     if check_images and todo:
         workers = n_jobs if n_jobs is not None else min(4, os.cpu_count() or 1)
 
+        local = threading.local()  # a LocatedReader per thread (Parquet cells): not shared between threads
+
         def check(k: int) -> tuple[int, list[str] | None, str | None]:
+            if not hasattr(local, "reader"):
+                local.reader = LocatedReader()
             try:
-                return k, verify_image_ref(paths[k], str(ids[k]), max_pixels), None
+                return k, verify_image_ref(paths[k], str(ids[k]), max_pixels, local.reader), None
             except ImageReadError as exc:
                 return k, None, exc.reason
 

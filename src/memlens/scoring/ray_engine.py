@@ -552,13 +552,14 @@ def _source_reference(source: Any, reference: str) -> dict[str, Any]:
         return {}
     import pandas as pd
 
-    from ..data.layouts.parquet import _parquet_file
-
     col = {"category": source.category_col, "split": "split" if "split" in source.columns else None}[reference]
     if col is None:
         return reference_args(pd.DataFrame(index=range(0)), reference)  # the ConfigError naming the column
-    values = pd.concat([_parquet_file(f).read(columns=[col]).to_pandas()[col] for f in source.files],
-                       ignore_index=True)
+    parts = []
+    for f in range(len(source.files)):
+        with source.open(f) as pf:
+            parts.append(pf.read(columns=[col]).to_pandas()[col])
+    values = pd.concat(parts, ignore_index=True)
     return reference_args(pd.DataFrame({reference: values}), reference)
 
 

@@ -103,13 +103,16 @@ def located_batches(ids: list[str], paths: list[str], size: int, feature_size: i
     from ..data.layouts.parquet import LocatedReader, load_located
 
     reader = LocatedReader()
-    for a in range(0, len(paths), batch_size):
-        chunk, names = paths[a : a + batch_size], ids[a : a + batch_size]
-        images = uint8_batch(load_located(chunk, size, reader, names))
-        fimages = None
-        if feature_size is not None and feature_size != size:
-            fimages = uint8_batch(load_located(chunk, feature_size, reader, names))
-        yield list(names), images, fimages
+    try:
+        for a in range(0, len(paths), batch_size):
+            chunk, names = paths[a : a + batch_size], ids[a : a + batch_size]
+            images = uint8_batch(load_located(chunk, size, reader, names))
+            fimages = None
+            if feature_size is not None and feature_size != size:
+                fimages = uint8_batch(load_located(chunk, feature_size, reader, names))
+            yield list(names), images, fimages
+    finally:
+        reader.close()
 
 
 def located_calibration(paths: list[str], size: int | None) -> torch.Tensor:

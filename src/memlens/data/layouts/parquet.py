@@ -22,7 +22,6 @@ the table (the Ray engine's streaming reader: the driver holds the file list and
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from .reader import Layout, RawTable, ReadOptions
 from .tables import pick_column
 
 __all__ = ["LAYOUT", "PARQUET_IMAGE_COLUMNS", "ID_COLUMN", "LOCATOR_PREFIX", "ParquetSource", "Unit",
-           "open_parquet_source", "is_locator", "load_located", "detect_parquet", "read_parquet_layout"]
+           "open_parquet_source", "open_parquet_file", "LocatedReader", "is_locator", "load_located", "detect_parquet", "read_parquet_layout"]
 
 PARQUET_IMAGE_COLUMNS: tuple[str, ...] = ("image", "image_bytes", "bytes", "img", "content", "image_path",
                                           "path", "file", "filepath", "url", "image_url")
@@ -103,10 +102,22 @@ class ParquetSource:
     category_col: str | None = None
     subcategory_col: str | None = None
     offsets: np.ndarray = field(init=False)
+    # the footers read by open_parquet_source, so that reading a file again does not fetch its footer again;
+    # kept in this process only (not pickled to Ray workers, which read the footer of the file they open)
+    _footers: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         counts = [sum(g) for g in self.group_rows]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_footers"] = {}
+        return state
+
+    def open(self, file: int) -> Any:
+        """File ``file`` opened for reading (a ``pyarrow.parquet.ParquetFile``; close it, or use ``with``)."""
+        return open_parquet_file(self.files[file], self._footers.get(file))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -148,15 +159,16 @@ class ParquetSource:
                   ) -> Iterator[tuple[int, pd.DataFrame]]:
         """``(first file row, rows)`` batches of a unit: ``image_id``, ``image`` (bytes or a path/URL) and the
         score/category/subcategory and extra columns, named as in the uniform table."""
-        pf = _parquet_file(self.files[unit.file])
         wanted = list(columns) if columns is not None else self.columns
         read = [c for c in self.columns if c in wanted or c in (self.image_col, self.id_col)]
         pos = unit.file_row
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(unit.row_groups), columns=read,
-                                     use_threads=False):
-            frame = self.uniform(batch, unit.file, pos)
-            yield pos, frame
-            pos += batch.num_rows
+        with self.open(unit.file) as pf:
+            batches = pf.iter_batches(batch_size=batch_rows, row_groups=list(unit.row_groups), columns=read,
+                                      use_threads=False)
+            for batch in _reading(batches, self.files[unit.file]):
+                frame = self.uniform(batch, unit.file, pos)
+                yield pos, frame
+                pos += batch.num_rows
 
     def uniform(self, batch: Any, file: int, file_row: int) -> pd.DataFrame:
         """A record batch of this data set as uniform columns (``image_id``, ``image``, ``score``, ...)."""
@@ -184,15 +196,31 @@ class ParquetSource:
         return join_uri(self.root, ref)
 
 
-@functools.lru_cache(maxsize=8)
-def _parquet_file(uri: str) -> Any:
+def open_parquet_file(uri: str, footer: Any = None) -> Any:
+    """A Parquet file opened for reading (``footer``: its metadata, when already read).
+
+    Not cached: a file is opened by whoever reads it and closed after, so that a file rewritten under the same
+    name is read as it is now (a module-level cache of open files served the old footer with the new bytes),
+    and no open file or object-storage client outlives its reader."""
     import pyarrow.parquet as pq
 
     fs, path = filesystem_for(uri)
     try:
-        return pq.ParquetFile(fs.open_input_file(path))
+        return pq.ParquetFile(path, filesystem=fs, metadata=footer)  # opened by it: closed by its close()
     except (OSError, ValueError) as exc:
-        raise DataError(f"{uri}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{uri}: not a readable Parquet file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _reading(batches: Iterator[Any], uri: str) -> Iterator[Any]:
+    """``batches`` with a read failure (a network error, a truncated file) as a :class:`DataError`."""
+    try:
+        yield from batches
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{uri}: cannot read ({_first_line(exc)})") from None
 
 
 def _kind(arrow_type: Any) -> str | None:
@@ -227,14 +255,15 @@ def open_parquet_source(source: str | os.PathLike, *, image_col: str | None = No
     problems: list[Problem] = []
     group_rows: list[list[int]] = []
     schema = None
-    for f in files:
-        pf = _parquet_file(f)
-        if schema is None:
-            schema = pf.schema_arrow
-        elif pf.schema_arrow.names != schema.names:
-            raise DataError(f"{f}: columns {', '.join(pf.schema_arrow.names)} differ from the first file's "
-                            f"({', '.join(schema.names)})")
-        md = pf.metadata
+    footers = {}
+    for k, f in enumerate(files):
+        with open_parquet_file(f) as pf:
+            if schema is None:
+                schema = pf.schema_arrow
+            elif pf.schema_arrow.names != schema.names:
+                raise DataError(f"{f}: columns {', '.join(pf.schema_arrow.names)} differ from the first file's "
+                                f"({', '.join(schema.names)})")
+            md = footers[k] = pf.metadata
         group_rows.append([md.row_group(g).num_rows for g in range(md.num_row_groups)])
     assert schema is not None
     columns = list(schema.names)
@@ -254,32 +283,55 @@ def open_parquet_source(source: str | os.PathLike, *, image_col: str | None = No
                         "or {bytes, path} structs")
     id_col = ID_COLUMN if ID_COLUMN in columns and image != ID_COLUMN else None
     rel = [f[len(root):].lstrip("/") if f.startswith(root) else f.rsplit("/", 1)[-1] for f in files]
-    return ParquetSource(source=text, root=root, files=files, rel=rel, group_rows=group_rows, columns=columns,
-                         image_col=image, image_kind=kind, id_col=id_col, score_col=score,
-                         category_col=category, subcategory_col=subcategory)
+    ps = ParquetSource(source=text, root=root, files=files, rel=rel, group_rows=group_rows, columns=columns,
+                       image_col=image, image_kind=kind, id_col=id_col, score_col=score,
+                       category_col=category, subcategory_col=subcategory)
+    ps._footers.update(footers)
+    return ps
 
 
 # --------------------------------------------------------------------------------------------------------
 # locators: images of Parquet cells in the uniform table
 
 
-@functools.lru_cache(maxsize=4)
-def _group_values(file: str, column: str, group: int) -> list[Any]:
-    """The cells of one column of one row group (cached: a sequential scan reads every group once)."""
-    return _parquet_file(file).read_row_group(group, columns=[column], use_threads=False).column(0).to_pylist()
-
-
 class LocatedReader:
-    """The image of a locator: its row group is read once and kept while the next locators fall in it."""
+    """The image of a locator. The reader keeps its last file open and its last row group read, so a scan in
+    order opens each file once and reads each row group once; a new reader opens the files again (and sees
+    them as they are now). One reader per thread: it is not safe to share between threads.
+
+    A file that cannot be opened or read raises :class:`DataError`; a row past its end too."""
+
+    def __init__(self) -> None:
+        self._file: tuple[str, Any] | None = None
+        self._group: tuple[str, str, int, list[Any]] | None = None
+
+    def _open(self, file: str) -> Any:
+        if self._file is None or self._file[0] != file:
+            self.close()
+            self._file = (file, open_parquet_file(file))
+        return self._file[1]
+
+    def close(self) -> None:
+        """Close the file kept open (the reader opens it again when asked for one of its images)."""
+        if self._file is not None:
+            self._file[1].close()
+        self._file = None
 
     def image(self, loc: str) -> Any:
         column, row, file = _parse_locator(loc)
-        md = _parquet_file(file).metadata
+        pf = self._open(file)
+        md = pf.metadata
         start = 0
         for g in range(md.num_row_groups):
             n = md.row_group(g).num_rows
             if row < start + n:
-                return cell_image(_group_values(file, column, g)[row - start])
+                if self._group is None or self._group[:3] != (file, column, g):
+                    try:
+                        values = pf.read_row_group(g, columns=[column], use_threads=False).column(0).to_pylist()
+                    except (OSError, ValueError) as exc:
+                        raise DataError(f"{file}: cannot read row group {g} ({_first_line(exc)})") from None
+                    self._group = (file, column, g, values)
+                return cell_image(self._group[3][row - start])
             start += n
         raise DataError(f"{file}: no row {row}")
 
@@ -289,17 +341,28 @@ def load_located(paths: Sequence[str], size: int, reader: LocatedReader | None =
     """Decode images given as locators, URLs or files: ``uint8`` (N, size, size, 3), in order."""
     from ..image_bytes import load_image_ref
 
+    own = reader is None
     reader = reader or LocatedReader()
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for k, p in enumerate(paths):
-        name = names[k] if names is not None else None
-        ref = reader.image(p) if is_locator(p) else p
-        out[k] = load_image_ref(ref, size, name or (p if not is_locator(p) else None))
+    try:
+        for k, p in enumerate(paths):
+            name = names[k] if names is not None else None
+            ref = reader.image(p) if is_locator(p) else p
+            out[k] = load_image_ref(ref, size, name or (p if not is_locator(p) else None))
+    finally:
+        if own:
+            reader.close()
     return out
 
 
 # --------------------------------------------------------------------------------------------------------
 # the layout
+
+
+def _problem(where: str, message: str) -> Problem:
+    """A problem of the data set ``where``; a message that already starts with ``where:`` does not repeat it."""
+    prefix = f"{where}: "
+    return Problem(where, message[len(prefix):] if message.startswith(prefix) else message)
 
 
 def detect_parquet(path: Path) -> bool:
@@ -317,12 +380,20 @@ def read_parquet_layout(src: Path, options: ReadOptions, problems: list[Problem]
         ps = open_parquet_source(text, image_col=cols["image"], score_col=cols["score"],
                                  category_col=cols["category"], subcategory_col=cols["subcategory"])
     except (DataError, ConfigError) as exc:
-        problems.append(Problem(text, str(exc)))
+        problems.append(_problem(text, str(exc)))
         return None
     read = [c for c in ps.columns if c != ps.image_col or ps.image_kind == "path"]
     frames = []
     for f, uri in enumerate(ps.files):
-        table = _parquet_file(uri).read(columns=read, use_threads=False)
+        try:
+            with ps.open(f) as pf:
+                table = pf.read(columns=read, use_threads=False)
+        except DataError as exc:
+            problems.append(_problem(text, str(exc)))
+            return None
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(text, f"{uri}: cannot read ({_first_line(exc)})"))
+            return None
         frame = table.to_pandas()
         ids = frame[ps.id_col].tolist() if ps.id_col else None
         paths = frame[ps.image_col].tolist() if ps.image_kind == "path" else None
