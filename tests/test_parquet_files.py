@@ -6,6 +6,7 @@ and a file that cannot be read is one problem line per image, not an internal er
 from __future__ import annotations
 
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -114,3 +115,112 @@ def test_a_row_group_that_cannot_be_read_is_one_line_per_image(tmp_path, capsys)
     bad = [line for line in text.splitlines() if "cannot read" in line]
     assert sorted(line.split(":")[0] for line in bad) == ["v40", "v50", "v60"], text
     assert "3 problems found" in text and "Traceback" not in text and "internal error" not in text
+
+
+def test_the_whole_pipeline_on_a_parquet_data_set_equals_the_image_files(tmp_path_factory):
+    """`memlens run DATA.parquet` (images as bytes in Parquet cells) trains, scores, fits the predictor,
+    explains and reports with the numbers of the same images as files: the stages that read images by path
+    read the copies memlens train wrote under RUN/images, and the run still records the Parquet data set."""
+    import contextlib
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from _fake_run import REAL_RUN_ARGS, real_run
+
+    folder = real_run(tmp_path_factory)
+    t = load_dataset(folder.data).table
+    # the Parquet file in a folder with the demo set's experience/ folder, found as for the folder run
+    base = tmp_path_factory.mktemp("parquet_run")
+    shutil.copytree(folder.data / "experience", base / "data" / "experience")
+    source = base / "data" / "set.parquet"
+    pq.write_table(pa.table({"image_id": t["image_id"].tolist(), "image": [Path(p).read_bytes() for p in t["path"]],
+                             "score": t["score"].tolist(), "category": t["category"].tolist()}), source,
+                   row_group_size=7)
+    run = base / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = main(["run", str(source), "--out", str(run), *REAL_RUN_ARGS])
+    assert rc == 0, out.getvalue()[-3000:]
+    a, b = pd.read_csv(folder.run / "per_image.csv"), pd.read_csv(run / "per_image.csv")
+    assert b["image_id"].tolist() == a["image_id"].tolist()
+    numbers = [c for c in a.columns if c.startswith(("recon_", "distinctiveness")) and a[c].dtype.kind == "f"]
+    assert "recon_mse" in numbers and "distinctiveness" in numbers
+    for c in numbers:
+        np.testing.assert_allclose(b[c], a[c], rtol=1e-5, atol=1e-7, err_msg=c)
+    oof_a, oof_b = pd.read_csv(folder.run / "predictor_oof.csv"), pd.read_csv(run / "predictor_oof.csv")
+    np.testing.assert_allclose(oof_b.select_dtypes("number"), oof_a.select_dtypes("number"), rtol=1e-5, atol=1e-7)
+    info = json.loads((run / "dataset.json").read_text())
+    assert info["layout"] == "parquet" and info["source"] == str(source)
+    copies = sorted((run / "images").iterdir())
+    assert len(copies) == len(t) and all(p.stat().st_size > 0 for p in copies)
+    assert (run / "attributions" / "attributions.npz").is_file() and (run / "descriptors.csv").is_file()
+    html = (run / "report.html").read_text()
+    assert "image not found" not in html and "data:image/jpeg;base64" in html
+
+
+def test_image_files_are_written_once_and_follow_a_rewritten_file(tmp_path, monkeypatch):
+    from memlens.data.local_files import with_image_files
+
+    path = _write(tmp_path / "set.parquet", [10, 20])
+    ds = load_dataset(path)
+    copies = tmp_path / "run" / "images"
+    out = with_image_files(ds, copies)
+    assert (out.source, out.layout, out.image_ids) == (ds.source, ds.layout, ds.image_ids)
+    assert all(layout.is_locator(p) for p in ds.paths)  # the data set given is left as it was
+    files = [Path(p) for p in out.paths]
+    assert [f.parent for f in files] == [copies, copies] and [f.suffix for f in files] == [".png", ".png"]
+    assert [f.read_bytes() for f in files] == [_png(10), _png(20)] and files[0].name.startswith("v10-")
+
+    def no_read(self, loc):
+        raise AssertionError(f"read {loc} again")
+
+    with monkeypatch.context() as m:  # the files are there: nothing is read
+        m.setattr(layout.LocatedReader, "image", no_read)
+        assert with_image_files(ds, copies).paths == out.paths
+
+    _write(path, [30, 40])  # the same ids, other images: new files, not the old ones
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    again = with_image_files(load_dataset(path), copies)
+    assert again.paths != out.paths and [Path(p).read_bytes() for p in again.paths] == [_png(30), _png(40)]
+
+    (tmp_path / "local").mkdir()
+    Image.open(again.paths[0]).save(tmp_path / "local" / "a.png")
+    local = load_dataset(tmp_path / "local")  # a data set of local files is returned as it is
+    assert with_image_files(local, copies) is local
+
+
+def test_image_files_of_url_rows(tmp_path):
+    """A Parquet data set whose image column holds URLs (fsspec's in-memory file system here)."""
+    fsspec = pytest.importorskip("fsspec")
+    from memlens.data.local_files import with_image_files
+
+    mem = fsspec.filesystem("memory")
+    try:
+        for v in (50, 60):
+            mem.pipe(f"/memlens-urls/{v}.png", _png(v))
+        pq.write_table(pa.table({"image_id": ["a", "b"], "image": ["memory://memlens-urls/50.png",
+                                                                    "memory://memlens-urls/60.png"]}),
+                       tmp_path / "urls.parquet")
+        ds = load_dataset(tmp_path / "urls.parquet")
+        out = with_image_files(ds, tmp_path / "images")
+        assert [Path(p).read_bytes() for p in out.paths] == [_png(50), _png(60)]
+    finally:
+        mem.rm("/memlens-urls", recursive=True)
+
+
+def test_a_rewritten_parquet_file_is_changed_data_for_memlens_run(tmp_path):
+    """The pipeline's data fingerprint (what decides that a stage is up to date) covers the Parquet files
+    holding the images, not only the table: new image bytes under the same ids and scores are new data."""
+    from memlens.commands._pipeline import data_fingerprint
+
+    path = _write(tmp_path / "set.parquet", [10, 20])
+    first = data_fingerprint(path)
+    assert data_fingerprint(path) == first
+    table = pq.read_table(path)
+    images = table.column("image").to_pylist()
+    pq.write_table(table.set_column(1, "image", pa.array(images[::-1])), path)
+    assert load_dataset(path).table["score"].tolist() == [10 / 255, 20 / 255]
+    assert data_fingerprint(path) != first

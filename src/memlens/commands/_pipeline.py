@@ -81,6 +81,9 @@ def data_fingerprint(data: str | os.PathLike, options: Mapping[str, Any] | None 
     def add_dataset(source: str | os.PathLike, opts: Mapping[str, Any]) -> None:
         from ..data import load_dataset
         from ..data.layouts import HALVES_FILE
+        from ..data.layouts.parquet import is_locator
+        from ..data.local_files import parquet_stamps
+        from ..errors import DataError
         from ..train import table_sha256
 
         kw = {k: opts[k] for k in ("image_col", "score_col", "category_col", "score_variant") if opts.get(k)}
@@ -94,7 +97,12 @@ def data_fingerprint(data: str | os.PathLike, options: Mapping[str, Any] | None 
             add_files([src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()] if src.is_dir() else [])
             return
         h.update(table_sha256(ds.table).encode())
-        add_files([Path(p).resolve() for p in ds.paths] + [Path(ds.root).resolve() / HALVES_FILE])
+        files = [Path(p).resolve() for p in ds.paths if not is_locator(str(p))]
+        add_files(files + [Path(ds.root).resolve() / HALVES_FILE])
+        try:  # images in Parquet cells: the files that hold them
+            h.update("".join(f"{line}\n" for line in parquet_stamps(ds)).encode("utf-8", "surrogateescape"))
+        except DataError as exc:
+            h.update(f"unreadable: {exc}\n".encode("utf-8", "surrogateescape"))
 
     add_dataset(data, options or {})
     if experience:

@@ -131,6 +131,8 @@ def train_run(
 
     from .._io import atomic_write_json, atomic_write_text, file_sha256
     from ..data import ImageDataset, load_dataset
+    from ..data.local_files import has_remote_images, with_image_files
+    from ..data.uris import is_uri
     from ..models import create_autoencoder, get_spec, load_autoencoder, save_autoencoder
 
     t_start = time.perf_counter()
@@ -232,6 +234,11 @@ def train_run(
     if out != shared_out:  # a non-zero rank's scratch folder: rank 0 prepares the real one
         stale = []
     out.mkdir(parents=True, exist_ok=True)
+    if has_remote_images(ds) or (exp_ds is not None and has_remote_images(exp_ds)):
+        # images in Parquet cells or at URLs: training reads them many times, in any order, from files
+        images = shared_out / "images"
+        ds, exposed = with_image_files(ds, images), with_image_files(exposed, images)
+        exp_ds = with_image_files(exp_ds, images) if exp_ds is not None else None
     states = out / "checkpoints"
     replaced = list(stale)
     if not resume:
@@ -258,7 +265,8 @@ def train_run(
             "threads": threads, "order": order, "bn": bn, "init_load": init_load, "amp": amp,
         }
         atomic_write_json(out / "config.json", config)
-        dataset_json = {"source": str(Path(source).absolute()), "root": str(ds.root), "layout": ds.layout,
+        recorded_source = str(source) if is_uri(str(source)) else str(Path(source).absolute())  # s3://... stays a URI
+        dataset_json = {"source": recorded_source, "root": str(ds.root), "layout": ds.layout,
                         "options": {k: v for k, v in ds.spec().items() if k not in ("source", "layout")},
                         "n_images": len(ds),
                         "image_size": size, "notes": list(ds.notes) + notes,

@@ -137,7 +137,8 @@ def load_dataset(
 
 
 def load_run_dataset(run: str | os.PathLike) -> Dataset:
-    """Reload the data set a run was made from, as ``RUN/dataset.json`` records it.
+    """Reload the data set a run was made from, as ``RUN/dataset.json`` records it, with images held in
+    Parquet cells or at URLs as the files under ``RUN/images`` (:func:`memlens.data.local_files.with_image_files`).
 
     ``source`` (or ``root``) is the folder or table given to ``memlens train``; a relative one is tried
     relative to the run too. Top-level ``image_col``/``score_col``/``category_col``/``score_variant``/
@@ -163,4 +164,8 @@ def load_run_dataset(run: str | os.PathLike) -> Dataset:
         if key in info and key not in options:
             options[key] = info[key]
     options.pop("layout", None)
-    return load_dataset(src, info.get("layout") or "auto", **options)
+    ds = load_dataset(src, info.get("layout") or "auto", **options)
+    from ..local_files import has_remote_images, with_image_files
+
+    # images in Parquet cells or at URLs: the files memlens train wrote under RUN/images (written now if absent)
+    return with_image_files(ds, run / "images") if has_remote_images(ds) else ds

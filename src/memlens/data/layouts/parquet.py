@@ -38,7 +38,7 @@ from .reader import Layout, RawTable, ReadOptions
 from .tables import pick_column
 
 __all__ = ["LAYOUT", "PARQUET_IMAGE_COLUMNS", "ID_COLUMN", "LOCATOR_PREFIX", "ParquetSource", "Unit",
-           "open_parquet_source", "open_parquet_file", "LocatedReader", "is_locator", "load_located", "detect_parquet", "read_parquet_layout"]
+           "open_parquet_source", "open_parquet_file", "LocatedReader", "is_locator", "parse_locator", "load_located", "detect_parquet", "read_parquet_layout"]
 
 PARQUET_IMAGE_COLUMNS: tuple[str, ...] = ("image", "image_bytes", "bytes", "img", "content", "image_path",
                                           "path", "file", "filepath", "url", "image_url")
@@ -55,7 +55,8 @@ def _locator(column: str, row: int, file: str) -> str:
     return f"{LOCATOR_PREFIX}{column}::{row}::{file}"
 
 
-def _parse_locator(loc: str) -> tuple[str, int, str]:
+def parse_locator(loc: str) -> tuple[str, int, str]:
+    """``(column, row within the file, file)`` of a locator."""
     column, row, file = loc[len(LOCATOR_PREFIX):].split("::", 2)
     return column, int(row), file
 
@@ -318,7 +319,7 @@ class LocatedReader:
         self._file = None
 
     def image(self, loc: str) -> Any:
-        column, row, file = _parse_locator(loc)
+        column, row, file = parse_locator(loc)
         pf = self._open(file)
         md = pf.metadata
         start = 0
