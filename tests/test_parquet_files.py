@@ -221,6 +221,39 @@ def test_a_rewritten_parquet_file_is_changed_data_for_memlens_run(tmp_path):
     assert data_fingerprint(path) == first
     table = pq.read_table(path)
     images = table.column("image").to_pylist()
+    st = path.stat()
     pq.write_table(table.set_column(1, "image", pa.array(images[::-1])), path)
-    assert load_dataset(path).table["score"].tolist() == [10 / 255, 20 / 255]
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # also where file times are coarse
+    assert path.stat().st_size == st.st_size and load_dataset(path).table["score"].tolist() == [10 / 255, 20 / 255]
     assert data_fingerprint(path) != first
+
+
+def test_image_files_of_struct_cells_odd_ids_and_empty_cells(tmp_path, monkeypatch):
+    """{bytes, path} cells: bytes are copied, a relative path without bytes is read beside the Parquet file;
+    ids that would give a hidden or clashing file name get their own visible files; an empty cell is a
+    DataError naming its id; check's readers are closed when its pass is over."""
+    from memlens.data.local_files import with_image_files
+    from memlens.errors import DataError
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 77, np.uint8)).save(tmp_path / "data" / "sub" / "x.png")
+    cells = [{"bytes": _png(10), "path": None}, {"bytes": None, "path": "sub/x.png"}, {"bytes": _png(30), "path": None},
+             {"bytes": _png(40), "path": None}]
+    path = tmp_path / "data" / "set.parquet"
+    pq.write_table(pa.table({"image_id": [".hidden", "rel", "a/b", "a_b"], "image": cells}), path)
+    ds = load_dataset(path)
+    closed = []
+    real_close = layout.LocatedReader.close
+    monkeypatch.setattr(layout.LocatedReader, "close", lambda self: (closed.append(self), real_close(self)))
+    report = validate_dataset(path, n_jobs=2)
+    assert report.ok and closed  # every reader of the pass closed
+    out = with_image_files(ds, tmp_path / "images")
+    assert [Path(p).read_bytes() for p in out.paths[:1] + out.paths[2:]] == [_png(10), _png(30), _png(40)]
+    assert Path(out.paths[1]) == tmp_path / "data" / "sub" / "x.png"
+    names = [Path(p).name for p in out.paths if Path(p).parent == tmp_path / "images"]
+    assert len(set(names)) == 3 and not any(n.startswith(".") for n in names)
+    assert with_image_files(ds, tmp_path / "images").paths == out.paths  # found again, hidden-looking id too
+
+    pq.write_table(pa.table({"image_id": ["e"], "image": [b""]}), tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="e: empty image"):
+        with_image_files(load_dataset(tmp_path / "empty.parquet"), tmp_path / "images2")

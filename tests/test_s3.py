@@ -108,11 +108,15 @@ def _server(files):
                 proc.kill()
                 pytest.fail(f"the moto server did not start on 127.0.0.1:{port}")
             time.sleep(0.2)
-    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                      aws_secret_access_key="test")
-    s3.create_bucket(Bucket=BUCKET)
-    for name, data in files.items():
-        s3.put_object(Bucket=BUCKET, Key=f"images/{name}", Body=data)
+    try:
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+        s3.create_bucket(Bucket=BUCKET)
+        for name, data in files.items():
+            s3.put_object(Bucket=BUCKET, Key=f"images/{name}", Body=data)
+    except BaseException:
+        _stop(proc)
+        raise
     return proc, url
 
 

@@ -7,8 +7,10 @@ under a folder of the run (``RUN/images``) and gives the data set with those fil
 keeps its source, layout and options, so the run still records the Parquet data set, not the copies.
 
 A file's name comes from the image id (readable in messages) and a hash of where the image is: the locator and
-the Parquet file's size and modification time, or the URL. A file already there is used again; a rewritten
-Parquet file gives new names, so nothing stale is read. Files are written whole (temp file, then rename).
+the Parquet file's size and modification time, or the URL. A file already there is used again, so a Parquet file
+rewritten with another size or modification time gives new copies; one rewritten with the same size within the
+file system's time resolution (a second on S3), or new content behind the same URL, is not noticed (remove
+``RUN/images`` then). Files are written whole (temp file, then rename).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _extension(data: bytes) -> str:
 
 
 def _stamp(uri: str) -> str:
-    """Size and modification time of a Parquet file (a rewritten file gets new names)."""
+    """Size and modification time of a Parquet file (a file rewritten with another size or time gets new copies)."""
     fs, path = filesystem_for(uri)
     try:
         info = fs.get_file_info(path)
@@ -83,7 +85,10 @@ def with_image_files(ds: Dataset, folder: str | os.PathLike) -> Dataset:
     if not todo:
         return ds
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create the folder of image copies ({exc.strerror or exc})") from None
     have = {p.stem: p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
     stamps: dict[str, str] = {}
     ids = [str(i) for i in ds.image_ids]
@@ -103,7 +108,8 @@ def with_image_files(ds: Dataset, folder: str | os.PathLike) -> Dataset:
                 where = f"{p}\n{stamps[file]}"
             else:
                 where = p
-            stem = f"{_UNSAFE.sub('_', ids[k])[-60:]}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+            readable = _UNSAFE.sub("_", ids[k])[-60:].lstrip(".") or "image"  # never a hidden file
+            stem = f"{readable}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
             if stem in have:
                 out[k] = str(folder / have[stem])
                 continue
@@ -117,8 +123,13 @@ def with_image_files(ds: Dataset, folder: str | os.PathLike) -> Dataset:
                 except (OSError, ValueError) as exc:
                     raise DataError(f"{ids[k]}: cannot read {data} ({exc})") from None
             data = bytes(data or b"")
+            if not data:
+                raise DataError(f"{ids[k]}: empty image (no bytes in its cell)")
             name = stem + _extension(data)
-            atomic_write_bytes(folder / name, data)
+            try:
+                atomic_write_bytes(folder / name, data)
+            except OSError as exc:  # a read-only run folder, a full disk
+                raise DataError(f"{folder}: cannot write the copy of {ids[k]} ({exc.strerror or exc})") from None
             have[stem] = name
             out[k] = str(folder / name)
             written += 1

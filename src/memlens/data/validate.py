@@ -184,10 +184,12 @@ def validate_dataset(
         workers = n_jobs if n_jobs is not None else min(4, os.cpu_count() or 1)
 
         local = threading.local()  # a LocatedReader per thread (Parquet cells): not shared between threads
+        readers: list[LocatedReader] = []  # all of them, closed when the pass is over
 
         def check(k: int) -> tuple[int, list[str] | None, str | None]:
             if not hasattr(local, "reader"):
                 local.reader = LocatedReader()
+                readers.append(local.reader)  # list.append is atomic
             try:
                 return k, verify_image_ref(paths[k], str(ids[k]), max_pixels, local.reader), None
             except ImageReadError as exc:
@@ -195,12 +197,16 @@ def validate_dataset(
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if workers > 1:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    results = pool.map(check, todo, chunksize=16)
-                    _consume(results, ids, counts, image_problems, progress, len(todo))
-            else:
-                _consume(map(check, todo), ids, counts, image_problems, progress, len(todo))
+            try:
+                if workers > 1:
+                    with ThreadPoolExecutor(max_workers=workers) as pool:
+                        results = pool.map(check, todo, chunksize=16)
+                        _consume(results, ids, counts, image_problems, progress, len(todo))
+                else:
+                    _consume(map(check, todo), ids, counts, image_problems, progress, len(todo))
+            finally:
+                for reader in readers:
+                    reader.close()
     else:
         for k in todo:
             counts.update(image_notes(paths[k], []))

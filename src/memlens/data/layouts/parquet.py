@@ -313,10 +313,11 @@ class LocatedReader:
         return self._file[1]
 
     def close(self) -> None:
-        """Close the file kept open (the reader opens it again when asked for one of its images)."""
+        """Close the file kept open and drop the row group kept (the reader reads them again when asked)."""
         if self._file is not None:
             self._file[1].close()
         self._file = None
+        self._group = None
 
     def image(self, loc: str) -> Any:
         column, row, file = parse_locator(loc)
@@ -332,7 +333,11 @@ class LocatedReader:
                     except (OSError, ValueError) as exc:
                         raise DataError(f"{file}: cannot read row group {g} ({_first_line(exc)})") from None
                     self._group = (file, column, g, values)
-                return cell_image(self._group[3][row - start])
+                value = cell_image(self._group[3][row - start])
+                if isinstance(value, str) and value and not is_uri(value) and not os.path.isabs(value):
+                    # a relative path in a {bytes, path} cell without bytes: beside its Parquet file
+                    value = join_uri(file.rsplit("/", 1)[0] if is_uri(file) else os.path.dirname(file), value)
+                return value
             start += n
         raise DataError(f"{file}: no row {row}")
 
