@@ -104,7 +104,6 @@ def list_files(source: str, suffix: str) -> tuple[str, list[str]]:
     Parquet tools do) or a glob pattern, local or a URI. ``root`` is the folder the files' names are relative
     to (the folder itself, or the part of the pattern before its first wildcard).
     """
-
     source = str(source)
     try:
         return _list_files(source, suffix)

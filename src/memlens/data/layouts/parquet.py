@@ -34,7 +34,7 @@ import pandas as pd
 from ...errors import ConfigError, DataError, Problem
 from ..uris import filesystem_for, is_uri, join_uri, list_files
 from .csv import CATEGORY_COLUMNS, SCORE_COLUMNS, SUBCATEGORY_COLUMNS
-from .reader import Layout, RawTable, ReadOptions
+from .reader import Layout, RawTable, ReadOptions, strip_where
 from .tables import pick_column
 
 __all__ = ["LAYOUT", "PARQUET_IMAGE_COLUMNS", "ID_COLUMN", "LOCATOR_PREFIX", "ParquetSource", "Unit",
@@ -365,12 +365,6 @@ def load_located(paths: Sequence[str], size: int, reader: LocatedReader | None =
 # the layout
 
 
-def _problem(where: str, message: str) -> Problem:
-    """A problem of the data set ``where``; a message that already starts with ``where:`` does not repeat it."""
-    prefix = f"{where}: "
-    return Problem(where, message[len(prefix):] if message.startswith(prefix) else message)
-
-
 def detect_parquet(path: Path) -> bool:
     """A ``.parquet`` file, or a folder holding ``.parquet`` files at its top level."""
     if path.is_file():
@@ -386,7 +380,7 @@ def read_parquet_layout(src: Path, options: ReadOptions, problems: list[Problem]
         ps = open_parquet_source(text, image_col=cols["image"], score_col=cols["score"],
                                  category_col=cols["category"], subcategory_col=cols["subcategory"])
     except (DataError, ConfigError) as exc:
-        problems.append(_problem(text, str(exc)))
+        problems.append(Problem(text, strip_where(str(exc), text)))
         return None
     read = [c for c in ps.columns if c != ps.image_col or ps.image_kind == "path"]
     frames = []
@@ -395,7 +389,7 @@ def read_parquet_layout(src: Path, options: ReadOptions, problems: list[Problem]
             with ps.open(f) as pf:
                 table = pf.read(columns=read, use_threads=False)
         except DataError as exc:
-            problems.append(_problem(text, str(exc)))
+            problems.append(Problem(text, strip_where(str(exc), text)))
             return None
         except (OSError, ValueError) as exc:
             problems.append(Problem(text, f"{uri}: cannot read ({_first_line(exc)})"))
