@@ -18,7 +18,14 @@ __all__ = [
     "TrainingError",
     "Problem",
     "ValidationError",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty): for one-line
+    errors that quote a library's multi-line message."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class MemlensError(Exception):

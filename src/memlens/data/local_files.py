@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .layouts.dataset import Dataset
 from .layouts.parquet import LocatedReader, is_locator, parse_locator
 from .uris import filesystem_for, is_uri, read_bytes
@@ -62,7 +62,7 @@ def _stamp(uri: str) -> str:
     try:
         info = fs.get_file_info(path)
     except OSError as exc:
-        raise DataError(f"{uri}: cannot read ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+        raise DataError(f"{uri}: cannot read ({first_line(exc)})") from None
     return f"{info.size}:{info.mtime_ns}"
 
 

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 __all__ = ["is_uri", "has_glob", "filesystem_for", "read_bytes", "list_files", "join_uri"]
 
@@ -108,7 +108,7 @@ def list_files(source: str, suffix: str) -> tuple[str, list[str]]:
     try:
         return _list_files(source, suffix)
     except OSError as exc:  # a network error, no permission, a missing bucket: one line, not a traceback
-        raise DataError(f"{source}: cannot list ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+        raise DataError(f"{source}: cannot list ({first_line(exc)})") from None
 
 
 def _list_files(source: str, suffix: str) -> tuple[str, list[str]]:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...errors import ConfigError, DataError, Problem
+from ...errors import ConfigError, DataError, Problem, first_line
 from ..uris import filesystem_for, is_uri, join_uri, list_files
 from .csv import CATEGORY_COLUMNS, SCORE_COLUMNS, SUBCATEGORY_COLUMNS
 from .reader import Layout, RawTable, ReadOptions, strip_where
@@ -209,11 +209,7 @@ def open_parquet_file(uri: str, footer: Any = None) -> Any:
     try:
         return pq.ParquetFile(path, filesystem=fs, metadata=footer)  # opened by it: closed by its close()
     except (OSError, ValueError) as exc:
-        raise DataError(f"{uri}: not a readable Parquet file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{uri}: not a readable Parquet file ({first_line(exc)})") from None
 
 
 def _reading(batches: Iterator[Any], uri: str) -> Iterator[Any]:
@@ -221,7 +217,7 @@ def _reading(batches: Iterator[Any], uri: str) -> Iterator[Any]:
     try:
         yield from batches
     except (OSError, ValueError) as exc:
-        raise DataError(f"{uri}: cannot read ({_first_line(exc)})") from None
+        raise DataError(f"{uri}: cannot read ({first_line(exc)})") from None
 
 
 def _kind(arrow_type: Any) -> str | None:
@@ -331,7 +327,7 @@ class LocatedReader:
                     try:
                         values = pf.read_row_group(g, columns=[column], use_threads=False).column(0).to_pylist()
                     except (OSError, ValueError) as exc:
-                        raise DataError(f"{file}: cannot read row group {g} ({_first_line(exc)})") from None
+                        raise DataError(f"{file}: cannot read row group {g} ({first_line(exc)})") from None
                     self._group = (file, column, g, values)
                 value = cell_image(self._group[3][row - start])
                 if isinstance(value, str) and value and not is_uri(value) and not os.path.isabs(value):
@@ -392,7 +388,7 @@ def read_parquet_layout(src: Path, options: ReadOptions, problems: list[Problem]
             problems.append(Problem(text, strip_where(str(exc), text)))
             return None
         except (OSError, ValueError) as exc:
-            problems.append(Problem(text, f"{uri}: cannot read ({_first_line(exc)})"))
+            problems.append(Problem(text, f"{uri}: cannot read ({first_line(exc)})"))
             return None
         frame = table.to_pandas()
         ids = frame[ps.id_col].tolist() if ps.id_col else None
